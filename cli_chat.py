@@ -1,0 +1,88 @@
+"""Chat with the model in the terminal (or through a pipe: one user message per input line)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from config import ConfigError, add_model_args, config_from_args
+from inference import Inference, PromptTooLongError, SamplingParams
+
+COMMANDS_HELP = "Type a message and press Enter. 'clear' starts a new conversation; 'exit' or 'quit' ends."
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Chat with a Qwen model in the terminal. " + COMMANDS_HELP)
+    add_model_args(p)
+    p.add_argument("--system_prompt", default="You are a helpful assistant.",
+                   help="the system message that starts every conversation ('' for none)")
+    return p.parse_args(argv)
+
+
+def fail(msg: str) -> int:
+    print(f"cli_chat.py: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def chat_loop(engine: Inference, params: SamplingParams, system_prompt: str) -> None:
+    start = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    history = list(start)
+    interactive = sys.stdin.isatty()
+    print(COMMANDS_HELP, flush=True)
+    while True:
+        try:
+            line = input("User: " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if not interactive:
+            print(f"User: {text}")
+        if text.lower() in ("exit", "quit"):
+            return
+        if text.lower() == "clear":
+            history = list(start)
+            engine.reset()
+            print("(conversation cleared)", flush=True)
+            continue
+        try:
+            kept, ids = engine.fit_messages(history + [{"role": "user", "content": text}])
+        except PromptTooLongError as e:
+            print(f"(message not sent: {e})", flush=True)
+            continue
+        dropped = len(history) + 1 - len(kept)
+        if dropped:
+            print(f"(dropped the {dropped} oldest messages to fit the context)", flush=True)
+        history = kept
+        print("Assistant: ", end="", flush=True)
+        answer, stats, finish = [], None, None
+        try:
+            for delta in engine.stream(ids, params):
+                print(delta.text, end="", flush=True)
+                answer.append(delta.text)
+                stats, finish = delta.stats or stats, delta.finish_reason or finish
+        except KeyboardInterrupt:
+            print("\n(interrupted)", flush=True)
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": "".join(answer)})
+        note = " [stopped: length limit]" if finish == "length" else ""
+        print(f"\n[first token {stats.first_token_s:.2f}s | decode {stats.decode_tok_s:.1f} tok/s | "
+              f"total {stats.total_tok_s:.1f} tok/s | {stats.prompt_tokens} prompt tokens "
+              f"({stats.reused_tokens} reused), {stats.completion_tokens} new]{note}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+        engine = Inference(config)
+    except (ConfigError, OSError) as e:
+        return fail(str(e))
+    chat_loop(engine, SamplingParams.from_config(config), args.system_prompt)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Sessions run the exported graph: one call adds tokens to the KV cache and returns the last logits.
+
+Every session shares `Session.run`, the recursive power-of-two prefill; a backend implements only
+`_forward`, one graph call on one chunk.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from config import ConfigError, InferenceConfig
+from kvcache import CacheFullError, KVCache
+
+NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def prefill_chunks(n: int, max_prefill_length: int) -> list[int]:
+    """Split n tokens into power-of-two chunks no longer than max_prefill_length: 12, 8 -> [8, 4].
+    The NPU model is compiled for exactly these lengths, so every backend uses the same split."""
+    if n < 0 or max_prefill_length < 1:
+        raise ValueError(f"bad prefill split: n={n}, max_prefill_length={max_prefill_length}")
+    if n == 0:
+        return []
+    size = min(max_prefill_length, 1 << (n.bit_length() - 1))
+    return [size] + prefill_chunks(n - size, max_prefill_length)
+
+
+class Session:
+    registry: dict[str, type["Session"]] = {}
+
+    def __init__(self, config: InferenceConfig):
+        self.config = config
+
+    @classmethod
+    def register(cls, name: str) -> Callable[[type["Session"]], type["Session"]]:
+        def add(session_cls: type["Session"]) -> type["Session"]:
+            cls.registry[name] = session_cls
+            return session_cls
+        return add
+
+    @staticmethod
+    def fromConfig(config: InferenceConfig) -> "Session":
+        if config.session_type == "acl" and "acl" not in Session.registry:
+            import session_acl  # noqa: F401  (pyACL is only importable on Ascend machines)
+        if config.session_type not in Session.registry:
+            raise ConfigError(f"--session_type {config.session_type}: not available here")
+        return Session.registry[config.session_type](config)
+
+    kv_len: int
+    length: int
+
+    def run(self, input_ids: np.ndarray) -> np.ndarray:
+        """Feed input_ids [1, n] (prefill in chunks, or one decode step) and return the float32 logits
+        of the last token."""
+        n = input_ids.shape[1]
+        if n == 0:
+            raise ValueError("run() needs at least one token")
+        if self.length + n > self.kv_len:
+            raise CacheFullError(f"{n} new tokens do not fit: {self.length} of {self.kv_len} cache slots used")
+        chunks = prefill_chunks(n, self.config.max_prefill_length)
+        start, logits = 0, None
+        for i, size in enumerate(chunks):
+            logits = self._forward(input_ids[:, start:start + size], want_logits=i == len(chunks) - 1)
+            start += size
+        return logits
+
+    def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def truncate(self, n: int) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        self.truncate(0)
+
+
+class HostCacheSession(Session):
+    """A session whose KV cache is a numpy buffer in host memory."""
+
+    def __init__(self, config: InferenceConfig, dtype: str):
+        super().__init__(config)
+        self.cache = KVCache(config.num_hidden_layers, config.num_key_value_heads, config.head_dim,
+                             config.kv_cache_length, NP_DTYPES[dtype], config.kv_cache_method)
+
+    @property
+    def kv_len(self) -> int:
+        return self.cache.kv_len
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def truncate(self, n: int) -> None:
+        self.cache.truncate(n)
+
+
+@Session.register("onnx")
+class OnnxSession(HostCacheSession):
+    def __init__(self, config: InferenceConfig):
+        import onnxruntime as ort
+        from export.onnx_meta import mismatches, read_meta
+
+        meta = read_meta(config.onnx_model_path)
+        problems = mismatches(meta, {
+            "kv_cache_length": config.kv_cache_length, "num_hidden_layers": config.num_hidden_layers,
+            "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+            "vocab_size": config.vocab_size})
+        if problems:
+            raise ConfigError(f"{config.onnx_model_path} does not fit this run: {'; '.join(problems)} "
+                              "(re-export, or pass the matching --hf_model_dir / --kv_cache_length)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = config.cpu_thread
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.ort = ort.InferenceSession(config.onnx_model_path, opts, providers=["CPUExecutionProvider"])
+        past_type = next(i.type for i in self.ort.get_inputs() if i.name == "past_key_values")
+        super().__init__(config, "float16" if "float16" in past_type else "float32")
+
+    def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
+        mask, positions, past = self.cache.step_inputs(input_ids.shape[1])
+        logits, new_kv = self.ort.run(None, {"input_ids": input_ids, "attention_mask": mask,
+                                             "position_ids": positions, "past_key_values": past})
+        self.cache.append(new_kv)
+        return logits[0, -1].astype(np.float32) if want_logits else None
+
+
+@Session.register("pytorch")
+class PyTorchSession(HostCacheSession):
+    """Our export model run eagerly in torch: the reference the ONNX graph is checked against."""
+
+    def __init__(self, config: InferenceConfig):
+        import torch
+        from export.qwen_model import load_model
+
+        torch.set_num_threads(config.cpu_thread)
+        self.torch = torch
+        self.model = load_model(config.hf_model_dir, getattr(torch, config.dtype))
+        super().__init__(config, config.dtype)
+
+    def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
+        t = self.torch
+        mask, positions, past = self.cache.step_inputs(input_ids.shape[1])
+        with t.inference_mode():
+            logits, new_kv = self.model(t.from_numpy(input_ids), t.from_numpy(mask), t.from_numpy(positions),
+                                        t.from_numpy(past))
+        self.cache.append(new_kv.numpy())
+        return logits[0, -1].float().numpy() if want_logits else None
