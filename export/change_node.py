@@ -1,0 +1,125 @@
+"""Rewrite the ONNX nodes that atc rejects, and report every change.
+
+    python export/change_node.py --input_model_path output/onnx/m.onnx --output_model_path output/onnx2/m.onnx
+
+- Trilu with a k input: atc accepts only the k-less form. triu(x, 1) becomes x - tril(x); tril(x, 0)
+  and triu(x, 0) lose their k. Other k values cannot be rewritten exactly and are reported.
+- Cast to INT8 becomes AscendQuant(scale=1, offset=0), the Ascend op that does that cast.
+- --simplify runs onnxslim on the result.
+Our own exporter emits neither op; the rewrites serve graphs from other exporters.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
+
+from export.export_onnx import save  # noqa: E402
+
+
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def rewrite_trilu(graph: onnx.GraphProto, node: onnx.NodeProto, index: int) -> tuple[list[onnx.NodeProto], str]:
+    """Replacement nodes for one Trilu with a k input, and a line describing the change."""
+    upper = next((a.i for a in node.attribute if a.name == "upper"), 1)
+    k = constant_value(graph, node.input[1])
+    if k is None:
+        return [node], f"KEPT {node.name or node.output[0]}: Trilu with a computed k cannot be rewritten"
+    k = int(k.reshape(-1)[0])
+    x, out = node.input[0], node.output[0]
+    if k == 0:
+        kless = helper.make_node("Trilu", [x], [out], name=f"{node.name}_kless", upper=upper)
+        return [kless], f"Trilu {node.name}: dropped k=0 (upper={upper})"
+    if upper == 1 and k == 1:
+        lower = f"{out}_lower{index}"
+        return [helper.make_node("Trilu", [x], [lower], name=f"{node.name}_lower", upper=0),
+                helper.make_node("Sub", [x, lower], [out], name=f"{node.name}_sub")], \
+            f"Trilu {node.name}: triu(x, 1) -> x - tril(x)"
+    return [node], f"KEPT {node.name or out}: Trilu(upper={upper}, k={k}) has no exact k-less form"
+
+
+def cast_to_quant(node: onnx.NodeProto) -> tuple[onnx.NodeProto, str]:
+    quant = helper.make_node("AscendQuant", [node.input[0]], [node.output[0]], name=f"{node.name}_quant",
+                             scale=1.0, offset=0.0)
+    return quant, f"Cast {node.name}: to INT8 -> AscendQuant(scale=1, offset=0)"
+
+
+def patch(model: onnx.ModelProto) -> list[str]:
+    """Rewrite in place; returns one line per change (lines starting with KEPT were not changed)."""
+    graph, nodes, report = model.graph, [], []
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Trilu" and len(node.input) > 1 and node.input[1]:
+            new, line = rewrite_trilu(graph, node, i)
+            nodes += new
+            report.append(line)
+        elif node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.INT8 for a in node.attribute):
+            new_node, line = cast_to_quant(node)
+            nodes.append(new_node)
+            report.append(line)
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return report
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+    return onnxslim.slim(model)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Make an exported ONNX model acceptable to atc: rewrite Trilu nodes "
+                                            "with a k input and INT8 Casts, report what changed.")
+    p.add_argument("--input_model_path", required=True, help="the .onnx written by export_onnx.py")
+    p.add_argument("--output_model_path", required=True,
+                   help="where to write the patched .onnx (a different path; the input is never modified)")
+    p.add_argument("--simplify", action="store_true", help="also simplify the graph with onnxslim")
+    return p.parse_args(argv)
+
+
+def fail(msg: str) -> int:
+    print(f"change_node.py: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    src, dst = Path(a.input_model_path), Path(a.output_model_path)
+    if not src.is_file():
+        return fail(f"--input_model_path {src}: no such file")
+    if dst.resolve() == src.resolve():
+        return fail("--output_model_path must differ from --input_model_path (the input is kept as it is)")
+    try:
+        model = onnx.load(str(src))
+    except Exception as e:  # protobuf raises several unrelated types for a non-ONNX file
+        return fail(f"--input_model_path {src}: not a readable ONNX model ({type(e).__name__})")
+    report = patch(model)
+    if a.simplify:
+        model = simplify(model)
+        report.append("simplified with onnxslim")
+    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    save(model, dst, weight_bytes)
+    for line in report or ["nothing to change: no Trilu with k and no Cast to INT8"]:
+        print(line)
+    print(f"wrote {dst}")
+    kept = [line for line in report if line.startswith("KEPT")]
+    return 1 if kept else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
