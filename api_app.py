@@ -1,0 +1,162 @@
+"""The FastAPI application: routes, authentication, and the bridge between requests and the worker."""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from api_errors import APIError, BodyLimit, install_error_handlers
+from api_prompt import Plan, plan
+from api_response import Builder, finish_reason, usage
+from api_schema import ChatCompletionRequest, ErrorResponse
+from api_worker import DONE, Job, Worker
+from inference import SamplingParams
+from toolcall.stream import PlainStream, ReactStream, ToolStream
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
+DISCONNECT_POLL_S = 0.5
+
+
+def _stream_for(p: Plan) -> PlainStream:
+    if p.mode == "functions":
+        return ReactStream(p.names)
+    return ToolStream(p.names) if p.mode == "tools" else PlainStream()
+
+
+async def _next_event(job: Job, request: Request) -> Any:
+    """The worker's next event; a client that hangs up while waiting cancels its job."""
+    while True:
+        try:
+            return await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                job.cancel.set()
+                raise APIError(400, "client disconnected", code="client_disconnected") from None
+
+
+def create_app(inference: Any, model_name: str, api_key: str | None = None, max_queue: int = 64,
+               max_body_bytes: int = 1 << 20) -> FastAPI:
+    """inference: an Inference, or any object with the same apply_chat_template/stream/config (tests
+    pass a scripted double)."""
+    config = inference.config
+    worker = Worker(inference, max_queue, config.max_input_length)
+    base = SamplingParams.from_config(config)
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        yield
+        await asyncio.to_thread(worker.stop)
+
+    app = FastAPI(title="qwen-ascend-llm", version="1.0", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    install_error_handlers(app)
+    app.state.worker = worker
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+            raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
+                           code="invalid_api_key")
+
+    def model_card() -> dict:
+        return {"id": model_name, "object": "model", "created": started, "owned_by": "qwen-ascend-llm"}
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", **worker.status()}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)], responses=ERRORS)
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model}", dependencies=[Depends(authorize)], responses=ERRORS)
+    async def model(model: str) -> dict:
+        if model != model_name:
+            raise APIError(404, f"The model '{model}' does not exist; this server serves '{model_name}'.",
+                           code="model_not_found", param="model")
+        return model_card()
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], responses=ERRORS)
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+        if req.model is not None and req.model != model_name:
+            raise APIError(404, f"The model '{req.model}' does not exist; this server serves '{model_name}'.",
+                           code="model_not_found", param="model")
+        p = plan(req, base, config.max_output_length)
+        job = Job(p.messages, p.tools, p.params, asyncio.get_running_loop())
+        worker.submit(job)
+        try:
+            first = await _next_event(job, request)
+        except BaseException:
+            job.cancel.set()
+            raise
+        if isinstance(first, APIError):
+            raise first
+        builder = Builder(model_name, p.mode)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            events = _sse(job, first, builder, _stream_for(p), include_usage)
+            return EventSourceResponse(events, sep="\n", ping=15)
+        return JSONResponse(await _collect(job, first, builder, _stream_for(p), request))
+
+    return app
+
+
+async def _collect(job: Job, event: Any, builder: Builder, reader: PlainStream, request: Request) -> dict:
+    content, last = [], None
+    try:
+        while event is not DONE:
+            if isinstance(event, APIError):
+                raise event
+            content.append(reader.feed(event.text))
+            last = event if event.finish_reason else last
+            event = await _next_event(job, request)
+    finally:
+        job.cancel.set()  # a no-op once finished; stops the model if we leave early
+    tail, calls = reader.finish()
+    text = "".join(content) + tail
+    stats = last.stats if last else None
+    return builder.completion(text, calls, finish_reason(builder.mode, calls, last and last.finish_reason),
+                              usage(stats, 0))
+
+
+async def _sse(job: Job, event: Any, builder: Builder, reader: PlainStream,
+               include_usage: bool) -> AsyncIterator[dict]:
+    def data(body: dict) -> dict:
+        return {"data": json.dumps(body, ensure_ascii=False)}
+
+    last = None
+    try:
+        yield data(builder.chunk({"role": "assistant", "content": ""}, with_usage=include_usage))
+        while event is not DONE:
+            if isinstance(event, APIError):
+                # Headers are gone already: report the failure in-band, as OpenAI does, and end.
+                yield data(event.body())
+                return
+            text = reader.feed(event.text)
+            if text:
+                yield data(builder.chunk({"content": text}, with_usage=include_usage))
+            last = event if event.finish_reason else last
+            event = await job.events.get()
+        tail, calls = reader.finish()
+        if tail:
+            yield data(builder.chunk({"content": tail}, with_usage=include_usage))
+        for delta in builder.call_deltas(calls):
+            yield data(builder.chunk(delta, with_usage=include_usage))
+        reason = finish_reason(builder.mode, calls, last and last.finish_reason)
+        yield data(builder.chunk({}, reason, with_usage=include_usage))
+        if include_usage:
+            yield data(builder.usage_chunk(usage(last.stats if last else None, 0)))
+        yield {"data": "[DONE]"}
+    finally:
+        job.cancel.set()  # the client hung up (or we finished): the worker stops between tokens
