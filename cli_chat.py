@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         engine = Inference(config)
-    except (ConfigError, OSError) as e:
+    except (ConfigError, OSError, RuntimeError) as e:  # onnxruntime reports a broken model as RuntimeError
         return fail(str(e))
     chat_loop(engine, SamplingParams.from_config(config), args.system_prompt)
     return 0

@@ -204,7 +204,7 @@ class Inference:
             if ready > sent:
                 yield Delta(text[sent:ready], token)
                 sent = ready
-            if len(generated) >= params.max_new_tokens or self.session.length >= kv_len:
+            if len(generated) >= params.max_new_tokens or self.session.length >= self.session.kv_len:
                 text = self.tokenizer.decode(generated, skip_special_tokens=True)
                 if len(text) > sent and not any(s and s in text for s in params.stop):
                     yield Delta(text[sent:], None)
