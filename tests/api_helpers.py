@@ -1,0 +1,97 @@
+"""Shared by the API tests: run a server in a subprocess on a free port, and check response bodies
+against OpenAI's published schema (shared/openai/chat-completions.schema.json)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import jsonschema
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT.parent / "shared" / "openai" / "chat-completions.schema.json"
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@lru_cache(maxsize=None)
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads(SCHEMA.read_text())
+    check = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{name}"}
+    return jsonschema.Draft202012Validator(check)
+
+
+def validate(body: dict, name: str) -> dict:
+    """name: CreateChatCompletionResponse, CreateChatCompletionStreamResponse, ListModelsResponse or
+    ErrorResponse. Raises jsonschema.ValidationError on any mismatch."""
+    _validator(name).validate(body)
+    return body
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.base_url = self.url + "/v1"
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health", timeout=10).json()
+
+    def wait_idle(self, timeout_s: float = 60) -> dict:
+        """Health once the worker has nothing to do (bounded wait, then the last answer)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            h = self.health()
+            if (not h["busy"] and h["queued"] == 0) or time.monotonic() > deadline:
+                return h
+            time.sleep(0.05)
+
+
+@contextmanager
+def serve(args: list[str], tmp: Path, startup_s: float = 300) -> Iterator[Server]:
+    """Start `python <args> --port N`, wait for uvicorn's ready line, stop it afterwards."""
+    port = free_port()
+    log = tmp / f"server-{port}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([PY, *args, "--port", str(port)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+    server = Server(proc, port, log)
+    try:
+        deadline = time.monotonic() + startup_s
+        while "Uvicorn running on" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def sse_chunks(text: str) -> list[dict | str]:
+    """The data payloads of an SSE body, decoded; the closing [DONE] stays a string."""
+    out: list[dict | str] = []
+    for line in text.splitlines():
+        if line.startswith("data:"):
+            payload = line[5:].strip()
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out

@@ -1,0 +1,111 @@
+"""The tool-call parsers and the streaming hold-back, on model outputs written out by hand."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from toolcall import parse_react, parse_tool_calls
+from toolcall.stream import ReactStream, ToolStream
+
+NAMES = {"get_weather", "calculate"}
+CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+
+
+def one_call(text: str) -> tuple[str | None, str, dict]:
+    found = parse_tool_calls(text, NAMES)
+    assert found is not None and len(found.calls) == 1
+    call = found.calls[0]
+    return found.content, call.name, json.loads(call.arguments)
+
+
+def test_qwen_tags_with_text_before() -> None:
+    content, name, args = one_call(f"Let me check.\n<tool_call>\n{CALL}\n</tool_call>")
+    assert (content, name, args) == ("Let me check.", "get_weather", {"city": "Paris"})
+
+
+def test_qwen_tags_without_closing_tag() -> None:
+    assert one_call(f"<tool_call>\n{CALL}\n")[1:] == ("get_weather", {"city": "Paris"})
+
+
+def test_qwen_tags_several_calls_get_distinct_ids() -> None:
+    text = f"<tool_call>{CALL}</tool_call>\n<tool_call>" + '{"name": "calculate", "arguments": {"expression": "1+1"}}</tool_call>'
+    found = parse_tool_calls(text, NAMES)
+    assert [c.name for c in found.calls] == ["get_weather", "calculate"]
+    assert found.calls[0].id != found.calls[1].id and found.calls[0].id.startswith("call_")
+    assert found.content is None
+
+
+def test_bare_json_object_and_parameters_key() -> None:
+    assert one_call(CALL)[1:] == ("get_weather", {"city": "Paris"})
+    assert one_call('  {"name": "calculate", "parameters": {"expression": "2*3"}}')[2] == {"expression": "2*3"}
+
+
+def test_bare_json_arguments_given_as_json_text() -> None:
+    assert one_call('{"name": "get_weather", "arguments": "{\\"city\\": \\"Rome\\"}"}')[2] == {"city": "Rome"}
+
+
+def test_fenced_json_with_chinese_prose() -> None:
+    text = '好的，我来调用天气函数：\n```json\n{"name": "get_weather", "arguments": {"city": "北京"}}\n```\n请稍等。'
+    content, name, args = one_call(text)
+    assert name == "get_weather" and args == {"city": "北京"}
+    assert "好的" in content and "请稍等" in content and "```" not in content
+
+
+@pytest.mark.parametrize("text", [
+    "The weather in Paris is sunny.",
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>',  # truncated JSON
+    '<tool_call>{"name": "launch_rocket", "arguments": {}}</tool_call>',  # a tool nobody offered
+    '{"name": "Bob", "age": 3}',  # ordinary JSON that merely has a name
+    '```python\nprint("hi")\n```',
+    '{"name": "get_weather", "arguments": [1, 2]}',  # arguments that are no object
+])
+def test_text_that_is_not_a_valid_call_stays_text(text: str) -> None:
+    assert parse_tool_calls(text, NAMES) is None
+
+
+def test_react_action_and_final_answer() -> None:
+    found = parse_react('Thought: look it up\nAction: get_weather\nAction Input: {"city": "Paris"}\n', NAMES)
+    assert found.content is None and found.calls[0].name == "get_weather"
+    assert json.loads(found.calls[0].arguments) == {"city": "Paris"}
+    assert parse_react("Thought: done\nFinal Answer: It is sunny.", NAMES).content == "It is sunny."
+    assert parse_react("Action: rm_rf\nAction Input: {}", NAMES) is None
+
+
+def feed_by_char(stream: ToolStream, text: str) -> tuple[str, str, list]:
+    shown = "".join(stream.feed(ch) for ch in text)
+    tail, calls = stream.finish()
+    return shown, tail, calls
+
+
+def test_stream_passes_plain_text_through_as_it_comes() -> None:
+    s = ToolStream(NAMES)
+    assert s.feed("Hello") == "Hello" and s.feed(" world") == " world"
+    assert s.finish() == ("", [])
+
+
+def test_stream_holds_a_possible_tag_prefix_then_releases_it() -> None:
+    s = ToolStream(NAMES)
+    assert s.feed("a <tool") == "a "
+    assert s.feed("box> b") == "<toolbox> b"
+
+
+@pytest.mark.parametrize("text", [f"Sure.\n<tool_call>\n{CALL}\n</tool_call>", CALL, f"\n  {CALL}",
+                                  f"Calling:\n```json\n{CALL}\n```"])
+def test_stream_never_shows_a_call_as_text(text: str) -> None:
+    shown, tail, calls = feed_by_char(ToolStream(NAMES), text)
+    assert "get_weather" not in shown + tail
+    assert [c.name for c in calls] == ["get_weather"]
+
+
+def test_stream_gives_back_a_malformed_call_as_text() -> None:
+    text = 'Hmm <tool_call>{"name": "get_weather", "arguments": {</tool_call>'
+    shown, tail, calls = feed_by_char(ToolStream(NAMES), text)
+    assert calls == [] and shown + tail == text
+
+
+def test_react_stream_shows_only_the_final_answer() -> None:
+    shown, tail, calls = feed_by_char(ReactStream(NAMES), "Thought: easy\nFinal Answer: 42 is the answer")
+    assert shown + tail == "42 is the answer" and calls == []
+    shown, tail, calls = feed_by_char(ReactStream(NAMES), 'Thought: x\nAction: calculate\nAction Input: {"expression": "6*7"}')
+    assert shown == "" and calls[0].name == "calculate"
