@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny random models built on the fly, and the real default model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tiny_model import make_tiny_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = REPO_ROOT / "download" / "Qwen2.5-Coder-0.5B-Instruct"
+
+
+@pytest.fixture(scope="session")
+def make_tiny(tmp_path_factory):
+    """`make_tiny(**kwargs)` -> directory of a tiny model; each distinct kwargs is built once."""
+    built: dict[tuple, Path] = {}
+
+    def factory(**kwargs) -> Path:
+        key = tuple(sorted(kwargs.items()))
+        if key not in built:
+            name = f"tiny-{kwargs.get('model_type', 'qwen2')}"
+            built[key] = make_tiny_model(tmp_path_factory.mktemp("tiny") / name, **kwargs)
+        return built[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(make_tiny) -> Path:
+    return make_tiny()
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    # A missing model is a broken setup, not a reason to skip: `make test` builds it first.
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        pytest.fail(f"{DEFAULT_MODEL_DIR} is missing: run `make model` first")
+    return DEFAULT_MODEL_DIR
+
+
+DEFAULT_KV_CACHE_LENGTH = 256
+
+
+@pytest.fixture(scope="session")
+def default_onnx(default_model_dir, tmp_path_factory) -> dict:
+    """The default model exported and patched once per test session (the costly step, ~1 min):
+    {"hf_model_dir", "onnx", "patched", "kv_cache_length"}. Every real-model test reuses it."""
+    from export.change_node import main as change_main
+    from export.export_onnx import main as export_main
+
+    out = tmp_path_factory.mktemp("default_onnx")
+    onnx_path, patched = out / "onnx" / "qwen2.5_coder_0.5b.onnx", out / "onnx2" / "qwen2.5_coder_0.5b.onnx"
+    assert export_main(["--hf_model_dir", str(default_model_dir), "--onnx_model_path", str(onnx_path),
+                        "--kv_cache_length", str(DEFAULT_KV_CACHE_LENGTH), "--dtype", "float32"]) == 0
+    assert change_main(["--input_model_path", str(onnx_path), "--output_model_path", str(patched)]) == 0
+    return {"hf_model_dir": default_model_dir, "onnx": onnx_path, "patched": patched,
+            "kv_cache_length": DEFAULT_KV_CACHE_LENGTH}
