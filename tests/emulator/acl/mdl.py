@@ -1,0 +1,303 @@
+"""Emulated `acl.mdl`: loading an emulated .om from memory, model descriptions, datasets, dynamic
+dims and execution. `execute` runs onnxruntime at exactly the static shapes of the profile the
+caller selected, reading and writing the device buffers it was given, so a wrong buffer size,
+an unselected profile or a mask that does not match the cache size fails as on the chip."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import emu_om
+
+from . import _state as s
+from ._buffers import DataBuffer
+from ._state import state
+
+
+@dataclass
+class Model:
+    header: dict
+    session: object
+    context: int
+    inputs: list[dict]
+    profiles: list[tuple[int, ...]]
+    input_sizes: list[int]
+    output_sizes: list[int]
+    output_dtypes: list[str]
+
+    @property
+    def dynamic(self) -> bool:
+        return bool(self.profiles)
+
+    @property
+    def names(self) -> list[str]:
+        return [i["name"] for i in self.inputs] + ([emu_om.MBATCH_INPUT] if self.dynamic else [])
+
+
+@dataclass
+class Desc:
+    model: Model | None = None
+
+
+@dataclass
+class Dataset:
+    buffers: list[int] = field(default_factory=list)
+
+
+def _fail(code: int, message: str) -> int:
+    state().last_error = message
+    state().record("error", message)
+    return code
+
+
+def _nbytes(shape: list[int], dtype: str) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def _session(header: dict, data: memoryview, start: int):
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)  # run failures come back as aclError codes, not log lines
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    threads = int(os.environ.get("EMU_ACL_THREADS", "0"))
+    if threads:
+        opts.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory(prefix="emu_om_") as tmp:
+        path = emu_om.extract_blobs(data, header, start, Path(tmp))
+        # Weights are read into the session here; the temporary files can go afterwards.
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def load_from_mem(model: int, model_size: int) -> tuple[int, int]:
+    st = state()
+    ret = s.need_context(st)
+    if ret:
+        return 0, ret
+    where = st.locate(model, model_size)
+    if where is None or model_size <= 0:
+        return 0, _fail(s.INVALID_PARAM, "load_from_mem: pointer/size outside any allocation")
+    region, offset = where
+    allowed = (s.DEVICE, s.PINNED) if s.run_mode() == 0 else (s.PINNED, s.HOST)
+    if region.kind not in allowed:
+        return 0, _fail(s.INVALID_PARAM, f"load_from_mem: the model must be in {' or '.join(allowed)} "
+                                         f"memory in this run mode, got {region.kind}")
+    data = memoryview(region.data)[offset:offset + model_size]
+    try:
+        header, start = emu_om.read_header(data)
+    except ValueError as e:
+        return 0, _fail(s.PARSE_FILE, f"load_from_mem: {e}")
+    if header["soc_version"] != s.soc_name():
+        return 0, _fail(s.INVALID_PARAM, f"load_from_mem: the model was compiled for {header['soc_version']}, "
+                                         f"this device is {s.soc_name()}")
+    inputs = header["inputs"]
+    profiles = [tuple(p) for p in header["profiles"]]
+    maxed = emu_om.max_dims(inputs, header["profiles"])
+    sizes = [_nbytes(shape, spec["dtype"]) for shape, spec in zip(maxed, inputs)]
+    if profiles:
+        sizes.append(8 * len(profiles[0]))
+    out_dtypes = [o["dtype"] for o in header["outputs"]]
+    out_sizes = [max(_nbytes(shapes[i], out_dtypes[i]) for shapes in header["profile_outputs"])
+                 for i in range(len(out_dtypes))]
+    try:
+        session = _session(header, data, start)
+    except Exception as e:  # onnxruntime's own exception types
+        return 0, _fail(s.PARSE_FILE, f"load_from_mem: the graph inside the .om does not load: {e}")
+    m = Model(header, session, st.current_context().handle, inputs, profiles, sizes, out_sizes, out_dtypes)
+    model_id = st.new_handle(m)
+    st.record("load_from_mem", model_size)
+    return model_id, s.SUCCESS
+
+
+def unload(model_id: int) -> int:
+    st = state()
+    m = st.get(model_id, Model)
+    if m is None:
+        return s.INVALID_PARAM
+    ctx = st.current_context()
+    if ctx is None or ctx.handle != m.context:
+        return _fail(s.INVALID_PARAM, "unload: not in the context the model was loaded in")
+    del st.handles[model_id]
+    st.record("unload", model_id)
+    return s.SUCCESS
+
+
+def create_desc() -> int:
+    return state().new_handle(Desc())
+
+
+def get_desc(model_desc: int, model_id: int) -> int:
+    st = state()
+    desc, m = st.get(model_desc, Desc), st.get(model_id, Model)
+    if desc is None or m is None:
+        return s.INVALID_PARAM
+    desc.model = m
+    return s.SUCCESS
+
+
+def destroy_desc(model_desc: int) -> int:
+    st = state()
+    if st.get(model_desc, Desc) is None:
+        return s.INVALID_PARAM
+    del st.handles[model_desc]
+    st.record("destroy_desc", model_desc)
+    return s.SUCCESS
+
+
+def _model_of(model_desc: int) -> Model | None:
+    desc = state().get(model_desc, Desc)
+    return desc.model if desc else None
+
+
+def get_num_inputs(model_desc: int) -> int:
+    m = _model_of(model_desc)
+    return len(m.names) if m else 0
+
+
+def get_num_outputs(model_desc: int) -> int:
+    m = _model_of(model_desc)
+    return len(m.output_sizes) if m else 0
+
+
+def get_input_size_by_index(model_desc: int, index: int) -> int:
+    m = _model_of(model_desc)
+    return m.input_sizes[index] if m and 0 <= index < len(m.input_sizes) else 0
+
+
+def get_output_size_by_index(model_desc: int, index: int) -> int:
+    m = _model_of(model_desc)
+    return m.output_sizes[index] if m and 0 <= index < len(m.output_sizes) else 0
+
+
+def get_output_data_type(model_desc: int, index: int) -> int:
+    m = _model_of(model_desc)
+    if not m or not 0 <= index < len(m.output_dtypes):
+        return -1
+    return emu_om.NUMPY_TO_ACL.get(m.output_dtypes[index], -1)
+
+
+def get_input_index_by_name(model_desc: int, name: str) -> tuple[int, int]:
+    m = _model_of(model_desc)
+    if m is None or name not in m.names:
+        return 0, s.INVALID_PARAM
+    return m.names.index(name), s.SUCCESS
+
+
+def get_input_dynamic_gear_count(model_desc: int, index: int) -> tuple[int, int]:
+    m = _model_of(model_desc)
+    if m is None or index != -1:
+        return 0, s.INVALID_PARAM
+    return len(m.profiles), s.SUCCESS
+
+
+def create_dataset() -> int:
+    return state().new_handle(Dataset())
+
+
+def add_dataset_buffer(dataset: int, data_buffer: int) -> tuple[int, int]:
+    st = state()
+    ds = st.get(dataset, Dataset)
+    if ds is None or st.get(data_buffer, DataBuffer) is None:
+        return dataset, s.INVALID_PARAM
+    ds.buffers.append(data_buffer)
+    return dataset, s.SUCCESS
+
+
+def get_dataset_num_buffers(dataset: int) -> int:
+    ds = state().get(dataset, Dataset)
+    return len(ds.buffers) if ds else 0
+
+
+def destroy_dataset(dataset: int) -> int:
+    st = state()
+    if st.get(dataset, Dataset) is None:
+        return s.INVALID_PARAM
+    del st.handles[dataset]
+    st.record("destroy_dataset", dataset)
+    return s.SUCCESS
+
+
+def _buffer(ds: Dataset, index: int) -> DataBuffer | None:
+    if not 0 <= index < len(ds.buffers):
+        return None
+    return state().get(ds.buffers[index], DataBuffer)
+
+
+def set_input_dynamic_dims(model_id: int, dataset_in: int, index: int, dims: dict) -> int:
+    st = state()
+    m, ds = st.get(model_id, Model), st.get(dataset_in, Dataset)
+    if m is None or ds is None:
+        return _fail(s.INVALID_PARAM, "set_input_dynamic_dims: unknown model or dataset")
+    if not m.dynamic or index != len(m.inputs):
+        return _fail(s.INVALID_PARAM, f"set_input_dynamic_dims: input {index} is not {emu_om.MBATCH_INPUT}")
+    if not isinstance(dims, dict) or not {"dimCount", "dims", "name"} <= set(dims):
+        return _fail(s.INVALID_PARAM, "set_input_dynamic_dims: dims must be a dict with name, dimCount, dims")
+    values = tuple(int(v) for v in dims["dims"])
+    if dims["dimCount"] != len(values) or len(values) != len(m.profiles[0]):
+        return _fail(s.INVALID_PARAM, f"set_input_dynamic_dims: {dims['dimCount']} dims, the model has "
+                                      f"{len(m.profiles[0])} dynamic dims")
+    if values not in m.profiles:
+        return _fail(s.INVALID_PARAM, f"set_input_dynamic_dims: {list(values)} matches no compiled profile")
+    buf = _buffer(ds, index)
+    where = st.locate(buf.ptr, 8 * len(values)) if buf and buf.size >= 8 * len(values) else None
+    if where is None:
+        return _fail(s.INVALID_PARAM, "set_input_dynamic_dims: the dynamic-dims input buffer is too small")
+    region, off = where
+    region.data[off:off + 8 * len(values)] = np.asarray(values, dtype=np.int64).tobytes()
+    return s.SUCCESS
+
+
+def _read_profile(m: Model, ds: Dataset) -> tuple[int, ...] | None:
+    if not m.dynamic:
+        return ()
+    buf = _buffer(ds, len(m.inputs))
+    count = len(m.profiles[0])
+    where = state().locate(buf.ptr, 8 * count) if buf else None
+    if where is None:
+        return None
+    region, off = where
+    values = tuple(int(v) for v in np.frombuffer(bytes(region.data[off:off + 8 * count]), dtype=np.int64))
+    return values if values in m.profiles else None
+
+
+def execute(model_id: int, input: int, output: int) -> int:  # noqa: A002  (pyACL's parameter name)
+    st = state()
+    m, ins, outs = st.get(model_id, Model), st.get(input, Dataset), st.get(output, Dataset)
+    if m is None or ins is None or outs is None:
+        return _fail(s.INVALID_PARAM, "execute: unknown model or dataset")
+    ctx = st.current_context()
+    if ctx is None or ctx.handle != m.context:
+        return _fail(s.INVALID_PARAM, "execute: the calling thread is not in the model's context")
+    if len(ins.buffers) != len(m.names) or len(outs.buffers) != len(m.output_sizes):
+        return _fail(s.INVALID_PARAM, f"execute: datasets hold {len(ins.buffers)} inputs/{len(outs.buffers)} "
+                                      f"outputs, the model has {len(m.names)}/{len(m.output_sizes)}")
+    profile = _read_profile(m, ins)
+    if profile is None:
+        return _fail(s.INVALID_PARAM, "execute: no valid profile selected (call set_input_dynamic_dims)")
+    feeds = {}
+    for i, (spec, shape) in enumerate(zip(m.inputs, emu_om.static_shapes(m.inputs, list(profile)))):
+        need, buf = _nbytes(shape, spec["dtype"]), _buffer(ins, i)
+        where = st.locate(buf.ptr, need) if buf and buf.size >= need else None
+        if where is None:
+            return _fail(s.INVALID_PARAM, f"execute: input {spec['name']} needs {need} bytes at profile {profile}")
+        region, off = where
+        feeds[spec["name"]] = np.frombuffer(bytes(region.data[off:off + need]), dtype=spec["dtype"]).reshape(shape)
+    try:
+        results = m.session.run(None, feeds)
+    except Exception as e:  # onnxruntime's own exception types
+        return _fail(500000, f"execute: the graph failed at profile {profile}: {e}")
+    for i, result in enumerate(results):
+        blob = np.ascontiguousarray(result, dtype=m.output_dtypes[i]).tobytes()
+        buf = _buffer(outs, i)
+        where = st.locate(buf.ptr, len(blob)) if buf and buf.size >= len(blob) else None
+        if where is None:
+            return _fail(s.INVALID_PARAM, f"execute: output {i} needs {len(blob)} bytes")
+        region, off = where
+        region.data[off:off + len(blob)] = blob
+    st.record("execute", profile)
+    return s.SUCCESS
