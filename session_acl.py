@@ -1,0 +1,278 @@
+"""AclSession: the .om from onnx2om.py on an Ascend NPU through pyACL, with the KV cache in device memory.
+
+Imported lazily by Session.fromConfig when --session_type acl, so pyACL stays an optional import.
+One graph call per prefill chunk (the shared Session.run splits prompts); each call's new keys and
+values are appended to the device cache with one device-to-device copy, and logits come back to
+the host only for the last chunk.
+"""
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from config import ConfigError, InferenceConfig
+from session import Session
+
+# Values from the pyACL reference: aclrtMemcpyKind, aclrtMemMallocPolicy, aclrtRunMode, aclDataType.
+HOST_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE = 0, 1, 2, 3
+MALLOC_HUGE_FIRST = 0
+RUN_MODE_DEVICE = 0
+ACL_DTYPES = {0: np.float32, 1: np.float16}
+DYNAMIC_INPUT = "ascend_mbatch_shape_data"   # the input that carries the selected --dynamic_dims profile
+INPUTS = ("input_ids", "attention_mask", "position_ids", "past_key_values")
+DEVICE_ID = 0
+UPLOAD_CHUNK = 64 * 1024 * 1024
+
+
+class AclError(RuntimeError):
+    """A pyACL call failed; the message names the call and its aclError code."""
+
+
+_RUNTIME: dict[str, object] = {}
+
+
+def _runtime():
+    """`acl`, initialised once per process (acl.init may be called only once) and finalised at exit,
+    after every session has closed (atexit runs in reverse registration order)."""
+    if "acl" not in _RUNTIME:
+        import acl
+
+        _check(acl, acl.init(), "acl.init")
+        _RUNTIME["acl"] = acl
+        atexit.register(acl.finalize)
+    return _RUNTIME["acl"]
+
+
+def _check(acl, ret: int, call: str) -> None:
+    if ret != 0:
+        detail = getattr(acl, "get_recent_err_msg", lambda: "")() or ""
+        raise AclError(f"{call} failed with aclError {ret}" + (f": {detail.strip()}" if detail else ""))
+
+
+@Session.register("acl")
+class AclSession(Session):
+    def __init__(self, config: InferenceConfig):
+        super().__init__(config)
+        self.acl = _runtime()
+        self.length = 0
+        self.model_id = self.desc = self.context = self.host_logits = None
+        self.model_mem: tuple[int, bool] | None = None           # (pointer, is device memory)
+        self.device_mem: dict[str, int] = {}
+        self.data_buffers: list[int] = []
+        self.datasets: list[int] = []
+        self.threads: set[int] = set()
+        self.closed = self.device_set = False
+        self._call(self.acl.rt.set_device(DEVICE_ID), "acl.rt.set_device")
+        self.device_set = True
+        try:
+            context, ret = self.acl.rt.create_context(DEVICE_ID)
+            self._call(ret, "acl.rt.create_context")
+            self.context = context
+            self.threads.add(threading.get_ident())
+            self._load(Path(config.om_model_path))
+            self._describe()
+            self._allocate()
+        except BaseException:
+            self.close()
+            raise
+        atexit.register(self.close)
+
+    def _call(self, ret: int, call: str) -> None:
+        _check(self.acl, ret, call)
+
+    # ---- loading -----------------------------------------------------------------------------
+    def _load(self, path: Path) -> None:
+        """Copy the .om into memory in chunks (a progress bar, since boards read slowly) and load it
+        from there. The docs ask for device memory when the app runs on the board, host memory
+        when it runs on a host CPU."""
+        acl, size = self.acl, path.stat().st_size
+        mode, ret = acl.rt.get_run_mode()
+        self._call(ret, "acl.rt.get_run_mode")
+        on_device = mode == RUN_MODE_DEVICE
+        if on_device:
+            ptr, ret = acl.rt.malloc(size, MALLOC_HUGE_FIRST)
+        else:
+            ptr, ret = acl.rt.malloc_host(size)
+        self._call(ret, "acl.rt.malloc" if on_device else "acl.rt.malloc_host")
+        self.model_mem = (ptr, on_device)
+        kind = HOST_TO_DEVICE if on_device else HOST_TO_HOST
+        with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"loading {path.name}",
+                                         file=sys.stderr, leave=False) as bar:
+            offset = 0
+            while chunk := f.read(UPLOAD_CHUNK):
+                self._call(acl.rt.memcpy(ptr + offset, size - offset, acl.util.bytes_to_ptr(chunk), len(chunk), kind),
+                           "acl.rt.memcpy (model upload)")
+                offset += len(chunk)
+                bar.update(len(chunk))
+        self.model_id, ret = acl.mdl.load_from_mem(ptr, size)
+        self._call(ret, "acl.mdl.load_from_mem")
+
+    def _describe(self) -> None:
+        """Read the model's inputs and outputs, and check them against the configuration."""
+        acl, c = self.acl, self.config
+        self.desc = acl.mdl.create_desc()
+        self._call(acl.mdl.get_desc(self.desc, self.model_id), "acl.mdl.get_desc")
+        self.index = {}
+        for name in INPUTS:
+            self.index[name], ret = acl.mdl.get_input_index_by_name(self.desc, name)
+            if ret != 0:
+                raise ConfigError(f"{c.om_model_path}: the model has no input {name!r} (not built by onnx2om.py?)")
+        self.dynamic_index, ret = acl.mdl.get_input_index_by_name(self.desc, DYNAMIC_INPUT)
+        self.dynamic = ret == 0
+        self.in_sizes = [acl.mdl.get_input_size_by_index(self.desc, i) for i in range(acl.mdl.get_num_inputs(self.desc))]
+        self.out_sizes = [acl.mdl.get_output_size_by_index(self.desc, i)
+                          for i in range(acl.mdl.get_num_outputs(self.desc))]
+        if len(self.out_sizes) != 2:
+            raise ConfigError(f"{c.om_model_path}: expected outputs logits and out_key_values, found {len(self.out_sizes)}")
+        self.logits_dtype, self.cache_dtype = (ACL_DTYPES.get(acl.mdl.get_output_data_type(self.desc, i)) for i in (0, 1))
+        if self.logits_dtype is None or self.cache_dtype is None:
+            raise ConfigError(f"{c.om_model_path}: outputs are neither float32 nor float16")
+        self.row_bytes = (c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim
+                          * np.dtype(self.cache_dtype).itemsize)
+        self.kv_len = self.in_sizes[self.index["past_key_values"]] // self.row_bytes
+        if self.kv_len != c.kv_cache_length:
+            raise ConfigError(f"{c.om_model_path} was compiled for kv_cache_length {self.kv_len}, this run asks for "
+                              f"{c.kv_cache_length}: pass --kv_cache_length {self.kv_len}")
+        self._check_profiles()
+        longest = c.max_prefill_length if self.dynamic else 1
+        if self.out_sizes[0] < longest * c.vocab_size * np.dtype(self.logits_dtype).itemsize:
+            raise ConfigError(f"{c.om_model_path}: its logits are smaller than vocab {c.vocab_size}: "
+                              "--hf_model_dir does not belong to this model")
+
+    def _check_profiles(self) -> None:
+        """The .om knows its profiles; the chunking here must ask for exactly those."""
+        c = self.config
+        if not self.dynamic:
+            if c.max_prefill_length != 1:
+                raise ConfigError(f"{c.om_model_path} has static shapes (built with --max_prefill_length 1): "
+                                  "pass --max_prefill_length 1")
+            return
+        count, ret = self.acl.mdl.get_input_dynamic_gear_count(self.desc, -1)
+        self._call(ret, "acl.mdl.get_input_dynamic_gear_count")
+        want = 2 * c.max_prefill_length.bit_length()
+        if count != want:
+            raise ConfigError(f"{c.om_model_path} has {count} profiles, --max_prefill_length {c.max_prefill_length} "
+                              f"needs {want}: pass the --max_prefill_length given to onnx2om.py")
+
+    def _allocate(self) -> None:
+        """Device buffers for every input and output (sized for the largest profile), the logits row on
+        the host, and one input and one output dataset that stay bound to them."""
+        acl = self.acl
+        names = {i: n for n, i in self.index.items()}
+        if self.dynamic:
+            names[self.dynamic_index] = DYNAMIC_INPUT
+        for slot, sizes in (("in", self.in_sizes), ("out", self.out_sizes)):
+            dataset = acl.mdl.create_dataset()
+            self.datasets.append(dataset)
+            for i, size in enumerate(sizes):
+                key = f"{slot}:{names.get(i, i) if slot == 'in' else i}"
+                ptr, ret = acl.rt.malloc(size, MALLOC_HUGE_FIRST)
+                self._call(ret, "acl.rt.malloc")
+                self.device_mem[key] = ptr
+                buf = acl.create_data_buffer(ptr, size)
+                self.data_buffers.append(buf)
+                _, ret = acl.mdl.add_dataset_buffer(dataset, buf)
+                self._call(ret, "acl.mdl.add_dataset_buffer")
+        self.in_ds, self.out_ds = self.datasets
+        self.logits_bytes = self.config.vocab_size * np.dtype(self.logits_dtype).itemsize
+        self.host_logits, ret = acl.rt.malloc_host(self.logits_bytes)
+        self._call(ret, "acl.rt.malloc_host")
+        self.cache_ptr = self.device_mem["in:past_key_values"]
+        self.cache_bytes = self.in_sizes[self.index["past_key_values"]]
+        self.reset()
+
+    # ---- running -----------------------------------------------------------------------------
+    def _bind_thread(self) -> None:
+        """pyACL's current context is per thread: a thread that did not create it must set it."""
+        me = threading.get_ident()
+        if me not in self.threads:
+            self._call(self.acl.rt.set_context(self.context), "acl.rt.set_context")
+            self.threads.add(me)
+
+    def _upload(self, name: str, array: np.ndarray) -> None:
+        data = np.ascontiguousarray(array, dtype=np.int64).tobytes()
+        size = self.in_sizes[self.index[name]]
+        self._call(self.acl.rt.memcpy(self.device_mem[f"in:{name}"], size, self.acl.util.bytes_to_ptr(data),
+                                      len(data), HOST_TO_DEVICE), f"acl.rt.memcpy ({name})")
+
+    def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
+        acl, n, start = self.acl, input_ids.shape[1], self.length
+        self._bind_thread()
+        # The half-size profile reads only the first kv_len/2 cache rows: less attention work while
+        # the conversation fits in them.
+        kv = self.kv_len // 2 if self.dynamic and start + n <= self.kv_len // 2 else self.kv_len
+        mask = np.zeros((1, kv + n), dtype=np.int64)
+        mask[0, :start] = 1
+        mask[0, kv:] = 1
+        self._upload("input_ids", input_ids)
+        self._upload("attention_mask", mask)
+        self._upload("position_ids", np.arange(start, start + n, dtype=np.int64)[None])
+        if self.dynamic:
+            dims = {"dimCount": 4, "name": "", "dims": [n, kv + n, n, kv]}
+            self._call(acl.mdl.set_input_dynamic_dims(self.model_id, self.in_ds, self.dynamic_index, dims),
+                       f"acl.mdl.set_input_dynamic_dims (seq {n}, kv {kv})")
+        self._call(acl.mdl.execute(self.model_id, self.in_ds, self.out_ds), "acl.mdl.execute")
+        offset = start * self.row_bytes
+        self._call(acl.rt.memcpy(self.cache_ptr + offset, self.cache_bytes - offset, self.device_mem["out:1"],
+                                 n * self.row_bytes, DEVICE_TO_DEVICE), "acl.rt.memcpy (cache append)")
+        self.length = start + n
+        if not want_logits:
+            return None
+        last_row = (n - 1) * self.logits_bytes
+        self._call(acl.rt.memcpy(self.host_logits, self.logits_bytes, self.device_mem["out:0"] + last_row,
+                                 self.logits_bytes, DEVICE_TO_HOST), "acl.rt.memcpy (logits)")
+        raw = acl.util.ptr_to_bytes(self.host_logits, self.logits_bytes)
+        return np.frombuffer(raw, dtype=self.logits_dtype).astype(np.float32)
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n tokens; later rows stay on the device but the mask hides them."""
+        self.length = max(0, min(n, self.length))
+
+    def reset(self) -> None:
+        self._bind_thread()
+        self._call(self.acl.rt.memset(self.cache_ptr, self.cache_bytes, 0, self.cache_bytes), "acl.rt.memset (cache)")
+        self.length = 0
+
+    # ---- release -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release everything in dependency order: the model before the memory it uses, memory before
+        its context, the context before the device. Every step runs; the first failure is raised."""
+        if self.closed:
+            return
+        self.closed = True
+        atexit.unregister(self.close)
+        acl, errors = self.acl, []
+
+        def step(ret: int, call: str) -> None:
+            if ret != 0:
+                errors.append(f"{call} failed with aclError {ret}")
+
+        if self.context is not None and threading.get_ident() not in self.threads:
+            step(acl.rt.set_context(self.context), "acl.rt.set_context")
+        if self.model_id is not None:
+            step(acl.mdl.unload(self.model_id), "acl.mdl.unload")
+        if self.desc is not None:
+            step(acl.mdl.destroy_desc(self.desc), "acl.mdl.destroy_desc")
+        for buf in self.data_buffers:
+            step(acl.destroy_data_buffer(buf), "acl.destroy_data_buffer")
+        for dataset in self.datasets:
+            step(acl.mdl.destroy_dataset(dataset), "acl.mdl.destroy_dataset")
+        for ptr in self.device_mem.values():
+            step(acl.rt.free(ptr), "acl.rt.free")
+        if self.model_mem is not None:
+            ptr, on_device = self.model_mem
+            step(acl.rt.free(ptr) if on_device else acl.rt.free_host(ptr), "acl.rt.free (model)")
+        if self.host_logits is not None:
+            step(acl.rt.free_host(self.host_logits), "acl.rt.free_host")
+        if self.context is not None:
+            step(acl.rt.destroy_context(self.context), "acl.rt.destroy_context")
+        if self.device_set:
+            step(acl.rt.reset_device(DEVICE_ID), "acl.rt.reset_device")
+        if errors:
+            raise AclError("; ".join(errors))
+
