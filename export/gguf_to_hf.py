@@ -50,7 +50,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_gguf(path: Path) -> None:
+def check_gguf(path: Path):
+    """Open `path` as a GGUF, turning every way it can be wrong into a one-line ConvertError."""
     if not path.exists():
         raise ConvertError(f"--gguf_path {path} does not exist")
     if not path.is_file():
@@ -58,6 +59,12 @@ def check_gguf(path: Path) -> None:
     with path.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise ConvertError(f"--gguf_path {path} is not a GGUF file (bad magic)")
+    from gguf import GGUFReader
+
+    try:
+        return GGUFReader(str(path))
+    except Exception as err:  # the reader raises assorted types on corrupt or truncated files
+        raise ConvertError(f"--gguf_path {path} is not a readable GGUF file: {err}") from None
 
 
 def is_converted(out_dir: Path) -> bool:
@@ -77,7 +84,7 @@ def token_id(tokenizer, token: str) -> int | None:
     return int(ids[0])
 
 
-def load_config(gguf_path: Path):
+def load_config(gguf_path: Path, reader):
     from transformers import AutoConfig
 
     try:
@@ -91,7 +98,20 @@ def load_config(gguf_path: Path):
     # The config read from a GGUF carries the gguf quantisation marker; the output is a plain model.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    head_dim = gguf_head_dim(reader, config.model_type)
+    if head_dim is not None:
+        config.head_dim = head_dim
     return config
+
+
+def gguf_head_dim(reader, arch: str) -> int | None:
+    """`{arch}.attention.key_length` if the GGUF records it.
+
+    transformers' GGUF config reader ignores this key and assumes hidden_size / num_heads, which
+    is wrong for models such as Qwen3-0.6B (hidden 1024, 16 heads, head_dim 128).
+    """
+    field = reader.fields.get(f"{arch}.attention.key_length")
+    return None if field is None else int(field.contents())
 
 
 def build_model(gguf_path: Path, config, dtype):
@@ -144,13 +164,13 @@ def generation_config_for(tokenizer, config):
     )
 
 
-def write_outputs(gguf_path: Path, work_dir: Path, dtype_name: str, model_name: str) -> None:
+def write_outputs(gguf_path: Path, reader, work_dir: Path, dtype_name: str, model_name: str) -> None:
     import torch
 
     dtype = getattr(torch, dtype_name)
     started = time.monotonic()
     log(f"reading config and tokenizer from {gguf_path}")
-    config = load_config(gguf_path)
+    config = load_config(gguf_path, reader)
     tokenizer = load_tokenizer(gguf_path)
     log(f"{config.model_type}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}")
     model = build_model(gguf_path, config, dtype)
@@ -177,13 +197,13 @@ def move_into(work_dir: Path, out_dir: Path) -> None:
         os.replace(work_dir / name, out_dir / name)
 
 
-def convert(gguf_path: Path, out_dir: Path, dtype_name: str) -> None:
+def convert(gguf_path: Path, reader, out_dir: Path, dtype_name: str) -> None:
     parent = out_dir.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     # Build beside the output (same filesystem) so the final moves are renames, never copies.
     work_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
     try:
-        write_outputs(gguf_path, work_dir, dtype_name, out_dir.name)
+        write_outputs(gguf_path, reader, work_dir, dtype_name, out_dir.name)
         move_into(work_dir, out_dir)
     finally:
         # The temporary directory is ours alone; removing it never touches user files.
@@ -203,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     gguf_path: Path = args.gguf_path
     out_dir: Path = args.output_dir
-    check_gguf(gguf_path)
+    reader = check_gguf(gguf_path)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConvertError(f"--output_dir {out_dir} exists and is not a directory")
     if args.sha256:
@@ -214,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     if is_converted(out_dir) and not args.force:
         log(f"{out_dir} is up to date (config, weights and tokenizer present); use --force to convert again")
         return 0
-    convert(gguf_path, out_dir, args.dtype)
+    convert(gguf_path, reader, out_dir, args.dtype)
     log(f"wrote {out_dir}")
     return 0
 
