@@ -58,8 +58,11 @@ $(ONNX): $(MODEL_DIR)/config.json
 $(ONNX2): $(ONNX)
 	$(PY) export/change_node.py --input_model_path $< --output_model_path $@
 
+# On a CPU, passing only the filled cache slots (basic) and longer prefill chunks is faster;
+# the NPU needs the fixed-size cache and the chunk length the .om was compiled for.
 demo: onnx
-	$(PY) cli_chat.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX2)
+	$(PY) cli_chat.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX2) \
+	  --kv_cache_method basic --max_prefill_length 64
 
 test: model
 	$(PY) -m pytest -q tests
