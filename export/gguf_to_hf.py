@@ -24,7 +24,6 @@ PROG = "gguf_to_hf.py"
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3")
 DTYPES = ("bfloat16", "float16", "float32")
-WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # Tokens that end a turn in Qwen chat models; generation must stop on either.
 EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -50,8 +49,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_gguf(path: Path):
-    """Open `path` as a GGUF, turning every way it can be wrong into a one-line ConvertError."""
+def check_gguf(path: Path) -> None:
+    """Cheap checks that `path` is a GGUF at all, before hashing or parsing it."""
     if not path.exists():
         raise ConvertError(f"--gguf_path {path} does not exist")
     if not path.is_file():
@@ -59,6 +58,10 @@ def check_gguf(path: Path):
     with path.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise ConvertError(f"--gguf_path {path} is not a GGUF file (bad magic)")
+
+
+def open_gguf(path: Path):
+    """Parse the GGUF header, turning every way it can be corrupt into a one-line ConvertError."""
     from gguf import GGUFReader
 
     try:
@@ -98,6 +101,9 @@ def load_config(gguf_path: Path, reader):
     # The config read from a GGUF carries the gguf quantisation marker; the output is a plain model.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    # transformers files the GGUF's free-text general.name here; it is no path and misleads readers.
+    if hasattr(config, "_model_name_or_path"):
+        del config._model_name_or_path
     head_dim = gguf_head_dim(reader, config.model_type)
     if head_dim is not None:
         config.head_dim = head_dim
@@ -164,7 +170,7 @@ def generation_config_for(tokenizer, config):
     )
 
 
-def write_outputs(gguf_path: Path, reader, work_dir: Path, dtype_name: str, model_name: str) -> None:
+def write_outputs(gguf_path: Path, reader, work_dir: Path, dtype_name: str) -> None:
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -175,8 +181,6 @@ def write_outputs(gguf_path: Path, reader, work_dir: Path, dtype_name: str, mode
     log(f"{config.model_type}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}")
     model = build_model(gguf_path, config, dtype)
     model.generation_config = generation_config_for(tokenizer, config)
-    # Otherwise config.json records the GGUF's free-text general.name as the model's origin.
-    model.config.name_or_path = model_name
     log(f"saving {dtype_name} weights to {work_dir}")
     # One file keeps re-runs with --force from leaving stale shards next to a new index.
     model.save_pretrained(str(work_dir), safe_serialization=True, max_shard_size="1000GB")
@@ -203,7 +207,7 @@ def convert(gguf_path: Path, reader, out_dir: Path, dtype_name: str) -> None:
     # Build beside the output (same filesystem) so the final moves are renames, never copies.
     work_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
     try:
-        write_outputs(gguf_path, reader, work_dir, dtype_name, out_dir.name)
+        write_outputs(gguf_path, reader, work_dir, dtype_name)
         move_into(work_dir, out_dir)
     finally:
         # The temporary directory is ours alone; removing it never touches user files.
@@ -223,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     gguf_path: Path = args.gguf_path
     out_dir: Path = args.output_dir
-    reader = check_gguf(gguf_path)
+    check_gguf(gguf_path)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConvertError(f"--output_dir {out_dir} exists and is not a directory")
     if args.sha256:
@@ -234,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     if is_converted(out_dir) and not args.force:
         log(f"{out_dir} is up to date (config, weights and tokenizer present); use --force to convert again")
         return 0
-    convert(gguf_path, reader, out_dir, args.dtype)
+    convert(gguf_path, open_gguf(gguf_path), out_dir, args.dtype)
     log(f"wrote {out_dir}")
     return 0
 
