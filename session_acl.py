@@ -78,7 +78,10 @@ class AclSession(Session):
             self._describe()
             self._allocate()
         except BaseException:
-            self.close()
+            try:
+                self.close()
+            except AclError:
+                pass  # the failure that stopped loading is the one worth reporting
             raise
         atexit.register(self.close)
 
@@ -109,8 +112,9 @@ class AclSession(Session):
                            "acl.rt.memcpy (model upload)")
                 offset += len(chunk)
                 bar.update(len(chunk))
-        self.model_id, ret = acl.mdl.load_from_mem(ptr, size)
+        model_id, ret = acl.mdl.load_from_mem(ptr, size)
         self._call(ret, "acl.mdl.load_from_mem")
+        self.model_id = model_id
 
     def _describe(self) -> None:
         """Read the model's inputs and outputs, and check them against the configuration."""
@@ -154,10 +158,11 @@ class AclSession(Session):
             return
         count, ret = self.acl.mdl.get_input_dynamic_gear_count(self.desc, -1)
         self._call(ret, "acl.mdl.get_input_dynamic_gear_count")
-        want = 2 * c.max_prefill_length.bit_length()
+        want = 2 * c.max_prefill_length.bit_length()   # onnx2om: every power of two up to max, for 2 cache sizes
         if count != want:
-            raise ConfigError(f"{c.om_model_path} has {count} profiles, --max_prefill_length {c.max_prefill_length} "
-                              f"needs {want}: pass the --max_prefill_length given to onnx2om.py")
+            built = f"--max_prefill_length {1 << (count // 2 - 1)}" if count % 2 == 0 and count >= 4 else "?"
+            raise ConfigError(f"{c.om_model_path} has {count} profiles (built with {built}), but this run uses "
+                              f"--max_prefill_length {c.max_prefill_length}: pass the value given to onnx2om.py")
 
     def _allocate(self) -> None:
         """Device buffers for every input and output (sized for the largest profile), the logits row on

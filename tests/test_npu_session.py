@@ -1,0 +1,169 @@
+"""AclSession under the emulated pyACL, on the tiny model: same greedy tokens as OnnxSession, device
+cache bookkeeping (kv/2 profile, D2D appends, logits only for the last chunk) and ordered release."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from config import ConfigError, InferenceConfig
+from emulator import harness
+from inference import Inference, SamplingParams
+from session import Session
+
+KV = 64  # the half-cache profile covers the first 32 tokens
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_model_dir, tmp_path_factory):
+    from export.export_onnx import main as export_main
+
+    path = tmp_path_factory.mktemp("npu_tiny") / "tiny.onnx"
+    assert export_main(["--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(path),
+                        "--kv_cache_length", str(KV)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_oms(tiny_onnx):
+    """One .om per --max_prefill_length, compiled by onnx2om.py with the emulated atc."""
+    with pytest.MonkeyPatch.context() as mp:
+        harness.activate(mp)
+        return {m: harness.compile_om(tiny_onnx, tiny_onnx.with_name(f"tiny_p{m}"), m) for m in (1, 4, 8)}
+
+
+@pytest.fixture
+def emu(monkeypatch):
+    harness.activate(monkeypatch)
+
+
+def config(model_dir, session_type: str, path, mpl: int = 8, **kw) -> InferenceConfig:
+    key = "om_model_path" if session_type == "acl" else "onnx_model_path"
+    return InferenceConfig(hf_model_dir=str(model_dir), session_type=session_type, kv_cache_length=KV,
+                           max_input_length=KV // 2, max_prefill_length=mpl, **{key: str(path)}, **kw)
+
+
+def two_turns(session) -> list[int]:
+    """20-token prompt plus 20 greedy tokens (crosses kv/2 = 32), then keep 30 tokens, add 9, generate 10."""
+    first = harness.greedy_turn(session, list(range(5, 25)), 20)
+    session.truncate(30)
+    return first + harness.greedy_turn(session, list(range(40, 49)), 10)
+
+
+@pytest.mark.parametrize("mpl", [1, 4, 8])
+def test_greedy_tokens_match_onnx_session_across_half_cache(emu, tiny_model_dir, tiny_onnx, tiny_oms, mpl):
+    ref = Session.fromConfig(config(tiny_model_dir, "onnx", tiny_onnx, mpl))
+    acl_session = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[mpl], mpl))
+    mark = len(harness.trace())
+    try:
+        assert two_turns(acl_session) == two_turns(ref)
+        profiles = [e[1] for e in harness.trace()[mark:] if e[0] == "execute"]
+    finally:
+        acl_session.close()
+    if mpl == 1:
+        assert set(profiles) == {()}  # static shapes: no profile is ever selected
+    else:
+        kvs = [p[3] for p in profiles]
+        first_full = kvs.index(KV)
+        assert set(kvs[:first_full]) == {KV // 2} and first_full > 0
+        assert max(p[0] for p in profiles) == mpl
+        assert set(kvs[first_full:]) == {KV}  # the second turn resumes at 30 + 9 > 32
+
+
+def test_logits_leave_the_device_only_for_the_last_chunk(emu, tiny_model_dir, tiny_oms):
+    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
+    try:
+        mark = len(harness.trace())
+        s.run(np.arange(3, 16, dtype=np.int64)[None])           # 13 tokens -> chunks 8, 4, 1
+        events = harness.trace()[mark:]
+    finally:
+        s.close()
+    executes = [e for e in events if e[0] == "execute"]
+    assert [e[1][0] for e in executes] == [8, 4, 1]
+    to_host = [e for e in events if e[0] == "memcpy" and e[1] == "host-pinned"]
+    assert len(to_host) == 1 and to_host[0][3] == 2              # one D2H copy: the last row of logits
+    appends = [e for e in events if e[0] == "memcpy" and e[1] == e[2] == "device" and e[3] == 3]
+    row = 2 * 2 * 2 * 16 * 4                                      # layers * 2 * kv_heads * head_dim * float32
+    assert [(e[4], e[5]) for e in appends] == [(8 * row, 0), (4 * row, 8 * row), (1 * row, 12 * row)]
+
+
+def test_reset_clears_the_device_cache_with_memset(emu, tiny_model_dir, tiny_oms):
+    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
+    try:
+        ids = np.arange(3, 12, dtype=np.int64)[None]
+        first = s.run(ids)
+        mark = len(harness.trace())
+        s.reset()
+        assert s.length == 0
+        assert any(e[0] == "memset" and e[1] == "device" for e in harness.trace()[mark:])
+        np.testing.assert_array_equal(s.run(ids), first)
+    finally:
+        s.close()
+
+
+def test_streamed_turns_with_kv_reuse_match_onnx(emu, tiny_model_dir, tiny_onnx, tiny_oms):
+    params = SamplingParams(max_new_tokens=12, method="greedy")
+
+    def conversation(engine: Inference) -> tuple[list, int]:
+        first = list(range(5, 20))
+        out1 = [d.token_id for d in engine.stream(first, params) if d.token_id is not None]
+        deltas = list(engine.stream(first + out1 + list(range(30, 36)), params))
+        return out1 + [d.token_id for d in deltas if d.token_id is not None], deltas[-1].stats.reused_tokens
+
+    ref_tokens, _ = conversation(Inference(config(tiny_model_dir, "onnx", tiny_onnx)))
+    engine = Inference(config(tiny_model_dir, "acl", tiny_oms[8]))
+    try:
+        tokens, reused = conversation(engine)
+    finally:
+        engine.session.close()
+    assert tokens == ref_tokens
+    assert reused >= 15  # the second turn prefilled only what the device cache did not hold
+
+
+def test_runs_from_another_thread_and_releases_everything_in_order(emu, tiny_model_dir, tiny_oms):
+    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[4], mpl=4))
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(s.run(np.arange(3, 9, dtype=np.int64)[None])))
+    worker.start()
+    worker.join()
+    assert len(out) == 1 and out[0].shape == (s.config.vocab_size,)
+    mark = len(harness.trace())
+    s.close()
+    names = [e[0] for e in harness.trace()[mark:]]
+    assert names.index("unload") < names.index("free") < names.index("destroy_context") < names.index("reset_device")
+    assert "destroy_context_refused" not in names and "reset_device_refused" not in names
+    assert harness.live() == {}
+
+
+def test_model_is_loaded_from_host_memory_when_the_app_runs_on_a_host(emu, monkeypatch, tiny_model_dir,
+                                                                         tiny_onnx, tiny_oms):
+    monkeypatch.setenv("EMU_ACL_RUN_MODE", "host")
+    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
+    ref = Session.fromConfig(config(tiny_model_dir, "onnx", tiny_onnx))
+    try:
+        assert harness.greedy_turn(s, [7, 8, 9], 5) == harness.greedy_turn(ref, [7, 8, 9], 5)
+    finally:
+        s.close()
+    assert harness.live() == {}
+
+
+def test_mismatched_settings_are_config_errors(emu, tiny_model_dir, tiny_oms):
+    with pytest.raises(ConfigError, match="--max_prefill_length 4"):
+        Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[4], mpl=8))
+    with pytest.raises(ConfigError, match="static shapes"):
+        Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[1], mpl=8))
+    with pytest.raises(ConfigError, match="kv_cache_length 64"):
+        cfg = config(tiny_model_dir, "acl", tiny_oms[8])
+        cfg.kv_cache_length = 128
+        Session.fromConfig(cfg)
+    assert harness.live() == {}  # a refused model leaves nothing allocated
+
+
+def test_model_for_another_chip_is_refused_by_the_runtime(emu, monkeypatch, tiny_model_dir, tiny_oms):
+    from session_acl import AclError
+
+    monkeypatch.setenv("EMU_ACL_SOC", "Ascend910B1")
+    with pytest.raises(AclError, match="acl.mdl.load_from_mem.*compiled for Ascend310B1"):
+        Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
+    assert harness.live() == {}
