@@ -22,6 +22,13 @@ SCHEMA = ROOT.parent / "shared" / "openai" / "chat-completions.schema.json"
 PY = sys.executable
 
 
+def _die_with_parent() -> None:
+    # A test run that is killed must not leave servers behind (Linux: PR_SET_PDEATHSIG = 1).
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,7 +76,7 @@ def serve(args: list[str], tmp: Path, startup_s: float = 300) -> Iterator[Server
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
         proc = subprocess.Popen([PY, *args, "--port", str(port)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env=env)
+                                env=env, preexec_fn=_die_with_parent)
     server = Server(proc, port, log)
     try:
         deadline = time.monotonic() + startup_s

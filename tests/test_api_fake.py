@@ -214,9 +214,9 @@ def test_health_answers_during_a_long_generation(server) -> None:
     t = threading.Thread(target=long_request)
     t.start()
     seen_busy = False
-    while not done.is_set():
-        seen_busy |= server.health()["busy"]
-    t.join()
+    while not done.is_set() and not seen_busy:
+        seen_busy = server.health()["busy"]
+    t.join(timeout=60)
     assert seen_busy
 
 
