@@ -61,7 +61,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Unknown request URL: {request.method} {request.url.path}"
         else:
             message = str(exc.detail)
-        return APIError(exc.status_code, message).response()
+        response = APIError(exc.status_code, message).response()
+        response.headers.update(exc.headers or {})  # e.g. the Allow header of a 405
+        return response
 
     @app.exception_handler(Exception)
     async def crashed(_: Request, exc: Exception) -> JSONResponse:

@@ -111,7 +111,9 @@ def test_unknown_model_is_404(server) -> None:
 
 def test_unknown_route_and_wrong_method(server) -> None:
     assert_error(httpx.get(server.base_url + "/nothing-here", headers=AUTH), 404)
-    assert_error(httpx.get(server.base_url + "/chat/completions", headers=AUTH), 405)
+    r = httpx.get(server.base_url + "/chat/completions", headers=AUTH)
+    assert_error(r, 405)
+    assert r.headers["allow"] == "POST"
 
 
 def test_api_key_is_required(server) -> None:
