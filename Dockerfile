@@ -1,0 +1,36 @@
+# Deployment image: the OpenAI-compatible API (api.py) on an Ascend NPU through pyACL.
+# Build it after onnx2om.py has written output/model/<name>.om, from the repository root:
+#   docker build -t qwen_ascend_llm --build-arg MODEL_NAME=Qwen2.5-Coder-0.5B-Instruct \
+#     --build-arg OM_NAME=qwen2.5_coder_0.5b_instruct.om .
+# BASE_IMAGE must be a CANN image for your chip (it provides pyACL and the driver user space);
+# log in to its registry first. The .om only runs on the chip it was compiled for.
+ARG BASE_IMAGE=swr.cn-south-1.myhuaweicloud.com/ascendhub/cann:8.0.0-310b-ubuntu22.04-py3.10
+FROM ${BASE_IMAGE}
+
+ARG MODEL_NAME=Qwen2.5-Coder-0.5B-Instruct
+ARG OM_NAME=qwen2.5_coder_0.5b_instruct.om
+# Both must equal the values given to onnx2om.py / export_onnx.py for this .om.
+ARG MAX_PREFILL_LENGTH=8
+ARG KV_CACHE_LENGTH=1024
+
+WORKDIR /app
+# The NPU runtime needs neither torch nor onnx: install the rest of the pinned requirements.
+COPY requirements.txt ./
+RUN grep -vE '^(torch|onnx|onnxruntime|onnxscript|onnxslim|gguf|pytest|schemathesis)([=<>]|$)' requirements.txt \
+      > requirements-npu.txt \
+ && python3 -m pip install --no-cache-dir -r requirements-npu.txt
+
+COPY config.py kvcache.py session.py session_acl.py inference.py ./
+COPY api.py api_app.py api_errors.py api_prompt.py api_response.py api_schema.py api_worker.py ./
+COPY toolcall ./toolcall
+COPY download/${MODEL_NAME} ./download/${MODEL_NAME}
+COPY output/model/${OM_NAME} ./output/model/${OM_NAME}
+
+ENV MODEL_DIR=/app/download/${MODEL_NAME} \
+    OM_PATH=/app/output/model/${OM_NAME} \
+    MAX_PREFILL_LENGTH=${MAX_PREFILL_LENGTH} \
+    KV_CACHE_LENGTH=${KV_CACHE_LENGTH} \
+    ASCEND_SET_ENV=/usr/local/Ascend/ascend-toolkit/set_env.sh
+EXPOSE 8000
+# set_env.sh puts pyACL on PYTHONPATH and the CANN libraries on LD_LIBRARY_PATH.
+CMD ["sh", "-c", ". \"$ASCEND_SET_ENV\" && exec python3 api.py --session_type acl --hf_model_dir \"$MODEL_DIR\" --om_model_path \"$OM_PATH\" --max_prefill_length \"$MAX_PREFILL_LENGTH\" --kv_cache_length \"$KV_CACHE_LENGTH\" --host 0.0.0.0 --port 8000"]
