@@ -21,6 +21,8 @@ TOOLS = [
         "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
                        "required": ["expression"]}}},
 ]
+SYSTEM = ("You are a helpful assistant. When a tool result is given, answer the user's question in plain "
+          "words using it; do not call the tool again.")
 OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
        ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Mod: operator.mod}
 
@@ -41,7 +43,7 @@ def call_tool(name: str, arguments: str) -> str:
         args = json.loads(arguments or "{}")
         if name == "get_weather":
             city = str(args.get("city", "")).strip()
-            return json.dumps({"city": city, "weather": WEATHER.get(city.lower(), "unknown city")})
+            return json.dumps({"city": city, "weather": WEATHER.get(city.lower(), "unknown city")}, ensure_ascii=False)
         if name == "calculate":
             return json.dumps({"result": _eval(ast.parse(str(args["expression"]), mode="eval").body)})
     except (ValueError, KeyError, SyntaxError, ZeroDivisionError, TypeError, OverflowError) as e:
@@ -54,29 +56,31 @@ def main() -> None:
     p.add_argument("--style", choices=["tools", "functions"], default="tools")
     args = p.parse_args()
     client, model = connect(args)
-    messages: list[dict] = [{"role": "user", "content": args.prompt}]
-    extra = ({"tools": TOOLS} if args.style == "tools" else {"functions": [t["function"] for t in TOOLS]})
+    messages: list[dict] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": args.prompt}]
+    offer = {"tools": TOOLS} if args.style == "tools" else {"functions": [t["function"] for t in TOOLS]}
     print(f"user: {args.prompt}")
-    for _ in range(4):  # a bounded number of tool rounds: small models can loop
-        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=args.max_tokens,
-                                               temperature=args.temperature, **extra)
-        msg = reply.choices[0].message
-        calls = [(c.id, c.function) for c in msg.tool_calls or []]
-        if msg.function_call:
-            calls.append((None, msg.function_call))
-        if not calls:
-            print(f"assistant: {msg.content}")
-            return
-        messages.append(msg.model_dump(exclude_none=True))
-        for call_id, fn in calls:
-            result = call_tool(fn.name, fn.arguments)
-            print(f"tool call: {fn.name}({fn.arguments}) -> {result}")
-            if call_id is None:
-                messages.append({"role": "function", "name": fn.name, "content": result})
-            else:
-                messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
-    print("assistant: (still calling tools after 4 rounds; giving up)")
-
+    reply = client.chat.completions.create(model=model, messages=messages, max_tokens=args.max_tokens,
+                                           temperature=args.temperature, **offer)
+    msg = reply.choices[0].message
+    calls = [(c.id, c.function) for c in msg.tool_calls or []]
+    if msg.function_call:
+        calls.append((None, msg.function_call))
+    if not calls:
+        print(f"assistant (no tool call): {msg.content}")
+        return
+    messages.append(msg.model_dump(exclude_none=True))
+    for call_id, fn in calls:
+        result = call_tool(fn.name, fn.arguments)
+        print(f"tool call: {fn.name}({fn.arguments}) -> {result}")
+        if call_id is None:
+            messages.append({"role": "function", "name": fn.name, "content": result})
+        else:
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
+    # Small models tend to repeat the call they just made; with the results in hand, ask for the answer.
+    final = {"tool_choice": "none"} if args.style == "tools" else {"function_call": "none"}
+    reply = client.chat.completions.create(model=model, messages=messages, max_tokens=args.max_tokens,
+                                           temperature=args.temperature, **offer, **final)
+    print(f"assistant: {reply.choices[0].message.content}")
 
 if __name__ == "__main__":
     run(main)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from toolcall.common import Parsed, calls_from_json, leftover
+from toolcall.common import Parsed, calls_from_json, leftover, loads_lenient
 
 
 def parse(text: str, names: set[str]) -> Parsed | None:
@@ -14,6 +14,9 @@ def parse(text: str, names: set[str]) -> Parsed | None:
     try:
         value, end = json.JSONDecoder().raw_decode(body)
     except ValueError:
-        return None
+        try:  # the whole answer may be one call that lacks its final braces
+            value, end = loads_lenient(body), len(body)
+        except ValueError:
+            return None
     calls = calls_from_json(value, names)
     return Parsed(leftover(body[end:]), calls) if calls else None

@@ -61,6 +61,19 @@ def calls_from_json(value: object, names: set[str]) -> list[ToolCall] | None:
     return calls  # type: ignore[return-value]
 
 
+def loads_lenient(text: str) -> object:
+    """json.loads, also accepting an object whose last closing braces are missing: small models often
+    stop one "}" short. Raises ValueError when even that does not parse."""
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        missing = text.count("{") - text.count("}")
+        if not 0 < missing <= 2:
+            raise
+        return json.loads(text + "}" * missing)
+
+
 def leftover(text: str) -> str | None:
     text = text.strip()
     return text or None

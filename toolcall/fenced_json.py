@@ -1,10 +1,9 @@
 """A call inside a Markdown code fence (```json ... ```), often with prose around it."""
 from __future__ import annotations
 
-import json
 import re
 
-from toolcall.common import Parsed, calls_from_json, leftover
+from toolcall.common import Parsed, calls_from_json, leftover, loads_lenient
 
 FENCE = re.compile(r"```[a-zA-Z]*[ \t]*\n?(.*?)```", re.DOTALL)
 
@@ -15,7 +14,7 @@ def parse(text: str, names: set[str]) -> Parsed | None:
     pos = 0
     for m in FENCE.finditer(text):
         try:
-            found = calls_from_json(json.loads(m.group(1)), names)
+            found = calls_from_json(loads_lenient(m.group(1)), names)
         except ValueError:
             found = None
         if found is None:

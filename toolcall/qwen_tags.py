@@ -1,10 +1,9 @@
 """Qwen2.5's own format: <tool_call>{"name": ..., "arguments": {...}}</tool_call>, one block per call."""
 from __future__ import annotations
 
-import json
 import re
 
-from toolcall.common import Parsed, calls_from_json, leftover
+from toolcall.common import Parsed, calls_from_json, leftover, loads_lenient
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # The closing tag may be missing when the model ends its turn right after the JSON.
@@ -17,7 +16,7 @@ def parse(text: str, names: set[str]) -> Parsed | None:
     calls = []
     for body in BLOCK.findall(text):
         try:
-            found = calls_from_json(json.loads(body), names)
+            found = calls_from_json(loads_lenient(body), names)
         except ValueError:
             return None
         if found is None:
