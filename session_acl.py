@@ -128,12 +128,15 @@ class AclSession(Session):
                 raise ConfigError(f"{c.om_model_path}: the model has no input {name!r} (not built by onnx2om.py?)")
         self.dynamic_index, ret = acl.mdl.get_input_index_by_name(self.desc, DYNAMIC_INPUT)
         self.dynamic = ret == 0
-        self.in_sizes = [acl.mdl.get_input_size_by_index(self.desc, i) for i in range(acl.mdl.get_num_inputs(self.desc))]
+        self.in_sizes = [acl.mdl.get_input_size_by_index(self.desc, i)
+                         for i in range(acl.mdl.get_num_inputs(self.desc))]
         self.out_sizes = [acl.mdl.get_output_size_by_index(self.desc, i)
                           for i in range(acl.mdl.get_num_outputs(self.desc))]
         if len(self.out_sizes) != 2:
-            raise ConfigError(f"{c.om_model_path}: expected outputs logits and out_key_values, found {len(self.out_sizes)}")
-        self.logits_dtype, self.cache_dtype = (ACL_DTYPES.get(acl.mdl.get_output_data_type(self.desc, i)) for i in (0, 1))
+            raise ConfigError(f"{c.om_model_path}: expected 2 outputs (logits, out_key_values), "
+                              f"found {len(self.out_sizes)}")
+        self.logits_dtype, self.cache_dtype = (ACL_DTYPES.get(acl.mdl.get_output_data_type(self.desc, i))
+                                               for i in (0, 1))
         if self.logits_dtype is None or self.cache_dtype is None:
             raise ConfigError(f"{c.om_model_path}: outputs are neither float32 nor float16")
         self.row_bytes = (c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim

@@ -55,7 +55,8 @@ def test_atc_checks_precision_flags(tiny_onnx, tmp_path):
     assert atc(tiny_onnx, tmp_path / "a", f"--modify_mixlist={mix}", "--precision_mode_v2=fp16").returncode == 1
     assert atc(tiny_onnx, tmp_path / "b", "--precision_mode_v2=fp8").returncode == 1
     mix.write_text(json.dumps({"blacklist": ["Pow"]}))
-    assert atc(tiny_onnx, tmp_path / "c", f"--modify_mixlist={mix}", "--precision_mode_v2=mixed_float16").returncode == 1
+    bad = atc(tiny_onnx, tmp_path / "c", f"--modify_mixlist={mix}", "--precision_mode_v2=mixed_float16")
+    assert bad.returncode == 1 and "unexpected entry" in bad.stderr
     mix.write_text(json.dumps({"black-list": {"to-add": ["Pow"]}}))
     ok = atc(tiny_onnx, tmp_path / "d", f"--modify_mixlist={mix}", "--precision_mode_v2=mixed_float16")
     assert ok.returncode == 0 and (tmp_path / "d.om").is_file(), ok.stderr

@@ -167,3 +167,30 @@ def test_model_for_another_chip_is_refused_by_the_runtime(emu, monkeypatch, tiny
     with pytest.raises(AclError, match="acl.mdl.load_from_mem.*compiled for Ascend310B1"):
         Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
     assert harness.live() == {}
+
+
+def test_api_serves_the_acl_session_like_the_onnx_one(emu, tiny_model_dir, tmp_path):
+    """api.py's app on AclSession: its worker thread is not the one that created the context."""
+    from fastapi.testclient import TestClient
+
+    from api_app import create_app
+    from export.export_onnx import main as export_main
+
+    onnx_path = tmp_path / "chat.onnx"
+    assert export_main(["--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(onnx_path),
+                        "--kv_cache_length", "256"]) == 0
+    om = harness.compile_om(onnx_path, tmp_path / "chat", 8)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6, "temperature": 0}
+    answers = []
+    for kind, flag, path in (("onnx", "onnx_model_path", onnx_path), ("acl", "om_model_path", om)):
+        engine = Inference(InferenceConfig(hf_model_dir=str(tiny_model_dir), session_type=kind, kv_cache_length=256,
+                                           max_input_length=128, **{flag: str(path)}))
+        try:
+            with TestClient(create_app(engine, "tiny")) as client:
+                r = client.post("/v1/chat/completions", json=body)
+        finally:
+            if kind == "acl":
+                engine.session.close()
+        assert r.status_code == 200, r.text
+        answers.append(r.json()["choices"][0]["message"]["content"])
+    assert answers[0] == answers[1] and answers[1]
