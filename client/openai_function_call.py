@@ -54,10 +54,15 @@ def call_tool(name: str, arguments: str) -> str:
 def main() -> None:
     p = parser(__doc__, "What's the weather like in Paris today?")
     p.add_argument("--style", choices=["tools", "functions"], default="tools")
+    p.add_argument("--tools", default="get_weather,calculate",
+                   help="comma-separated tools to offer; fewer tools make a shorter prompt")
     args = p.parse_args()
+    offered = [t for t in TOOLS if t["function"]["name"] in args.tools.split(",")]
+    if not offered:
+        p.error(f"--tools {args.tools}: choose from get_weather, calculate")
     client, model = connect(args)
     messages: list[dict] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": args.prompt}]
-    offer = {"tools": TOOLS} if args.style == "tools" else {"functions": [t["function"] for t in TOOLS]}
+    offer = {"tools": offered} if args.style == "tools" else {"functions": [t["function"] for t in offered]}
     print(f"user: {args.prompt}")
     reply = client.chat.completions.create(model=model, messages=messages, max_tokens=args.max_tokens,
                                            temperature=args.temperature, **offer)

@@ -1,0 +1,67 @@
+"""End to end on the real default model (its exported ONNX): the three example clients, and a tool
+call the model really makes, streamed and not, parsed into OpenAI's tool_calls."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import openai
+import pytest
+
+from api_helpers import ROOT, serve, validate
+
+WEATHER_TOOL = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "city name"}},
+                   "required": ["city"]}}}]
+
+
+@pytest.fixture(scope="module")
+def server(default_onnx, tmp_path_factory):
+    args = ["api.py", "--hf_model_dir", str(default_onnx["hf_model_dir"]), "--onnx_model_path",
+            str(default_onnx["patched"]), "--kv_cache_method", "basic", "--max_prefill_length", "64"]
+    with serve(args, tmp_path_factory.mktemp("real-api")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+
+
+def run_client(server, script: str, *extra: str) -> str:
+    out = subprocess.run([sys.executable, f"client/{script}", "--base_url", server.base_url, "--temperature", "0",
+                          *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_model_weather_question_becomes_a_tool_call(client) -> None:
+    messages = [{"role": "user", "content": "What's the weather like in Paris today?"}]
+    r = client.chat.completions.create(model=client.models.list().data[0].id, messages=messages,
+                                       tools=WEATHER_TOOL, temperature=0, max_tokens=60)
+    validate(r.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
+    assert r.choices[0].finish_reason == "tool_calls"
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] == "Paris"
+    stream = client.chat.completions.create(model=r.model, messages=messages, tools=WEATHER_TOOL, temperature=0,
+                                            max_tokens=60, stream=True)
+    chunks = list(stream)
+    calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [(tc.function.name, tc.function.arguments) for tc in calls] == [("get_weather", call.function.arguments)]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_function_call_client_round_trip(server) -> None:
+    # one tool keeps the prompt inside the test export's 256-token cache
+    out = run_client(server, "openai_function_call.py", "--tools", "get_weather")
+    assert 'tool call: get_weather({"city": "Paris"})' in out
+    answer = out.split("assistant: ", 1)[1]
+    assert "22" in answer or "sunny" in answer.lower()
+
+
+def test_normal_and_stream_clients_answer(server) -> None:
+    assert "Paris" in run_client(server, "openai_normal_client.py", "--max_tokens", "30")
+    out = run_client(server, "openai_stream_client.py", "--max_tokens", "30")
+    assert len(out.splitlines()[0].strip()) > 0 and "[finish:" in out
