@@ -31,14 +31,19 @@ def _stream_for(p: Plan) -> PlainStream:
 
 
 async def _next_event(job: Job, request: Request) -> Any:
-    """The worker's next event; a client that hangs up while waiting cancels its job."""
+    """The worker's next event. Every DISCONNECT_POLL_S (also while tokens keep coming) we look whether
+    the client hung up, and if so cancel its job: nothing else tells a non-streaming handler."""
     while True:
+        now = time.monotonic()
+        if now - job.checked_at >= DISCONNECT_POLL_S:
+            job.checked_at = now
+            if await request.is_disconnected():
+                job.cancel.set()
+                raise APIError(400, "client disconnected", code="client_disconnected")
         try:
             return await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
         except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                job.cancel.set()
-                raise APIError(400, "client disconnected", code="client_disconnected") from None
+            continue
 
 
 def create_app(inference: Any, model_name: str, api_key: str | None = None, max_queue: int = 64,

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
+    checked_at: float = field(default_factory=time.monotonic)  # last look for a client disconnect
 
     def emit(self, item: Any) -> None:
         try:

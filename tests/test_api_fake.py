@@ -239,3 +239,11 @@ def test_client_without_server_prints_one_line(tmp_path) -> None:
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and out.stderr.strip().startswith("error: cannot reach the server")
     assert "Traceback" not in out.stderr
+
+
+def test_client_giving_up_on_a_plain_request_stops_generation(server) -> None:
+    before = server.wait_idle()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.base_url + "/chat/completions", json={"messages": user("slow")}, timeout=1.0)
+    after = server.wait_idle()
+    assert after["cancelled"] == before["cancelled"] + 1 and after["served"] == before["served"]
