@@ -88,6 +88,12 @@ class AclSession(Session):
     def _call(self, ret: int, call: str) -> None:
         _check(self.acl, ret, call)
 
+    def _handle(self, value: int, call: str) -> int:
+        """The create_* calls return a pointer instead of a code: 0 (NULL) is their failure."""
+        if not value:
+            raise AclError(f"{call} failed: it returned NULL")
+        return value
+
     # ---- loading -----------------------------------------------------------------------------
     def _load(self, path: Path) -> None:
         """Copy the .om into memory in chunks (a progress bar, since boards read slowly) and load it
@@ -119,7 +125,7 @@ class AclSession(Session):
     def _describe(self) -> None:
         """Read the model's inputs and outputs, and check them against the configuration."""
         acl, c = self.acl, self.config
-        self.desc = acl.mdl.create_desc()
+        self.desc = self._handle(acl.mdl.create_desc(), "acl.mdl.create_desc")
         self._call(acl.mdl.get_desc(self.desc, self.model_id), "acl.mdl.get_desc")
         self.index = {}
         for name in INPUTS:
@@ -175,14 +181,14 @@ class AclSession(Session):
         if self.dynamic:
             names[self.dynamic_index] = DYNAMIC_INPUT
         for slot, sizes in (("in", self.in_sizes), ("out", self.out_sizes)):
-            dataset = acl.mdl.create_dataset()
+            dataset = self._handle(acl.mdl.create_dataset(), "acl.mdl.create_dataset")
             self.datasets.append(dataset)
             for i, size in enumerate(sizes):
                 key = f"{slot}:{names.get(i, i) if slot == 'in' else i}"
                 ptr, ret = acl.rt.malloc(size, MALLOC_HUGE_FIRST)
                 self._call(ret, "acl.rt.malloc")
                 self.device_mem[key] = ptr
-                buf = acl.create_data_buffer(ptr, size)
+                buf = self._handle(acl.create_data_buffer(ptr, size), "acl.create_data_buffer")
                 self.data_buffers.append(buf)
                 _, ret = acl.mdl.add_dataset_buffer(dataset, buf)
                 self._call(ret, "acl.mdl.add_dataset_buffer")
