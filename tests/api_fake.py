@@ -17,7 +17,8 @@ RULES: list[tuple[str, str]] = [
     ("user: weather two", f"<tool_call>\n{WEATHER_CALL}\n</tool_call>\n<tool_call>\n"
                           '{"name": "calculate", "arguments": {"expression": "2+2"}}\n</tool_call>'),
     ("user: weather bare", WEATHER_CALL),
-    ("user: weather fenced", '好的，我来查询天气：\n```json\n{"name": "get_weather", "arguments": {"city": "北京"}}\n```'),
+    ("user: weather fenced",
+     '好的，我来查询天气：\n```json\n{"name": "get_weather", "arguments": {"city": "北京"}}\n```'),
     ("user: weather broken", '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>'),
     ("user: weather unknown", '<tool_call>\n{"name": "launch_rocket", "arguments": {}}\n</tool_call>'),
     ("user: weather react", "Thought: I should look the weather up.\nAction: get_weather\n"

@@ -29,7 +29,8 @@ def test_qwen_tags_without_closing_tag() -> None:
 
 
 def test_qwen_tags_several_calls_get_distinct_ids() -> None:
-    text = f"<tool_call>{CALL}</tool_call>\n<tool_call>" + '{"name": "calculate", "arguments": {"expression": "1+1"}}</tool_call>'
+    second = '{"name": "calculate", "arguments": {"expression": "1+1"}}'
+    text = f"<tool_call>{CALL}</tool_call>\n<tool_call>{second}</tool_call>"
     found = parse_tool_calls(text, NAMES)
     assert [c.name for c in found.calls] == ["get_weather", "calculate"]
     assert found.calls[0].id != found.calls[1].id and found.calls[0].id.startswith("call_")
@@ -107,7 +108,8 @@ def test_stream_gives_back_a_malformed_call_as_text() -> None:
 def test_react_stream_shows_only_the_final_answer() -> None:
     shown, tail, calls = feed_by_char(ReactStream(NAMES), "Thought: easy\nFinal Answer: 42 is the answer")
     assert shown + tail == "42 is the answer" and calls == []
-    shown, tail, calls = feed_by_char(ReactStream(NAMES), 'Thought: x\nAction: calculate\nAction Input: {"expression": "6*7"}')
+    react = 'Thought: x\nAction: calculate\nAction Input: {"expression": "6*7"}'
+    shown, tail, calls = feed_by_char(ReactStream(NAMES), react)
     assert shown == "" and calls[0].name == "calculate"
 
 
