@@ -1,0 +1,124 @@
+"""Weight-only quantization of an exported CPU graph with onnxruntime's own MatMulNBits quantizer.
+
+    python export/quantize_onnx.py --input_model_path output/onnx/qwen2.5_coder_0.5b_instruct.onnx \
+        --output_model_path output/onnx_int4/qwen2.5_coder_0.5b_instruct.onnx --bits 4
+
+Only constant MatMul weights (and, at 4 bits, the embedding table) change; inputs, outputs, the KV
+cache dtype and the metadata stay, so every session runs the result like the fp32 graph.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
+from export.export_onnx import save  # noqa: E402
+
+# GatherBlockQuantized stores int4 (u)int tensors, which need opset 21 and IR version 10.
+INT4_OPSET, INT4_IR = 21, 10
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Quantize the weights of an exported ONNX model to 4 or 8 bits "
+                                            "(MatMulNBits; activations and the KV cache stay in float).")
+    p.add_argument("--input_model_path", required=True, help="the float .onnx from export_onnx.py")
+    p.add_argument("--output_model_path", required=True, help="where to write the quantized .onnx")
+    p.add_argument("--bits", type=int, choices=[4, 8], default=4, help="weight bits (default 4)")
+    p.add_argument("--block_size", type=int, default=32,
+                   help="weights per quantization block along the input dimension, a power of two >= 16 "
+                        "(default 32)")
+    p.add_argument("--accuracy_level", type=int, choices=[0, 1, 2, 3, 4], default=4,
+                   help="MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations "
+                        "(fastest on CPUs; default 4)")
+    p.add_argument("--embedding", choices=["auto", "float", "quantize"], default="auto",
+                   help="the token embedding table: quantize it with GatherBlockQuantized (4 bits only) or keep "
+                        "it in float; auto quantizes it at 4 bits (default auto)")
+    p.add_argument("--symmetric", action="store_true", help="symmetric blocks without zero points")
+    return p.parse_args(argv)
+
+
+def fail(msg: str) -> None:
+    print(f"quantize_onnx.py: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _upgrade_for_int4(model: onnx.ModelProto, base_dir: Path) -> onnx.ModelProto:
+    """Convert the graph (without its weights, which the converter never needs) to opset 21 and load
+    the weights back: the quantizer only bumps the opset number, which would leave ops such as
+    ReduceMean in their old form and break the graph."""
+    from onnx import external_data_helper, version_converter
+
+    default = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if default >= INT4_OPSET:
+        return model
+    converted = version_converter.convert_version(model, INT4_OPSET)
+    converted.ir_version = max(converted.ir_version, INT4_IR)
+    external_data_helper.load_external_data_for_model(converted, str(base_dir))
+    return converted
+
+
+def quantize(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: int,
+             quantize_embedding: bool, symmetric: bool = False) -> dict[str, str]:
+    """Write the quantized model to dst and return its metadata."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src), load_external_data=False)
+    if quantize_embedding:
+        model = _upgrade_for_int4(model, src.parent)
+    else:
+        onnx.external_data_helper.load_external_data_for_model(model, str(src.parent))
+    ops = ("MatMul", "Gather") if quantize_embedding else ("MatMul",)
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
+                                     accuracy_level=accuracy_level or None, op_types_to_quantize=ops,
+                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
+    # All-zero blocks (e.g. unused vocabulary rows) divide 0 by a 0 scale; the quantizer maps them to 0.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        quantizer.process()
+    out = quantizer.model.model
+    meta = {p.key: p.value for p in out.metadata_props}
+    meta["quantization"] = (f"int{bits} block {block_size} {'symmetric' if symmetric else 'asymmetric'} "
+                            f"accuracy_level {accuracy_level}; embedding "
+                            f"{'int4 GatherBlockQuantized' if quantize_embedding else 'float'}")
+    onnx.helper.set_model_props(out, meta)
+    weight_bytes = sum(len(t.raw_data) for t in out.graph.initializer)
+    save(out, dst, weight_bytes)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    src, dst = Path(a.input_model_path), Path(a.output_model_path)
+    if not src.is_file():
+        fail(f"--input_model_path {src}: no such file")
+    if dst.suffix != ".onnx":
+        fail(f"--output_model_path {dst}: the file name must end in .onnx")
+    if dst.resolve() == src.resolve():
+        fail("--output_model_path must differ from --input_model_path (the input's weights are read lazily)")
+    if a.block_size < 16 or a.block_size & (a.block_size - 1):
+        fail(f"--block_size {a.block_size}: must be a power of two, at least 16")
+    if a.embedding == "quantize" and a.bits != 4:
+        fail("--embedding quantize needs --bits 4 (GatherBlockQuantized is only produced at 4 bits)")
+    try:
+        meta = onnx.load(str(src), load_external_data=False)
+    except Exception as e:  # anything onnx cannot parse is the user's input problem, said once
+        fail(f"--input_model_path {src}: not a readable ONNX model ({e})")
+    if "quantization" in {p.key for p in meta.metadata_props}:
+        fail(f"--input_model_path {src}: already quantized; start from the float export")
+    # The quantizer logs one line per tensor at INFO; keep the console to warnings.
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    start = time.perf_counter()
+    embedding = a.embedding == "quantize" or (a.embedding == "auto" and a.bits == 4)
+    meta = quantize(src, dst, a.bits, a.block_size, a.accuracy_level, embedding, a.symmetric)
+    print(f"wrote {dst} ({meta['quantization']}) in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

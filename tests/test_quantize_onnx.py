@@ -1,0 +1,95 @@
+"""Weight-only quantization keeps the graph contract and stays close to the float graph."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from config import InferenceConfig
+from export.export_onnx import main as export_main
+from export.onnx_meta import read_meta
+from export.quantize_onnx import main as quantize_main
+from session import Session
+
+KV_LEN, PROMPT, STEPS = 64, 12, 16
+
+
+@pytest.fixture(scope="module")
+def models(make_tiny, tmp_path_factory) -> dict:
+    model_dir = make_tiny()
+    out = tmp_path_factory.mktemp("quant")
+    paths = {"fp32": out / "fp32.onnx"}
+    assert export_main(["--hf_model_dir", str(model_dir), "--onnx_model_path", str(paths["fp32"]),
+                        "--kv_cache_length", str(KV_LEN)]) == 0
+    for bits in (8, 4):
+        paths[f"int{bits}"] = out / f"int{bits}.onnx"
+        assert quantize_main(["--input_model_path", str(paths["fp32"]), "--output_model_path",
+                              str(paths[f"int{bits}"]), "--bits", str(bits)]) == 0
+    return {"dir": model_dir, **paths}
+
+
+def io_signature(path) -> list:
+    m = onnx.load(str(path), load_external_data=False)
+    return [(v.name, v.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
+            for v in list(m.graph.input) + list(m.graph.output)]
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_contract_and_metadata_kept(models, fmt):
+    assert io_signature(models[fmt]) == io_signature(models["fp32"])
+    before, after = read_meta(models["fp32"]), read_meta(models[fmt])
+    assert {k: v for k, v in after.items() if k != "quantization"} == before
+    assert after["quantization"].startswith(f"{fmt} block 32")
+    graph = onnx.load(str(models[fmt]), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    ops = [n.op_type for n in graph.node]
+    # Every weight MatMul became MatMulNBits; what is left multiplies activations (attention).
+    assert ops.count("MatMulNBits") == 2 * 7 + 1
+    assert not [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert ("GatherBlockQuantized" in ops) == (fmt == "int4")
+
+
+def greedy(path, model_dir, ids: np.ndarray, method: str) -> tuple[np.ndarray, list[int]]:
+    """Teacher-forced last-token logits of the prompt and every given token, and greedy tokens."""
+    cfg = InferenceConfig(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=KV_LEN,
+                          max_input_length=32, max_prefill_length=8, kv_cache_method=method)
+    s = Session.fromConfig(cfg)
+    rows = [s.run(ids[:, :PROMPT])] + [s.run(ids[:, i:i + 1]) for i in range(PROMPT, ids.shape[1])]
+    s.truncate(PROMPT - 1)
+    tokens, logits = [], s.run(ids[:, PROMPT - 1:PROMPT])
+    for _ in range(STEPS):
+        tokens.append(int(np.argmax(logits)))
+        logits = s.run(np.array([[tokens[-1]]], np.int64))
+    return np.stack(rows), tokens
+
+
+@pytest.mark.parametrize("fmt,rel_tol,min_agree", [("int8", 0.03, 1.0), ("int4", 0.2, 0.75)])
+@pytest.mark.parametrize("method", ["fixsize", "basic"])
+def test_quantized_logits_close_to_float(models, fmt, rel_tol, min_agree, method):
+    ids = np.random.default_rng(3).integers(3, 400, (1, PROMPT + STEPS))
+    want, want_tokens = greedy(models["fp32"], models["dir"], ids, method)
+    got, got_tokens = greedy(models[fmt], models["dir"], ids, method)
+    assert np.abs(got - want).max() < rel_tol * np.abs(want).max()
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= min_agree
+    # Greedy runs diverge for good after the first differing token, so compare the common prefix.
+    agree = next((i for i, (a, b) in enumerate(zip(got_tokens, want_tokens)) if a != b), STEPS)
+    assert agree >= min_agree * STEPS, (got_tokens, want_tokens)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--block_size", "24"], "power of two"),
+    (["--bits", "8", "--embedding", "quantize"], "needs --bits 4"),
+])
+def test_bad_flags_are_one_line_errors(models, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        quantize_main(["--input_model_path", str(models["fp32"]), "--output_model_path",
+                       str(tmp_path / "q.onnx"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_refuses_missing_and_already_quantized_inputs(models, tmp_path, capsys):
+    for src, message in ((tmp_path / "nope.onnx", "no such file"), (models["int4"], "already quantized")):
+        with pytest.raises(SystemExit) as e:
+            quantize_main(["--input_model_path", str(src), "--output_model_path", str(tmp_path / "q.onnx")])
+        assert e.value.code == 2 and message in capsys.readouterr().err
