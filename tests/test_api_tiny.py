@@ -12,28 +12,17 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from api_helpers import ROOT, serve, validate
+from api_helpers import ROOT, export_tiny, serve, tiny_server_args, validate
 
 MODEL = "tiny"
 MAX_INPUT = 1000
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny_model_dir, tmp_path_factory):
-    from export.export_onnx import main as export_main
-
-    path = tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx"
-    assert export_main(["--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(path),
-                        "--kv_cache_length", "2048"]) == 0
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, tiny_onnx, tmp_path_factory):
-    args = ["api.py", "--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(tiny_onnx),
-            "--served_model_name", MODEL, "--kv_cache_method", "basic", "--max_input_length", str(MAX_INPUT),
-            "--cpu_thread", "1"]
-    with serve(args, tmp_path_factory.mktemp("tiny-api")) as s:
+def server(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny-api")
+    args = tiny_server_args(tiny_model_dir, export_tiny(tiny_model_dir, tmp), "--max_input_length", str(MAX_INPUT))
+    with serve(args, tmp) as s:
         yield s
 
 
