@@ -38,10 +38,19 @@ class KVCache:
         return mask, positions, self.buffer[:, :slots]
 
     def append(self, new_kv: np.ndarray) -> None:
-        n = new_kv.shape[1]
+        self.next_slots(new_kv.shape[1])[...] = new_kv
+        self.commit(new_kv.shape[1])
+
+    def next_slots(self, n: int) -> np.ndarray:
+        """The contiguous view of the n slots after the stored tokens, for a runtime to write the new keys
+        and values into directly (no copy); `commit(n)` then counts them as stored."""
         if n > self.free:
             raise CacheFullError(f"{n} new tokens do not fit: {self.length} of {self.kv_len} cache slots used")
-        self.buffer[:, self.length:self.length + n] = new_kv
+        return self.buffer[:, self.length:self.length + n]
+
+    def commit(self, n: int) -> None:
+        if n > self.free:
+            raise CacheFullError(f"{n} new tokens do not fit: {self.length} of {self.kv_len} cache slots used")
         self.length += n
 
     def truncate(self, n: int) -> None:

@@ -98,7 +98,6 @@ class HostCacheSession(Session):
 @Session.register("onnx")
 class OnnxSession(HostCacheSession):
     def __init__(self, config: InferenceConfig):
-        import onnxruntime as ort
         from export.onnx_meta import mismatches, read_meta
 
         meta = read_meta(config.onnx_model_path)
@@ -109,19 +108,36 @@ class OnnxSession(HostCacheSession):
         if problems:
             raise ConfigError(f"{config.onnx_model_path} does not fit this run: {'; '.join(problems)} "
                               "(re-export, or pass the matching --hf_model_dir / --kv_cache_length)")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = config.cpu_thread
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.ort = ort.InferenceSession(config.onnx_model_path, opts, providers=["CPUExecutionProvider"])
+        from ort_cache import cpu_session
+
+        self.ort = cpu_session(config.onnx_model_path, config.cpu_thread)
         past_type = next(i.type for i in self.ort.get_inputs() if i.name == "past_key_values")
         super().__init__(config, "float16" if "float16" in past_type else "float32")
+        self.binding = self.ort.io_binding()
+        # Decode runs one token per call: its logits row is reused; prefill chunks get a fresh one,
+        # so a long chunk's [seq, vocab] block does not stay resident.
+        self.decode_logits = np.empty((1, 1, config.vocab_size), self.cache.buffer.dtype)
+
+    def _bind(self, name: str, arr: np.ndarray, output: bool = False) -> None:
+        """Bind by address: onnxruntime reads and writes these numpy buffers in place, no copies."""
+        bind = self.binding.bind_output if output else self.binding.bind_input
+        bind(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
 
     def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
-        mask, positions, past = self.cache.step_inputs(input_ids.shape[1])
-        logits, new_kv = self.ort.run(None, {"input_ids": input_ids, "attention_mask": mask,
-                                             "position_ids": positions, "past_key_values": past})
-        self.cache.append(new_kv)
+        seq = input_ids.shape[1]
+        mask, positions, past = self.cache.step_inputs(seq)
+        # The new keys/values are written straight into their cache slots. With "fixsize" those slots are
+        # also part of the input, but masked: softmax gives them exactly zero weight, whatever they hold.
+        new_kv = self.cache.next_slots(seq)
+        logits = self.decode_logits if seq == 1 else np.empty((1, seq, self.config.vocab_size), new_kv.dtype)
+        input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        for name, arr in (("input_ids", input_ids), ("attention_mask", mask), ("position_ids", positions),
+                          ("past_key_values", past)):
+            self._bind(name, arr)
+        self._bind("logits", logits, output=True)
+        self._bind("out_key_values", new_kv, output=True)
+        self.ort.run_with_iobinding(self.binding)
+        self.cache.commit(seq)
         return logits[0, -1].astype(np.float32) if want_logits else None
 
 

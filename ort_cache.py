@@ -1,0 +1,87 @@
+"""onnxruntime sessions whose graph optimizations are done once and saved beside the model.
+
+The optimized graph goes to <name>.opt.onnx (weights in <name>.opt.onnx.data when the model keeps
+external data). It is reused while it is newer than the model, rewritten when stale, and a file of
+that name that our exporter did not produce is never touched.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from export.onnx_meta import PRODUCER, read_meta
+
+OPT_SUFFIX = ".opt.onnx"
+
+
+def optimized_path(model: Path) -> Path:
+    return model.with_name(model.name[:-len(".onnx")] + OPT_SUFFIX)
+
+
+def _sources(model: Path) -> list[Path]:
+    return [p for p in (model, model.with_name(model.name + ".data")) if p.exists()]
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        return read_meta(path).get("producer") == PRODUCER
+    except Exception:  # unreadable: not a file we wrote, leave it alone
+        return False
+
+
+def is_fresh(model: Path, opt: Path) -> bool:
+    if not opt.is_file() or not _is_ours(opt):
+        return False
+    newest_source = max(p.stat().st_mtime for p in _sources(model))
+    return all(p.stat().st_mtime >= newest_source for p in _sources(opt))
+
+
+def _write_optimized(ort, model: Path, opt: Path, threads: int) -> bool:
+    """Run the portable (extended) optimizations once and save them; False when that is not possible
+    (read-only directory, a foreign file in the way). Written in a private directory and moved into
+    place, so a concurrent reader never sees half a file."""
+    if opt.exists() and not _is_ours(opt):
+        return False
+    external = (model.with_name(model.name + ".data")).exists()
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".opt-", dir=model.parent))
+    except OSError:
+        return False
+    try:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        # Extended, not all: the layout-specific level-3 rewrites are redone on load, per machine.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(tmp / opt.name)
+        if external:
+            opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                          opt.name + ".data")
+            opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                          "1024")
+        ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        for f in sorted(tmp.iterdir(), key=lambda p: p.suffix == ".onnx"):  # data before the graph
+            os.replace(f, opt.parent / f.name)
+        return True
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cpu_session(model_path: str | Path, threads: int, save_optimized: bool = True):
+    """An InferenceSession on the CPU with every optimization; the saved optimized graph when possible."""
+    import onnxruntime as ort
+
+    model = Path(model_path)
+    load = model
+    if save_optimized and not model.name.endswith(OPT_SUFFIX):
+        opt = optimized_path(model)
+        if is_fresh(model, opt) or _write_optimized(ort, model, opt, threads):
+            load = opt
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(load), opts, providers=["CPUExecutionProvider"])
