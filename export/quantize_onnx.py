@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="the token embedding table: quantize it with GatherBlockQuantized (4 bits only) or keep "
                         "it in float; auto quantizes it at 4 bits (default auto)")
     p.add_argument("--symmetric", action="store_true", help="symmetric blocks without zero points")
+    p.add_argument("--lm_head_bits", type=int, choices=[4, 8], default=None,
+                   help="weight bits of the output projection, the layer quantization hurts most "
+                        "(default: same as --bits)")
     return p.parse_args(argv)
 
 
@@ -65,9 +68,11 @@ def _upgrade_for_int4(model: onnx.ModelProto, base_dir: Path) -> onnx.ModelProto
 
 
 def quantize(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: int,
-             quantize_embedding: bool, symmetric: bool = False) -> dict[str, str]:
+             quantize_embedding: bool, symmetric: bool = False, lm_head_bits: int | None = None) -> dict[str, str]:
     """Write the quantized model to dst and return its metadata."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    lm_head_bits = lm_head_bits or bits
 
     model = onnx.load(str(src), load_external_data=False)
     if quantize_embedding:
@@ -75,16 +80,25 @@ def quantize(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: i
     else:
         onnx.external_data_helper.load_external_data_for_model(model, str(src.parent))
     ops = ("MatMul", "Gather") if quantize_embedding else ("MatMul",)
-    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
-                                     accuracy_level=accuracy_level or None, op_types_to_quantize=ops,
-                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
-    # All-zero blocks (e.g. unused vocabulary rows) divide 0 by a 0 scale; the quantizer maps them to 0.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        quantizer.process()
-    out = quantizer.model.model
+    head = next(n.name for n in model.graph.node if "logits" in n.output)
+    passes: list[tuple[int, list[str], tuple[str, ...]]] = [(bits, [], ops)]
+    if lm_head_bits != bits:
+        # The output projection first, at its own width (every other MatMul excluded); the second pass
+        # then leaves it alone, as it is no longer a MatMul.
+        others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name != head]
+        passes = [(lm_head_bits, others, ("MatMul",)), (bits, [], ops)]
+    for pass_bits, exclude, pass_ops in passes:
+        quantizer = MatMulNBitsQuantizer(model, bits=pass_bits, block_size=block_size, is_symmetric=symmetric,
+                                         accuracy_level=accuracy_level or None, nodes_to_exclude=exclude,
+                                         op_types_to_quantize=pass_ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
+        # All-zero blocks (e.g. unused vocabulary rows) divide 0 by a 0 scale; the quantizer maps them to 0.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            quantizer.process()
+        model = quantizer.model.model
+    out = model
     meta = {p.key: p.value for p in out.metadata_props}
     meta["quantization"] = (f"int{bits} block {block_size} {'symmetric' if symmetric else 'asymmetric'} "
-                            f"accuracy_level {accuracy_level}; embedding "
+                            f"accuracy_level {accuracy_level}; lm_head int{lm_head_bits}; embedding "
                             f"{'int4 GatherBlockQuantized' if quantize_embedding else 'float'}")
     onnx.helper.set_model_props(out, meta)
     weight_bytes = sum(len(t.raw_data) for t in out.graph.initializer)
@@ -115,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     start = time.perf_counter()
     embedding = a.embedding == "quantize" or (a.embedding == "auto" and a.bits == 4)
-    meta = quantize(src, dst, a.bits, a.block_size, a.accuracy_level, embedding, a.symmetric)
+    meta = quantize(src, dst, a.bits, a.block_size, a.accuracy_level, embedding, a.symmetric, a.lm_head_bits)
     print(f"wrote {dst} ({meta['quantization']}) in {time.perf_counter() - start:.1f}s")
     return 0
 

@@ -39,7 +39,7 @@ def test_contract_and_metadata_kept(models, fmt):
     assert io_signature(models[fmt]) == io_signature(models["fp32"])
     before, after = read_meta(models["fp32"]), read_meta(models[fmt])
     assert {k: v for k, v in after.items() if k != "quantization"} == before
-    assert after["quantization"].startswith(f"{fmt} block 32")
+    assert after["quantization"].startswith(f"{fmt} block 32") and f"lm_head {fmt}" in after["quantization"]
     graph = onnx.load(str(models[fmt]), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
     ops = [n.op_type for n in graph.node]
@@ -93,3 +93,15 @@ def test_refuses_missing_and_already_quantized_inputs(models, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             quantize_main(["--input_model_path", str(src), "--output_model_path", str(tmp_path / "q.onnx")])
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_lm_head_can_keep_more_bits(models, tmp_path):
+    out = tmp_path / "int4_head8.onnx"
+    assert quantize_main(["--input_model_path", str(models["fp32"]), "--output_model_path", str(out),
+                          "--bits", "4", "--lm_head_bits", "8"]) == 0
+    graph = onnx.load(str(out), load_external_data=False).graph
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node
+            if n.op_type == "MatMulNBits"}
+    head = next(n.name for n in graph.node if "logits" in n.output)
+    assert bits.pop(head) == 8 and len(bits) == 14 and set(bits.values()) == {4}
+    assert "lm_head int8" in read_meta(out)["quantization"]
