@@ -66,6 +66,17 @@ def test_int8_cast_becomes_ascend_quant(tmp_path):
     assert attrs == {"scale": 1.0, "offset": 0.0}
 
 
+def test_ops_unknown_to_cann_are_listed(tmp_path, capsys):
+    graph = helper.make_graph([helper.make_node("Celu", ["x"], ["c"]), helper.make_node("Hardmax", ["c"], ["y"]),
+                               helper.make_node("Gelu", ["y"], ["z"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 5])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [5, 5])])
+    code, _, _ = patch_file(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)],
+                                                        ir_version=10))
+    out = capsys.readouterr().out
+    assert code == 0 and "Gelu x1" in out and "Celu" not in out.split("op list")[-1]
+
+
 def test_bad_paths_give_one_line(tmp_path, capsys):
     assert change_main(["--input_model_path", str(tmp_path / "nope.onnx"),
                         "--output_model_path", str(tmp_path / "o.onnx")]) == 2
