@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,10 @@ def test_the_image_file_set_runs_the_acl_path(monkeypatch, tiny_model_dir, tmp_p
     r = subprocess.run([sys.executable, "-c", script], cwd=app, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "3"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile_dev"])
+def test_dockerfile_passes_hadolint(dockerfile):
+    hadolint = Path(sys.executable).parent / "hadolint"
+    r = subprocess.run([str(hadolint), str(ROOT / dockerfile)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
