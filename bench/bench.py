@@ -1,0 +1,190 @@
+"""Side-by-side CPU benchmark: transformers, our ONNX session (fp32/int8/int4), llama.cpp and
+onnxruntime-genai on the same prompt, each run in its own process. `make bench` runs it.
+
+    python bench/bench.py [--repeats 3] [--new_tokens 128] [--threads 2]
+
+Writes bench/results.json (one record per engine and format, medians over the repeats) and
+image/bench_cpu.png. Missing quantized models and onnxruntime-genai builds are made once under output/.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+HF_DIR = REPO / "download/Qwen2.5-Coder-0.5B-Instruct"
+ONNX_NAME = "qwen2.5_coder_0.5b_instruct.onnx"
+GGUF = REPO / "download/qwen2.5-coder-0.5b-instruct.gguf"
+GENAI_DIR = REPO / "output/genai"
+
+
+@dataclass
+class Target:
+    engine: str
+    format: str
+    model: Path
+    needs: str | None = None   # python module the engine imports; absent -> skipped with a note
+
+
+def targets(onnx_fp32: Path) -> list[Target]:
+    quant = {f: REPO / f"output/onnx_{f}" / onnx_fp32.name for f in ("int8", "int4")}
+    return [
+        Target("transformers", "fp32", HF_DIR),
+        Target("ours", "fp32", onnx_fp32),
+        Target("ours", "int8", quant["int8"]),
+        Target("ours", "int4", quant["int4"]),
+        Target("llama.cpp", "gguf", GGUF, "llama_cpp"),
+        Target("onnxruntime-genai", "fp32", GENAI_DIR / "fp32", "onnxruntime_genai"),
+        Target("onnxruntime-genai", "int4", GENAI_DIR / "int4", "onnxruntime_genai"),
+    ]
+
+
+def size_mb(path: Path) -> float:
+    """Bytes on disk of a model file plus its sidecars, or of a model directory's weights."""
+    if path.is_dir():
+        files = [f for f in path.iterdir() if f.suffix in (".onnx", ".data", ".safetensors", ".bin")]
+    else:
+        files = [f for f in path.parent.iterdir() if f.name.startswith(path.name)]
+    return sum(f.stat().st_size for f in files) / 2 ** 20
+
+
+def check(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def prepare(t: Target, onnx_fp32: Path, threads: int) -> None:
+    """Build a missing model once; an existing one is reused as is."""
+    if t.engine == "ours" and not t.model.is_file():
+        check([PY, "export/quantize_onnx.py", "--input_model_path", str(onnx_fp32), "--output_model_path",
+               str(t.model), "--bits", t.format[3:]])
+    if t.engine == "onnxruntime-genai":
+        if not (t.model / "genai_config.json").is_file():
+            precision = {"fp32": ["-p", "fp32"], "int4": ["-p", "int4", "--extra_options", "block_size=32",
+                                                           "accuracy_level=4"]}[t.format]
+            check([PY, "-m", "onnxruntime_genai.models.builder", "-i", str(HF_DIR), "-o", str(t.model),
+                   "-e", "cpu", "-c", str(GENAI_DIR / "cache"), *precision])
+        # Its thread count lives in the model's config, not in an API call: the same threads as the rest.
+        cfg_path = t.model / "genai_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+def prompt_ids() -> list[int]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(HF_DIR)
+    text = (REPO / "bench/prompt.txt").read_text()
+    return list(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=False))
+
+
+def measure(t: Target, ids_file: Path, new_tokens: int, threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run([PY, str(REPO / "bench/engines.py"), "--engine", t.engine, "--model", str(t.model),
+                          "--hf_model_dir", str(HF_DIR), "--ids_file", str(ids_file), "--new_tokens",
+                          str(new_tokens), "--threads", str(threads)],
+                         capture_output=True, text=True, env=env, cwd=REPO)
+    if res.returncode != 0:
+        raise RuntimeError(f"{t.engine} {t.format} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def summarise(t: Target, runs: list[dict], new_tokens: int) -> dict:
+    med = statistics.median
+    prompt = runs[0]["prompt_tokens"]
+    return {
+        "engine": t.engine, "format": t.format,
+        "prefill_tok_s": round(med(prompt / r["ttft_s"] for r in runs), 1),
+        "decode_tok_s": round(med((new_tokens - 1) / r["decode_s"] for r in runs), 1),
+        "ttft_s": round(med(r["ttft_s"] for r in runs), 3),
+        "peak_rss_mb": round(med(r["peak_rss_mb"] for r in runs)),
+        "size_mb": round(size_mb(t.model)),
+        "repeats": len(runs), "tokens": runs[0]["tokens"],
+    }
+
+
+def add_ratios(records: list[dict]) -> None:
+    """Speed relative to transformers, and how long each engine's greedy text agrees with it."""
+    ref = next(r for r in records if r["engine"] == "transformers")
+    for r in records:
+        r["prefill_vs_transformers"] = round(r["prefill_tok_s"] / ref["prefill_tok_s"], 2)
+        r["decode_vs_transformers"] = round(r["decode_tok_s"] / ref["decode_tok_s"], 2)
+        same = [a == b for a, b in zip(r["tokens"], ref["tokens"])]
+        r["tokens_agree_with_transformers"] = same.index(False) if False in same else len(same)
+    for r in records:
+        del r["tokens"]
+
+
+def print_table(records: list[dict]) -> None:
+    cols = ["engine", "format", "prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_mb", "size_mb",
+            "prefill_vs_transformers", "decode_vs_transformers", "tokens_agree_with_transformers"]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in records:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Benchmark our ONNX session against transformers and peer engines.")
+    p.add_argument("--repeats", type=int, default=3, help="runs per engine; the median is reported (default 3)")
+    p.add_argument("--new_tokens", type=int, default=128, help="greedy tokens generated per run (default 128)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads every engine uses (default 2)")
+    p.add_argument("--onnx_model_path", default=str(REPO / "output/onnx" / ONNX_NAME),
+                   help="our fp32 CPU export; int8/int4 are quantized from it into output/onnx_int8|int4")
+    p.add_argument("--only", nargs="*", help="engine:format pairs to run, e.g. ours:int4 (default all)")
+    p.add_argument("--output", default=str(REPO / "bench/results.json"))
+    p.add_argument("--chart", default=str(REPO / "image/bench_cpu.png"))
+    a = p.parse_args(argv)
+    onnx_fp32 = Path(a.onnx_model_path)
+    if not onnx_fp32.is_file():
+        print(f"bench.py: error: {onnx_fp32}: no such file (run `make onnx` first)", file=sys.stderr)
+        return 2
+    chosen = []
+    for t in targets(onnx_fp32):
+        if a.only and f"{t.engine}:{t.format}" not in a.only and t.engine != "transformers":
+            continue
+        if t.needs and importlib.util.find_spec(t.needs) is None:
+            print(f"skipping {t.engine} {t.format}: {t.needs} is not installed (pip install -r "
+                  "bench/requirements-peers.txt)")
+            continue
+        prepare(t, onnx_fp32, a.threads)
+        chosen.append(t)
+    runs: dict[int, list[dict]] = {i: [] for i in range(len(chosen))}
+    with tempfile.TemporaryDirectory() as tmp:
+        ids_file = Path(tmp) / "ids.json"
+        ids_file.write_text(json.dumps(prompt_ids()))
+        # Rounds interleave the engines, so a slow spell on a shared machine hits all of them alike.
+        for rnd in range(a.repeats):
+            for i, t in enumerate(chosen):
+                r = measure(t, ids_file, a.new_tokens, a.threads)
+                runs[i].append(r)
+                print(f"round {rnd + 1}: {t.engine:18} {t.format:5} ttft {r['ttft_s']:.2f}s "
+                      f"decode {(a.new_tokens - 1) / r['decode_s']:.1f} tok/s rss {r['peak_rss_mb']:.0f} MB",
+                      flush=True)
+    records = [summarise(t, runs[i], a.new_tokens) for i, t in enumerate(chosen)]
+    add_ratios(records)
+    setup = {"prompt_tokens": runs[0][0]["prompt_tokens"], "new_tokens": a.new_tokens, "threads": a.threads,
+             "repeats": a.repeats, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    for r in records:
+        r.update(setup)
+    Path(a.output).write_text(json.dumps(records, indent=2) + "\n")
+    print_table(records)
+    from chart import draw  # matplotlib is a peer requirement, needed only here
+    draw(records, setup, Path(a.chart))
+    print(f"wrote {a.output} and {a.chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

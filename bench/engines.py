@@ -1,0 +1,140 @@
+"""One measured generation in this process, printed as one JSON line (bench.py runs each in a fresh
+process so peak RSS belongs to one engine alone).
+
+    python bench/engines.py --engine ours --model output/onnx_int4/x.onnx --hf_model_dir DIR \
+        --ids_file prompt_ids.json --new_tokens 128 --threads 2
+
+Every engine gets the same prompt token ids and generates exactly --new_tokens greedy tokens (an end of
+sequence does not stop it), so the timings compare the same work. ttft is prompt in -> first token out;
+decode is the remaining tokens, one forward pass each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+# engine name -> function(args, prompt ids) -> (generated ids, ttft seconds, decode seconds)
+Runner = Callable[[argparse.Namespace, list[int]], tuple[list[int], float, float]]
+
+
+def run_transformers(a: argparse.Namespace, ids: list[int]) -> tuple[list[int], float, float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(a.threads)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
+    out: list[int] = []
+    with torch.inference_mode():
+        start = time.perf_counter()
+        res = model(torch.tensor([ids]), use_cache=True)
+        out.append(int(res.logits[0, -1].argmax()))
+        first = time.perf_counter()
+        past = res.past_key_values
+        for _ in range(a.new_tokens - 1):
+            res = model(torch.tensor([[out[-1]]]), past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            out.append(int(res.logits[0, -1].argmax()))
+    return out, first - start, time.perf_counter() - first
+
+
+def run_ours(a: argparse.Namespace, ids: list[int]) -> tuple[list[int], float, float]:
+    sys.path.insert(0, str(REPO))
+    from config import InferenceConfig
+    from export.onnx_meta import read_meta
+    from session import Session
+
+    kv_len = int(read_meta(a.model)["kv_cache_length"])
+    # The CPU settings the demo uses: only filled cache slots, 64-token prefill chunks (a chunk's
+    # [seq, vocab] logits are the largest transient buffer, so longer chunks raise the peak RSS).
+    cfg = InferenceConfig(hf_model_dir=a.hf_model_dir, onnx_model_path=a.model, kv_cache_length=kv_len,
+                          max_input_length=min(512, kv_len - 1), max_prefill_length=64,
+                          kv_cache_method="basic", cpu_thread=a.threads)
+    session = Session.fromConfig(cfg)
+    out: list[int] = []
+    start = time.perf_counter()
+    out.append(int(np.argmax(session.run(np.array([ids], np.int64)))))
+    first = time.perf_counter()
+    for _ in range(a.new_tokens - 1):
+        out.append(int(np.argmax(session.run(np.array([[out[-1]]], np.int64)))))
+    return out, first - start, time.perf_counter() - first
+
+
+def run_llama_cpp(a: argparse.Namespace, ids: list[int]) -> tuple[list[int], float, float]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=a.model, n_ctx=1024, n_threads=a.threads, n_threads_batch=a.threads,
+                          n_batch=512, verbose=False)
+    vocab = llm.n_vocab()
+
+    def last_token() -> int:
+        # Llama.eval keeps no logits unless every position's are kept; read the last row from the C API.
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))
+        return int(np.argmax(row))
+
+    out: list[int] = []
+    start = time.perf_counter()
+    llm.eval(ids)
+    out.append(last_token())
+    first = time.perf_counter()
+    for _ in range(a.new_tokens - 1):
+        llm.eval([out[-1]])
+        out.append(last_token())
+    return out, first - start, time.perf_counter() - first
+
+
+def run_genai(a: argparse.Namespace, ids: list[int]) -> tuple[list[int], float, float]:
+    import onnxruntime_genai as og
+
+    config = og.Config(a.model)
+    config.clear_providers()  # the CPU provider
+    model = og.Model(config)
+    params = og.GeneratorParams(model)
+    total = len(ids) + a.new_tokens
+    # min_length == max_length: the end-of-sequence token must not end the run early.
+    params.set_search_options(max_length=total, min_length=total, do_sample=False)
+    gen = og.Generator(model, params)
+    out: list[int] = []
+    start = time.perf_counter()
+    gen.append_tokens(np.array(ids, dtype=np.int32))
+    gen.generate_next_token()
+    out.append(int(gen.get_next_tokens()[0]))
+    first = time.perf_counter()
+    for _ in range(a.new_tokens - 1):
+        gen.generate_next_token()
+        out.append(int(gen.get_next_tokens()[0]))
+    return out, first - start, time.perf_counter() - first
+
+
+RUNNERS: dict[str, Runner] = {"transformers": run_transformers, "ours": run_ours,
+                              "llama.cpp": run_llama_cpp, "onnxruntime-genai": run_genai}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Measure one engine generating greedy tokens for one prompt.")
+    p.add_argument("--engine", choices=sorted(RUNNERS), required=True)
+    p.add_argument("--model", required=True, help="model file or directory the engine loads")
+    p.add_argument("--hf_model_dir", required=True, help="for our session's config")
+    p.add_argument("--ids_file", required=True, help="JSON list of prompt token ids")
+    p.add_argument("--new_tokens", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    ids = json.loads(Path(a.ids_file).read_text())
+    tokens, ttft, decode = RUNNERS[a.engine](a, ids)
+    # ru_maxrss is in KiB on Linux: the high-water mark of this whole process, loading included.
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"prompt_tokens": len(ids), "ttft_s": ttft, "decode_s": decode, "tokens": tokens,
+                      "peak_rss_mb": rss_mb}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Quality of the quantized CPU models against our fp32 export: perplexity on bench/quality_text.txt
+and greedy-token agreement over 64 tokens on 5 prompts.
+
+    python bench/quality.py [--formats fp32 int8 int4]
+
+Writes bench/quality.json. Models are the ones bench.py uses (output/onnx*/); run bench.py or
+export/quantize_onnx.py first so the quantized ones exist.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from config import InferenceConfig  # noqa: E402
+from export.onnx_meta import read_meta  # noqa: E402
+from session import Session  # noqa: E402
+
+HF_DIR = REPO / "download/Qwen2.5-Coder-0.5B-Instruct"
+ONNX_NAME = "qwen2.5_coder_0.5b_instruct.onnx"
+MODELS = {"fp32": REPO / "output/onnx" / ONNX_NAME, "int8": REPO / "output/onnx_int8" / ONNX_NAME,
+          "int4": REPO / "output/onnx_int4" / ONNX_NAME}
+WINDOW, CHUNK = 512, 128
+PROMPTS = [
+    "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",
+    "Explain the difference between a list and a tuple in Python, with a short example of each.",
+    "What does the SQL statement SELECT COUNT(*) FROM orders GROUP BY customer_id return?",
+    "Write a bash one-liner that counts the lines of every .py file under the current directory.",
+    "Why is binary search O(log n)? Answer in three sentences.",
+]
+
+
+def open_session(path: Path, threads: int) -> Session:
+    kv_len = int(read_meta(path)["kv_cache_length"])
+    cfg = InferenceConfig(hf_model_dir=str(HF_DIR), onnx_model_path=str(path), kv_cache_length=kv_len,
+                          max_input_length=min(512, kv_len - 1), max_prefill_length=64,
+                          kv_cache_method="basic", cpu_thread=threads)
+    return Session.fromConfig(cfg)
+
+
+def nll_of_window(session: Session, ids: np.ndarray) -> tuple[float, int]:
+    """Summed negative log-likelihood of ids[1:] given what precedes them, from a fresh cache.
+    Calls the graph directly: perplexity needs the logits of every position, not only the last."""
+    session.reset()
+    cache, total, count = session.cache, 0.0, 0
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start:start + CHUNK][None]
+        mask, positions, past = cache.step_inputs(chunk.shape[1])
+        logits, new_kv = session.ort.run(None, {"input_ids": chunk, "attention_mask": mask,
+                                                "position_ids": positions, "past_key_values": past})
+        cache.append(new_kv)
+        logits = logits[0].astype(np.float64)
+        targets = ids[start + 1:start + 1 + chunk.shape[1]]
+        logits = logits[:len(targets)]
+        top = logits.max(-1, keepdims=True)
+        logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+        total -= float(logp[np.arange(len(targets)), targets].sum())
+        count += len(targets)
+    return total, count
+
+
+def perplexity(session: Session, ids: np.ndarray) -> float:
+    total, count = 0.0, 0
+    for start in range(0, len(ids), WINDOW):
+        t, c = nll_of_window(session, ids[start:start + WINDOW])
+        total, count = total + t, count + c
+    return float(np.exp(total / count))
+
+
+def greedy(session: Session, prompt: list[int], n: int) -> list[int]:
+    session.reset()
+    out = [int(np.argmax(session.run(np.array([prompt], np.int64))))]
+    while len(out) < n:
+        out.append(int(np.argmax(session.run(np.array([[out[-1]]], np.int64)))))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Perplexity and greedy agreement of quantized models vs fp32.")
+    p.add_argument("--formats", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--tokens", type=int, default=64, help="greedy tokens per prompt (default 64)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--output", default=str(REPO / "bench/quality.json"))
+    a = p.parse_args(argv)
+    missing = [str(MODELS[f]) for f in a.formats if not MODELS[f].is_file()]
+    if missing:
+        print(f"quality.py: error: missing {', '.join(missing)} (run bench/bench.py or export/quantize_onnx.py)",
+              file=sys.stderr)
+        return 2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(HF_DIR)
+    text_ids = np.array(tok((REPO / "bench/quality_text.txt").read_text())["input_ids"], np.int64)
+    prompts = [list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=False)) for q in PROMPTS]
+    results, generated = {}, {}
+    for fmt in a.formats:
+        session = open_session(MODELS[fmt], a.threads)
+        results[fmt] = {"perplexity": round(perplexity(session, text_ids), 4)}
+        generated[fmt] = [greedy(session, ids, a.tokens) for ids in prompts]
+        del session
+        print(f"{fmt}: perplexity {results[fmt]['perplexity']}", flush=True)
+    base = results.get("fp32")
+    for fmt, r in results.items():
+        if base is None:
+            break
+        r["perplexity_vs_fp32"] = round(r["perplexity"] / base["perplexity"] - 1, 4)
+        pairs = list(zip(generated[fmt], generated["fp32"]))
+        r["greedy_agreement"] = round(float(np.mean([np.mean(np.equal(g, f)) for g, f in pairs])), 4)
+        r["greedy_common_prefix"] = [next((i for i, (x, y) in enumerate(zip(g, f)) if x != y), len(g))
+                                     for g, f in pairs]
+    report = {"text_tokens": len(text_ids), "window": WINDOW, "prompts": len(prompts),
+              "greedy_tokens": a.tokens, "results": results}
+    Path(a.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The bench plumbing on the tiny model: one engine run in its own process, and the summary arithmetic."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.bench import Target, add_ratios, size_mb, summarise
+from export.export_onnx import main as export_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_our_engine_runs_in_a_subprocess_and_reports(make_tiny, tmp_path):
+    model_dir = make_tiny()
+    onnx_path = tmp_path / "m.onnx"
+    assert export_main(["--hf_model_dir", str(model_dir), "--onnx_model_path", str(onnx_path),
+                        "--kv_cache_length", "64"]) == 0
+    ids_file = tmp_path / "ids.json"
+    ids_file.write_text(json.dumps(list(range(5, 25))))
+    res = subprocess.run([sys.executable, str(REPO / "bench/engines.py"), "--engine", "ours", "--model",
+                          str(onnx_path), "--hf_model_dir", str(model_dir), "--ids_file", str(ids_file),
+                          "--new_tokens", "6", "--threads", "1"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["prompt_tokens"] == 20 and len(out["tokens"]) == 6
+    assert out["ttft_s"] > 0 and out["decode_s"] > 0 and out["peak_rss_mb"] > 10
+
+
+def test_summary_medians_ratios_and_agreement(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x" * 2 ** 20)
+    (tmp_path / "m.onnx.data").write_bytes(b"x" * 2 ** 21)
+    assert round(size_mb(model)) == 3
+    runs = [{"prompt_tokens": 100, "ttft_s": t, "decode_s": d, "peak_rss_mb": 50.0, "tokens": [1, 2, 3, 4]}
+            for t, d in ((1.0, 3.0), (2.0, 1.0), (4.0, 2.0))]
+    ref = summarise(Target("transformers", "fp32", model), runs, new_tokens=4)
+    assert ref["prefill_tok_s"] == 50.0 and ref["decode_tok_s"] == 1.5 and ref["ttft_s"] == 2.0
+    fast = summarise(Target("ours", "int4", model), [{**r, "ttft_s": r["ttft_s"] / 4, "tokens": [1, 2, 9, 4]}
+                                                      for r in runs], new_tokens=4)
+    records = [ref, fast]
+    add_ratios(records)
+    assert fast["prefill_vs_transformers"] == 4.0 and fast["decode_vs_transformers"] == 1.0
+    assert fast["tokens_agree_with_transformers"] == 2 and ref["tokens_agree_with_transformers"] == 4
+    assert "tokens" not in fast
