@@ -68,7 +68,8 @@ test: model
 	$(PY) -m pytest -q tests
 
 serve: onnx
-	$(PY) api.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX2)
+	$(PY) api.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX2) \
+	  --kv_cache_method basic --max_prefill_length 64
 
 # Peers (llama-cpp-python, onnxruntime-genai) are installed here only: they are not runtime requirements.
 bench: onnx

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from config import ConfigError, add_model_args, config_from_args
+from config import ConfigError, add_model_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,24 +27,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from inference import load_inference
+
     try:
-        config = config_from_args(args)
         if not 0 < args.port < 65536 or args.max_queue < 1 or args.max_request_mb <= 0:
             raise ConfigError("--port must be 1-65535, --max_queue at least 1, --max_request_mb positive")
+        inference = load_inference(args)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"api.py: error: {e}", file=sys.stderr)
         return 2
     import uvicorn
 
     from api_app import create_app
-    from inference import Inference
 
-    try:
-        inference = Inference(config)
-    except (ConfigError, OSError, ValueError) as e:  # unreadable model files: the user's input
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    name = args.served_model_name or Path(config.hf_model_dir.rstrip("/")).name
+    name = args.served_model_name or Path(inference.config.hf_model_dir.rstrip("/")).name
     app = create_app(inference, name, api_key=args.api_key, max_queue=args.max_queue,
                      max_body_bytes=int(args.max_request_mb * (1 << 20)))
     uvicorn.run(app, host=args.host, port=args.port)

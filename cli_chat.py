@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from config import ConfigError, add_model_args, config_from_args
-from inference import Inference, PromptTooLongError, SamplingParams
+from config import ConfigError, add_model_args
+from inference import Inference, PromptTooLongError, SamplingParams, load_inference
 
 COMMANDS_HELP = "Type a message and press Enter. 'clear' starts a new conversation; 'exit' or 'quit' ends."
 
@@ -76,11 +76,10 @@ def chat_loop(engine: Inference, params: SamplingParams, system_prompt: str) -> 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = config_from_args(args)
-        engine = Inference(config)
-    except (ConfigError, OSError, RuntimeError) as e:  # onnxruntime reports a broken model as RuntimeError
+        engine = load_inference(args)
+    except ConfigError as e:
         return fail(str(e))
-    chat_loop(engine, SamplingParams.from_config(config), args.system_prompt)
+    chat_loop(engine, SamplingParams.from_config(engine.config), args.system_prompt)
     return 0
 
 

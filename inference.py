@@ -1,6 +1,7 @@
 """From messages to streamed text: chat template, sampling, stop rules and KV-cache reuse across turns."""
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from config import InferenceConfig
+from config import ConfigError, InferenceConfig, config_from_args
 from session import Session
 
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -173,8 +174,12 @@ class Inference:
                                      "and the answer needs at least one more")
         try:
             yield from self._generate(prompt_ids, params)
+        except GeneratorExit:
+            # Closed by the consumer (a client left): that happens only at a yield, where the cache and
+            # _cached_ids agree, so the next turn can still reuse them.
+            raise
         except BaseException:
-            # A failed or abandoned call may leave the cache half-written: forget it rather than reuse it.
+            # A failure inside a graph call may leave the cache half-written: forget it rather than reuse it.
             self.reset()
             raise
 
@@ -219,3 +224,14 @@ class Inference:
             decode_tok_s=(n - 1) / (end - first_token_at) if n > 1 and end > first_token_at else 0.0,
             total_tok_s=n / (end - start) if end > start else 0.0)
         yield Delta("", None, finish_reason=finish, stats=stats)
+
+
+def load_inference(args: argparse.Namespace) -> Inference:
+    """Config and engine from parsed flags. Every failure a user can cause or fix (paths, flags, a model
+    file onnxruntime or pyACL cannot load) becomes a ConfigError with a one-line message."""
+    try:
+        return Inference(config_from_args(args))
+    except ConfigError:
+        raise
+    except (OSError, RuntimeError, ValueError) as e:  # onnxruntime and AclSession raise RuntimeError
+        raise ConfigError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None

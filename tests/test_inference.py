@@ -149,9 +149,23 @@ def test_second_turn_reuses_the_cache_and_answers_the_same(tiny_model_dir):
     assert reused_text == fresh_text
 
 
-def test_abandoned_stream_does_not_poison_the_next_call(tiny_model_dir):
-    engine, ids = scripted(tiny_model_dir, "one two three four")
+def test_abandoned_stream_keeps_a_consistent_cache_for_reuse(tiny_model_dir):
+    engine = Inference(config_for(tiny_model_dir))
+    prompt = engine.apply_chat_template([{"role": "user", "content": "hello there"}])
+    stream = engine.stream(prompt, SamplingParams(8, **GREEDY))
+    next(stream), next(stream)
+    stream.close()
+    assert engine.session.length == len(engine._cached_ids) > len(prompt)
+    again, last = collect(engine.stream(prompt, SamplingParams(8, **GREEDY)))
+    fresh, _ = collect(Inference(config_for(tiny_model_dir)).stream(prompt, SamplingParams(8, **GREEDY)))
+    assert again == fresh and last.stats.reused_tokens == len(prompt) - 1
+
+
+def test_failing_graph_call_resets_the_cache(tiny_model_dir):
+    engine, _ = scripted(tiny_model_dir, "one two three four")
     stream = engine.stream([5, 6, 7], SamplingParams(64, **GREEDY))
     next(stream)
-    stream.close()
+    engine.session.script = []  # the next graph call fails (nothing left to answer with)
+    with pytest.raises(IndexError):
+        list(stream)
     assert engine.session.length == 0 and engine._cached_ids == []
