@@ -5,11 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from config import ConfigError, add_model_args
+from config import ArgumentParser, ConfigError, add_model_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     add_model_args(p)
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

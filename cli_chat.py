@@ -4,14 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from config import ConfigError, add_model_args
+from config import ArgumentParser, ConfigError, add_model_args
 from inference import Inference, PromptTooLongError, SamplingParams, load_inference
 
 COMMANDS_HELP = "Type a message and press Enter. 'clear' starts a new conversation; 'exit' or 'quit' ends."
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Chat with a Qwen model in the terminal. " + COMMANDS_HELP)
+    p = ArgumentParser(description="Chat with a Qwen model in the terminal. " + COMMANDS_HELP)
     add_model_args(p)
     p.add_argument("--system_prompt", default="You are a helpful assistant.",
                    help="the system message that starts every conversation ('' for none)")

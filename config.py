@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,14 @@ SAMPLING_METHODS = ("greedy", "top_k", "top_p")
 
 class ConfigError(ValueError):
     """A setting that cannot work; its message is one line meant for the user."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with errors on one line (its usage block buries the actual message)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
+from config import ArgumentParser  # noqa: E402
 from export.check_ops import unlisted_ops  # noqa: E402
 from export.export_onnx import save  # noqa: E402
 
@@ -85,7 +86,7 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Make an exported ONNX model acceptable to atc: rewrite Trilu nodes "
+    p = ArgumentParser(description="Make an exported ONNX model acceptable to atc: rewrite Trilu nodes "
                                             "with a k input and INT8 Casts, report what changed.")
     p.add_argument("--input_model_path", required=True, help="the .onnx written by export_onnx.py")
     p.add_argument("--output_model_path", required=True,

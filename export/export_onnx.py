@@ -18,6 +18,7 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from config import ArgumentParser  # noqa: E402
 from export.onnx_meta import write_meta  # noqa: E402
 from export.qwen_model import ModelArgs, load_model  # noqa: E402
 
@@ -37,7 +38,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Export a HuggingFace Qwen1.5/Qwen2/Qwen2.5/Qwen3 model directory to an ONNX graph "
                     "whose inputs and outputs carry a static KV cache (the graph atc and our sessions use).")
     p.add_argument("--hf_model_dir", required=True, help="HuggingFace model directory (config.json + *.safetensors)")

@@ -62,6 +62,8 @@ def test_sampling_with_a_seed_is_repeatable(tiny_model_dir, tiny_onnx):
     (["--max_prefill_length", "6"], "power of two"),
     (["--kv_cache_length", "256"], "exported with 128"),
     (["--session_type", "onnx", "--onnx_model_path", ""], "needs --onnx_model_path"),
+    (["--bogus_flag", "1"], "unrecognized arguments: --bogus_flag"),
+    (["--sampling_method", "beam"], "invalid choice: 'beam'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, tiny_onnx, bad, expect):
     args = {"--hf_model_dir": str(tiny_model_dir), "--onnx_model_path": str(tiny_onnx)}
