@@ -39,7 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--embedding", choices=["auto", "float", "quantize"], default="auto",
                    help="the token embedding table: quantize it with GatherBlockQuantized (4 bits only) or keep "
                         "it in float; auto quantizes it at 4 bits (default auto)")
-    p.add_argument("--symmetric", action="store_true", help="symmetric blocks without zero points")
+    p.add_argument("--asymmetric", action="store_true",
+                   help="blocks with zero points; the default is symmetric blocks, which measured the same "
+                        "perplexity at int4 and run a little faster")
     p.add_argument("--lm_head_bits", type=int, choices=[4, 8], default=None,
                    help="weight bits of the output projection, the layer quantization hurts most "
                         "(default: same as --bits)")
@@ -67,7 +69,7 @@ def _upgrade_for_int4(model: onnx.ModelProto, base_dir: Path) -> onnx.ModelProto
 
 
 def quantize(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: int,
-             quantize_embedding: bool, symmetric: bool = False, lm_head_bits: int | None = None) -> dict[str, str]:
+             quantize_embedding: bool, symmetric: bool = True, lm_head_bits: int | None = None) -> dict[str, str]:
     """Write the quantized model to dst and return its metadata."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     start = time.perf_counter()
     embedding = a.embedding == "quantize" or (a.embedding == "auto" and a.bits == 4)
-    meta = quantize(src, dst, a.bits, a.block_size, a.accuracy_level, embedding, a.symmetric, a.lm_head_bits)
+    meta = quantize(src, dst, a.bits, a.block_size, a.accuracy_level, embedding, not a.asymmetric, a.lm_head_bits)
     print(f"wrote {dst} ({meta['quantization']}) in {time.perf_counter() - start:.1f}s")
     return 0
 
