@@ -26,7 +26,7 @@ DISCONNECT_POLL_S = 0.5
 
 def _stream_for(p: Plan) -> PlainStream:
     if p.mode == "functions":
-        return ReactStream(p.names)
+        return ReactStream(p.names, p.arg_names)
     return ToolStream(p.names) if p.mode == "tools" else PlainStream()
 
 

@@ -20,6 +20,7 @@ class Plan:
     mode: str  # "plain" | "tools" | "functions"
     names: set[str] = field(default_factory=set)
     params: SamplingParams | None = None
+    arg_names: dict[str, set[str]] = field(default_factory=dict)  # functions mode: each one's parameters
 
 
 def _text(msg: ChatMessage, index: int) -> str:
@@ -151,8 +152,9 @@ def plan(req: ChatCompletionRequest, base: SamplingParams, max_output: int) -> P
     functions = _functions(req)
     if functions:
         params.stop = params.stop + [react.OBSERVATION]
+        arg_names = {f["name"]: set((f.get("parameters") or {}).get("properties") or {}) for f in functions}
         return Plan(_react_messages(req.messages, functions), None, "functions",
-                    {f["name"] for f in functions}, params)
+                    {f["name"] for f in functions}, params, arg_names)
     tools = _tools(req)
     messages = _tool_messages(req.messages)
     if tools:

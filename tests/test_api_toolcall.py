@@ -73,6 +73,17 @@ def test_react_action_and_final_answer() -> None:
     assert parse_react("Action: rm_rf\nAction Input: {}", NAMES) is None
 
 
+def test_react_placeholder_action_is_resolved_by_name_or_arguments() -> None:
+    args = {"get_weather": {"city"}, "calculate": {"expression"}}
+    copied = 'Thought: x\nAction: the tool to call, one of [get_weather, calculate]\nAction Input: {"city": "Paris"}'
+    assert parse_react(copied, NAMES, args).calls[0].name == "get_weather"
+    assert parse_react(copied, NAMES) is None  # without the parameter names nothing decides between them
+    named = "Action: I will use calculate now\nAction Input: {\"expression\": \"6*7\"}"
+    assert parse_react(named, NAMES).calls[0].name == "calculate"
+    unknown = 'Action: one of [get_weather, calculate]\nAction Input: {"zip": "75001"}'
+    assert parse_react(unknown, NAMES, args) is None
+
+
 def feed_by_char(stream: ToolStream, text: str) -> tuple[str, str, list]:
     shown = "".join(stream.feed(ch) for ch in text)
     tail, calls = stream.finish()

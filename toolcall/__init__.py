@@ -19,5 +19,5 @@ def parse_tool_calls(text: str, names: set[str]) -> Parsed | None:
     return None
 
 
-def parse_react(text: str, names: set[str]) -> Parsed | None:
-    return react.parse(text, names)
+def parse_react(text: str, names: set[str], arg_names: dict[str, set[str]] | None = None) -> Parsed | None:
+    return react.parse(text, names, arg_names)

@@ -12,17 +12,35 @@ FINAL = "Final Answer:"
 OBSERVATION = "Observation:"  # where the model would start inventing the tool's result: a stop string
 
 
-def parse(text: str, names: set[str]) -> Parsed | None:
-    """A function call, or the final answer with the reasoning removed; None for text in neither shape."""
+def parse(text: str, names: set[str], arg_names: dict[str, set[str]] | None = None) -> Parsed | None:
+    """A function call, or the final answer with the reasoning removed; None for text in neither shape.
+    arg_names (each function's parameter names) lets a sloppy Action line still name its function."""
     if FINAL in text:
         return Parsed(text.split(FINAL, 1)[1].strip(), [])
     m = ACTION.search(text)
-    if not m or m.group(1) not in names:
+    if not m:
         return None
     raw = m.group(2).split(OBSERVATION, 1)[0].strip()
+    name = m.group(1) if m.group(1) in names else guess_function(m.group(1), raw, names, arg_names or {})
+    if name is None:
+        return None
     args = arguments_text(raw) if raw else "{}"
     # Non-JSON input is passed on as written: the legacy API never promised valid JSON arguments.
-    return Parsed(None, [ToolCall(m.group(1), args if args is not None else raw)])
+    return Parsed(None, [ToolCall(name, args if args is not None else raw)])
+
+
+def guess_function(action: str, raw_args: str, names: set[str], arg_names: dict[str, set[str]]) -> str | None:
+    """Small models copy the prompt's placeholder ("Action: the tool to call, one of [a, b]"). Take the
+    one function the line names, else the one whose parameters cover the input's keys; else no call."""
+    named = [n for n in sorted(names) if re.search(rf"\b{re.escape(n)}\b", action)]
+    if len(named) == 1:
+        return named[0]
+    try:
+        keys = set(json.loads(raw_args))
+    except (ValueError, TypeError):
+        return None
+    fits = [n for n in (named or sorted(names)) if keys and keys <= arg_names.get(n, set())]
+    return fits[0] if len(fits) == 1 else None
 
 
 def system_prompt(functions: list[dict]) -> str:

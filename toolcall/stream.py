@@ -65,6 +65,10 @@ class ReactStream(ToolStream):
 
     MARK = "Final Answer:"
 
+    def __init__(self, names: set[str], arg_names: dict[str, set[str]] | None = None) -> None:
+        super().__init__(names)
+        self.arg_names = arg_names or {}
+
     def feed(self, piece: str) -> str:
         self.text += piece
         at = self.text.find(self.MARK)
@@ -80,7 +84,7 @@ class ReactStream(ToolStream):
     def finish(self) -> tuple[str, list[ToolCall]]:
         if self.MARK in self.text:
             return self.feed(""), []
-        found = parse_react(self.text, self.names)
+        found = parse_react(self.text, self.names, self.arg_names)
         if found is None:
             return self.text, []
         return found.content or "", found.calls
