@@ -94,16 +94,6 @@ def serve(args: list[str], tmp: Path, startup_s: float = 300) -> Iterator[Server
             proc.wait()
 
 
-def export_tiny(model_dir: Path, out_dir: Path, kv_cache_length: int = 2048) -> Path:
-    """The tiny model's ONNX graph (a second or two to export)."""
-    from export.export_onnx import main as export_main
-
-    path = out_dir / "tiny.onnx"
-    assert export_main(["--hf_model_dir", str(model_dir), "--onnx_model_path", str(path),
-                        "--kv_cache_length", str(kv_cache_length)]) == 0
-    return path
-
-
 def tiny_server_args(model_dir: Path, onnx: Path, *extra: str) -> list[str]:
     return ["api.py", "--hf_model_dir", str(model_dir), "--onnx_model_path", str(onnx), "--served_model_name", "tiny",
             "--kv_cache_method", "basic", "--cpu_thread", "1", *extra]

@@ -32,6 +32,26 @@ def tiny_model_dir(make_tiny) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_onnx_of(tmp_path_factory):
+    """`tiny_onnx_of(model_dir, kv_cache_length, dtype="float32")` -> the model exported with
+    export_onnx.py; each argument set is exported once per test session and shared read-only."""
+    from export.export_onnx import main as export_main
+
+    built: dict[tuple, Path] = {}
+
+    def export(model_dir: Path, kv_cache_length: int, dtype: str = "float32") -> Path:
+        key = (str(model_dir), kv_cache_length, dtype)
+        if key not in built:
+            path = tmp_path_factory.mktemp("tiny_onnx") / f"{Path(model_dir).name}_{dtype}_kv{kv_cache_length}.onnx"
+            assert export_main(["--hf_model_dir", str(model_dir), "--onnx_model_path", str(path),
+                                "--kv_cache_length", str(kv_cache_length), "--dtype", dtype]) == 0
+            built[key] = path
+        return built[key]
+
+    return export
+
+
+@pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     # A missing model is a broken setup, not a reason to skip: `make test` builds it first.
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from api_helpers import ROOT, export_tiny, serve, tiny_server_args
+from api_helpers import ROOT, serve, tiny_server_args
 
 ST = Path(sys.executable).parent / "st"  # installed beside the interpreter running the tests
 
@@ -23,7 +23,8 @@ def server(request, tmp_path_factory):
     else:
         model_dir = request.getfixturevalue("tiny_model_dir")
         # answers capped at 64 tokens so that generated requests without max_tokens stay quick
-        args = tiny_server_args(model_dir, export_tiny(model_dir, tmp, 1024), "--max_output_length", "64")
+        onnx_path = request.getfixturevalue("tiny_onnx_of")(model_dir, 1024)
+        args = tiny_server_args(model_dir, onnx_path, "--max_output_length", "64")
     with serve(args, tmp) as s:
         yield s
 

@@ -12,16 +12,16 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from api_helpers import ROOT, export_tiny, serve, tiny_server_args, validate
+from api_helpers import ROOT, serve, tiny_server_args, validate
 
 MODEL = "tiny"
 MAX_INPUT = 1000
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
+def server(tiny_model_dir, tiny_onnx_of, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tiny-api")
-    args = tiny_server_args(tiny_model_dir, export_tiny(tiny_model_dir, tmp), "--max_input_length", str(MAX_INPUT))
+    args = tiny_server_args(tiny_model_dir, tiny_onnx_of(tiny_model_dir, 2048), "--max_input_length", str(MAX_INPUT))
     with serve(args, tmp) as s:
         yield s
 

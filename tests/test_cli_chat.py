@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from export.export_onnx import main as export_main
-
 ROOT = Path(__file__).resolve().parents[1]
 STATS = re.compile(r"\[first token [\d.]+s \| decode [\d.]+ tok/s \| total [\d.]+ tok/s \| "
                    r"(\d+) prompt tokens \((\d+) reused\), (\d+) new\]")
@@ -21,11 +19,8 @@ def chat(args: list[str], stdin: str, timeout: int = 300) -> subprocess.Complete
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny_model_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("cli") / "tiny.onnx"
-    assert export_main(["--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(path),
-                        "--kv_cache_length", "128"]) == 0
-    return path
+def tiny_onnx(tiny_model_dir, tiny_onnx_of):
+    return tiny_onnx_of(tiny_model_dir, 128)
 
 
 def test_piped_two_turn_chat_reuses_the_cache(tiny_model_dir, tiny_onnx):

@@ -22,13 +22,6 @@ KV_LEN = 32
 PROMPT, DECODE_STEPS = 11, 3
 
 
-def export_tiny(model_dir, tmp_path, dtype="float32", kv_len=KV_LEN):
-    path = tmp_path / f"{model_dir.name}_{dtype}.onnx"
-    assert export_main(["--hf_model_dir", str(model_dir), "--onnx_model_path", str(path),
-                        "--kv_cache_length", str(kv_len), "--dtype", dtype]) == 0
-    return path
-
-
 def reference(model_dir, ids: np.ndarray) -> tuple[np.ndarray, object]:
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -48,9 +41,9 @@ def session_logits(config: InferenceConfig, ids: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_graph_matches_transformers(make_tiny, tmp_path, shape, dtype):
+def test_graph_matches_transformers(make_tiny, tiny_onnx_of, shape, dtype):
     model_dir = make_tiny(**SHAPES[shape])
-    path = export_tiny(model_dir, tmp_path, dtype)
+    path = tiny_onnx_of(model_dir, KV_LEN, dtype)
     cfg = InferenceConfig(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=KV_LEN,
                           max_input_length=16, max_prefill_length=4)
     ids = np.random.default_rng(1).integers(3, cfg.vocab_size, (1, PROMPT + DECODE_STEPS))
@@ -63,9 +56,9 @@ def test_graph_matches_transformers(make_tiny, tmp_path, shape, dtype):
         assert np.abs(got - want).max() < tol * max(1.0, np.abs(want).max()), (method, np.abs(got - want).max())
 
 
-def test_inputs_outputs_and_metadata(make_tiny, tmp_path):
+def test_inputs_outputs_and_metadata(make_tiny, tiny_onnx_of):
     model_dir = make_tiny(num_layers=3, num_heads=4, num_kv_heads=2)
-    path = export_tiny(model_dir, tmp_path, "float16", kv_len=64)
+    path = tiny_onnx_of(model_dir, 64, "float16")
     model = onnx.load(str(path))
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in list(model.graph.input) + list(model.graph.output)}
@@ -89,10 +82,10 @@ def test_inputs_outputs_and_metadata(make_tiny, tmp_path):
     assert meta["model_name"] == model_dir.name
 
 
-def test_cache_slots_hold_rotated_keys_then_values(make_tiny, tmp_path):
+def test_cache_slots_hold_rotated_keys_then_values(make_tiny, tiny_onnx_of):
     """Layer l's keys sit in slots l*2H..l*2H+H-1 (after rotary), its values in the next H slots."""
     model_dir = make_tiny(num_heads=4, num_kv_heads=2)
-    path = export_tiny(model_dir, tmp_path)
+    path = tiny_onnx_of(model_dir, KV_LEN)
     cfg = InferenceConfig(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=KV_LEN,
                           max_input_length=16, max_prefill_length=16)
     ids = np.random.default_rng(2).integers(3, cfg.vocab_size, (1, 9))
@@ -106,10 +99,10 @@ def test_cache_slots_hold_rotated_keys_then_values(make_tiny, tmp_path):
         np.testing.assert_allclose(ours[h:], cache.layers[layer].values[0].numpy(), atol=1e-4)
 
 
-def test_batch_of_two_rows_is_two_single_rows(make_tiny, tmp_path):
+def test_batch_of_two_rows_is_two_single_rows(make_tiny, tiny_onnx_of):
     import onnxruntime as ort
     model_dir = make_tiny()
-    path = export_tiny(model_dir, tmp_path)
+    path = tiny_onnx_of(model_dir, KV_LEN)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ids = np.random.default_rng(3).integers(3, 200, (2, 5))
     past = np.zeros((2, 4, 8, 16), np.float32)
@@ -122,9 +115,9 @@ def test_batch_of_two_rows_is_two_single_rows(make_tiny, tmp_path):
         np.testing.assert_allclose(both[0][row], one[0][0], atol=1e-5)
 
 
-def test_session_refuses_a_model_exported_differently(make_tiny, tmp_path):
+def test_session_refuses_a_model_exported_differently(make_tiny, tiny_onnx_of):
     model_dir = make_tiny()
-    path = export_tiny(model_dir, tmp_path)
+    path = tiny_onnx_of(model_dir, KV_LEN)
     with pytest.raises(ConfigError, match="kv_cache_length: the model was exported with 32, this run asks for 64"):
         Session.fromConfig(InferenceConfig(hf_model_dir=str(model_dir), onnx_model_path=str(path),
                                            kv_cache_length=64, max_input_length=16))

@@ -15,13 +15,8 @@ PROFILES = "1,9,1,8;2,10,2,8;1,17,1,16;2,18,2,16"
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny_model_dir, tmp_path_factory):
-    from export.export_onnx import main as export_main
-
-    path = tmp_path_factory.mktemp("emu") / "tiny.onnx"
-    assert export_main(["--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(path),
-                        "--kv_cache_length", str(KV)]) == 0
-    return path
+def tiny_onnx(tiny_model_dir, tiny_onnx_of):
+    return tiny_onnx_of(tiny_model_dir, KV)
 
 
 def atc(tiny_onnx, out, *flags: str, shape: str = SHAPE, dims: str | None = PROFILES) -> subprocess.CompletedProcess:

@@ -16,13 +16,8 @@ KV = 64  # the half-cache profile covers the first 32 tokens
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny_model_dir, tmp_path_factory):
-    from export.export_onnx import main as export_main
-
-    path = tmp_path_factory.mktemp("npu_tiny") / "tiny.onnx"
-    assert export_main(["--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(path),
-                        "--kv_cache_length", str(KV)]) == 0
-    return path
+def tiny_onnx(tiny_model_dir, tiny_onnx_of):
+    return tiny_onnx_of(tiny_model_dir, KV)
 
 
 @pytest.fixture(scope="module")
