@@ -55,11 +55,7 @@ def create_data_buffer(data: int, size: int) -> int:
 
 
 def destroy_data_buffer(data_buffer: int) -> int:
-    st = state()
-    if st.get(data_buffer, DataBuffer) is None:
-        return s.INVALID_PARAM
-    del st.handles[data_buffer]
-    return s.SUCCESS
+    return state().destroy(data_buffer, DataBuffer)
 
 
 def get_data_buffer_addr(data_buffer: int) -> int:

@@ -80,6 +80,15 @@ class State:
             self.bases.remove(base)
         return region
 
+    def free(self, base: int, kind: str, call: str) -> int:
+        """What every free call does: only an allocation of its own kind may be released."""
+        region = self.regions.get(base)
+        if region is None or region.kind != kind:
+            return INVALID_PARAM
+        self.release(base)
+        self.record(call, len(region.data))
+        return SUCCESS
+
     def locate(self, ptr: int, count: int) -> tuple[Region, int] | None:
         """The region holding [ptr, ptr+count) and the offset of ptr in it; None if out of bounds."""
         i = bisect.bisect_right(self.bases, ptr) - 1
@@ -100,6 +109,15 @@ class State:
     def get(self, handle: int, kind: type):
         obj = self.handles.get(handle)
         return obj if isinstance(obj, kind) else None
+
+    def destroy(self, handle: int, kind: type, call: str | None = None) -> int:
+        """What every destroy call does: only a live handle of its own type may be destroyed."""
+        if self.get(handle, kind) is None:
+            return INVALID_PARAM
+        del self.handles[handle]
+        if call:
+            self.record(call, handle)
+        return SUCCESS
 
     def live(self) -> dict[str, int]:
         """What is still allocated: tests assert this is empty after a session closes."""

@@ -141,12 +141,7 @@ def get_desc(model_desc: int, model_id: int) -> int:
 
 
 def destroy_desc(model_desc: int) -> int:
-    st = state()
-    if st.get(model_desc, Desc) is None:
-        return s.INVALID_PARAM
-    del st.handles[model_desc]
-    st.record("destroy_desc", model_desc)
-    return s.SUCCESS
+    return state().destroy(model_desc, Desc, "destroy_desc")
 
 
 def _model_of(model_desc: int) -> Model | None:
@@ -214,12 +209,7 @@ def get_dataset_num_buffers(dataset: int) -> int:
 
 
 def destroy_dataset(dataset: int) -> int:
-    st = state()
-    if st.get(dataset, Dataset) is None:
-        return s.INVALID_PARAM
-    del st.handles[dataset]
-    st.record("destroy_dataset", dataset)
-    return s.SUCCESS
+    return state().destroy(dataset, Dataset, "destroy_dataset")
 
 
 def _buffer(ds: Dataset, index: int) -> DataBuffer | None:

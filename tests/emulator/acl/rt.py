@@ -107,13 +107,7 @@ def malloc(size: int, policy: int) -> tuple[int, int]:
 
 
 def free(dev_ptr: int) -> int:
-    st = state()
-    region = st.regions.get(dev_ptr)
-    if region is None or region.kind != s.DEVICE:
-        return s.INVALID_PARAM
-    st.release(dev_ptr)
-    st.record("free", len(region.data))
-    return s.SUCCESS
+    return state().free(dev_ptr, s.DEVICE, "free")
 
 
 def malloc_host(size: int) -> tuple[int, int]:
@@ -128,13 +122,7 @@ def malloc_host(size: int) -> tuple[int, int]:
 
 
 def free_host(host_ptr: int) -> int:
-    st = state()
-    region = st.regions.get(host_ptr)
-    if region is None or region.kind != s.PINNED:
-        return s.INVALID_PARAM
-    st.release(host_ptr)
-    st.record("free_host", len(region.data))
-    return s.SUCCESS
+    return state().free(host_ptr, s.PINNED, "free_host")
 
 
 def memcpy(dst: int, dest_max: int, src: int, count: int, kind: int) -> int:
