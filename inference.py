@@ -189,6 +189,9 @@ class Inference:
         logits, reused = self._prefill(prompt_ids)
         generated: list[int] = []
         sent, first_token_at, finish = 0, 0.0, "length"
+        # Tokens up to the last complete character decode to text that never changes: only the tail
+        # after them is decoded each step, so a step's cost does not grow with the answer.
+        settled, settled_text = 0, ""
         while True:
             token = sample(logits, params, rng)
             if not generated:
@@ -197,21 +200,24 @@ class Inference:
                 finish = "stop"
                 break
             generated.append(token)
-            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            tail = self.tokenizer.decode(generated[settled:], skip_special_tokens=True)
+            text = settled_text + tail
+            # A trailing U+FFFD is half of a multi-byte character: wait for the rest of it.
+            complete = not tail.endswith("\ufffd")
+            if complete:
+                settled, settled_text = len(generated), text
             hit = min((i for i in (text.find(s) for s in params.stop if s) if i >= 0), default=-1)
             if hit >= 0:
                 if hit > sent:
                     yield Delta(text[sent:hit], token)
                 finish = "stop"
                 break
-            # A trailing U+FFFD is half of a multi-byte character: wait for the rest of it.
-            ready = len(text) - stop_holdback(text, params.stop) if not text.endswith("\ufffd") else sent
+            ready = len(text) - stop_holdback(text, params.stop) if complete else sent
             if ready > sent:
                 yield Delta(text[sent:ready], token)
                 sent = ready
             if len(generated) >= params.max_new_tokens or self.session.length >= self.session.kv_len:
-                text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                if len(text) > sent and not any(s and s in text for s in params.stop):
+                if len(text) > sent:  # what a possible stop string's start or a half character held back
                     yield Delta(text[sent:], None)
                 break
             logits = self.session.run(np.array([[token]], dtype=np.int64))
