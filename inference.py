@@ -123,15 +123,11 @@ class Inference:
         ids.update(vocab[t] for t in END_TOKENS if t in vocab)
         return ids
 
-    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
-        return self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
-                                                  tokenize=False)
-
     def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        return self.tokenizer.encode(self.render(messages, tools), add_special_tokens=False)
-
-    def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
-        return len(self.apply_chat_template(messages, tools))
+        # Rendered to text first: transformers 5 returns a dict, not ids, when it tokenizes here itself.
+        text = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                                  tokenize=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def fit_messages(self, messages: list[dict]) -> tuple[list[dict], list[int]]:
         """Drop the oldest turns (never the system message or the last message) until the prompt fits

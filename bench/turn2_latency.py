@@ -42,7 +42,7 @@ def main() -> int:
     answer, _, _ = first_token(engine, turn1, params)
     turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": TURN2}]
     one_token = SamplingParams(1, method="greedy", temperature=0)
-    prompt_tokens = engine.count_tokens(turn2)
+    prompt_tokens = len(engine.apply_chat_template(turn2))
     reuse, fresh, reused = [], [], 0
     for _ in range(a.repeats):
         engine.reset()
