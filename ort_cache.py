@@ -84,4 +84,7 @@ def cpu_session(model_path: str | Path, threads: int, save_optimized: bool = Tru
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Hand matmul work to the threads in the smallest blocks: with few cores, a decode step's
+    # one-row matmuls then finish together (int4 decode measured ~5 % faster on 2 cores).
+    opts.add_session_config_entry("session.intra_op.dynamic_block_base", "1")
     return ort.InferenceSession(str(load), opts, providers=["CPUExecutionProvider"])

@@ -45,7 +45,10 @@ class Session:
             import session_acl  # noqa: F401  (pyACL is only importable on Ascend machines)
         if config.session_type not in Session.registry:
             raise ConfigError(f"--session_type {config.session_type}: not available here")
-        return Session.registry[config.session_type](config)
+        kind = config.session_type
+        if kind == "onnx" and checked_onnx_meta(config).get("target") == "cpu":
+            kind = "onnx-cpu-graph"
+        return Session.registry[kind](config)
 
     kv_len: int
     length: int
@@ -95,19 +98,33 @@ class HostCacheSession(Session):
         self.cache.truncate(n)
 
 
+def checked_onnx_meta(config: InferenceConfig) -> dict[str, str]:
+    """The ONNX model's export metadata, refused when it was exported for another model or cache."""
+    from export.onnx_meta import mismatches, read_meta
+
+    meta = read_meta(config.onnx_model_path)
+    problems = mismatches(meta, {
+        "kv_cache_length": config.kv_cache_length, "num_hidden_layers": config.num_hidden_layers,
+        "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+        "vocab_size": config.vocab_size})
+    if problems:
+        raise ConfigError(f"{config.onnx_model_path} does not fit this run: {'; '.join(problems)} "
+                          "(re-export, or pass the matching --hf_model_dir / --kv_cache_length)")
+    return meta
+
+
+def _bind(binding, name: str, arr: np.ndarray, output: bool = False) -> None:
+    """Bind by address: onnxruntime reads and writes these numpy buffers in place, no copies."""
+    bind = binding.bind_output if output else binding.bind_input
+    bind(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+
+
 @Session.register("onnx")
 class OnnxSession(HostCacheSession):
-    def __init__(self, config: InferenceConfig):
-        from export.onnx_meta import mismatches, read_meta
+    """The npu-target graph (plain ONNX, the KV cache passed in and out) on onnxruntime."""
 
-        meta = read_meta(config.onnx_model_path)
-        problems = mismatches(meta, {
-            "kv_cache_length": config.kv_cache_length, "num_hidden_layers": config.num_hidden_layers,
-            "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim,
-            "vocab_size": config.vocab_size})
-        if problems:
-            raise ConfigError(f"{config.onnx_model_path} does not fit this run: {'; '.join(problems)} "
-                              "(re-export, or pass the matching --hf_model_dir / --kv_cache_length)")
+    def __init__(self, config: InferenceConfig):
+        checked_onnx_meta(config)
         from ort_cache import cpu_session
 
         self.ort = cpu_session(config.onnx_model_path, config.cpu_thread)
@@ -117,11 +134,6 @@ class OnnxSession(HostCacheSession):
         # Decode runs one token per call: its logits row is reused; prefill chunks get a fresh one,
         # so a long chunk's [seq, vocab] block does not stay resident.
         self.decode_logits = np.empty((1, 1, config.vocab_size), self.cache.buffer.dtype)
-
-    def _bind(self, name: str, arr: np.ndarray, output: bool = False) -> None:
-        """Bind by address: onnxruntime reads and writes these numpy buffers in place, no copies."""
-        bind = self.binding.bind_output if output else self.binding.bind_input
-        bind(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
 
     def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
         seq = input_ids.shape[1]
@@ -133,12 +145,64 @@ class OnnxSession(HostCacheSession):
         input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         for name, arr in (("input_ids", input_ids), ("attention_mask", mask), ("position_ids", positions),
                           ("past_key_values", past)):
-            self._bind(name, arr)
-        self._bind("logits", logits, output=True)
-        self._bind("out_key_values", new_kv, output=True)
+            _bind(self.binding, name, arr)
+        _bind(self.binding, "logits", logits, output=True)
+        _bind(self.binding, "out_key_values", new_kv, output=True)
         self.ort.run_with_iobinding(self.binding)
         self.cache.commit(seq)
         return logits[0, -1].astype(np.float32) if want_logits else None
+
+
+@Session.register("onnx-cpu-graph")
+class OnnxCpuGraphSession(Session):
+    """The --target cpu graph: GroupQueryAttention reads and writes each layer's KV buffer in place, so
+    everything but the new token ids and two lengths is bound once, here, and never again."""
+
+    def __init__(self, config: InferenceConfig):
+        super().__init__(config)
+        checked_onnx_meta(config)
+        from ort_cache import cpu_session
+
+        self.ort = cpu_session(config.onnx_model_path, config.cpu_thread)
+        c = config
+        self.kv_len, self.length = c.kv_cache_length, 0
+        # [layer, key/value, batch, kv_heads, slot, head_dim]: each layer's key and value blocks are
+        # contiguous, as GroupQueryAttention's BNSH layout needs.
+        self.cache = np.zeros((c.num_hidden_layers, 2, 1, c.num_key_value_heads, c.kv_cache_length, c.head_dim),
+                              np.float32)
+        self.seqlens_k = np.zeros(1, np.int32)
+        self.total = np.zeros((), np.int32)
+        self.one_token = np.zeros((1, 1), np.int64)
+        self.logits = np.zeros((1, 1, c.vocab_size), np.float32)
+        self.binding = self.ort.io_binding()
+        for i in range(c.num_hidden_layers):
+            for j, kind in enumerate(("key", "value")):
+                _bind(self.binding, f"past_{kind}_{i}", self.cache[i, j])
+                _bind(self.binding, f"present_{kind}_{i}", self.cache[i, j], output=True)
+        for name, arr in (("seqlens_k", self.seqlens_k), ("total_sequence_length", self.total),
+                          ("input_ids", self.one_token)):
+            _bind(self.binding, name, arr)
+        _bind(self.binding, "logits", self.logits, output=True)
+
+    def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
+        seq = input_ids.shape[1]
+        if seq == 1:
+            self.one_token[...] = input_ids
+            ids = self.one_token
+        else:
+            ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        # A decode step only rewrites bound buffers; a prefill chunk binds its own ids, then the
+        # one-token buffer again for the steps after it.
+        _bind(self.binding, "input_ids", ids)
+        self.total[...] = self.length + seq
+        self.seqlens_k[0] = self.length + seq - 1
+        self.ort.run_with_iobinding(self.binding)
+        self.length += seq
+        return self.logits[0, -1].copy() if want_logits else None
+
+    def truncate(self, n: int) -> None:
+        # Slots past seqlens_k are never read: forgetting tokens is only a shorter length.
+        self.length = max(0, min(n, self.length))
 
 
 @Session.register("pytorch")

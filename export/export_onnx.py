@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="KV cache length in tokens that the runtime will use; recorded in the model (default 1024)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="weight and cache dtype: float16 for the NPU, float32 for CPU runs (default float32)")
+    p.add_argument("--target", choices=["npu", "cpu"], default="npu",
+                   help="npu: the plain-ONNX graph with the fixed KV-cache contract that atc compiles (it also "
+                        "runs on a CPU); cpu: a graph for onnxruntime only, with fused attention and an "
+                        "in-place KV cache, much faster on a CPU, float32 only (default npu)")
     p.add_argument("--device_str", choices=["cpu", "cuda", "npu"], default="cpu",
                    help="the device that traces the model; cpu works for every dtype (default cpu)")
     return p.parse_args(argv)
@@ -92,6 +96,29 @@ def save(model_proto: onnx.ModelProto, out: Path, weight_bytes: int) -> None:
                     location=data_name, size_threshold=1024)
 
 
+def model_meta(args: ModelArgs, hf_model_dir: Path, kv_cache_length: int, dtype_name: str, target: str) -> dict:
+    return {
+        "kv_cache_length": kv_cache_length, "dtype": dtype_name, "target": target,
+        "num_hidden_layers": args.num_hidden_layers, "num_key_value_heads": args.num_key_value_heads,
+        "head_dim": args.head_dim, "vocab_size": args.vocab_size,
+        "model_name": hf_model_dir.resolve().name,
+    }
+
+
+def export_cpu(hf_model_dir: Path, onnx_path: Path, kv_cache_length: int) -> dict:
+    """The --target cpu graph, written directly (no tracing); its weights stream into <name>.data."""
+    from export.cpu_graph import build
+
+    model = load_model(hf_model_dir, torch.float32)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    proto = build(model, kv_cache_length, onnx_path.with_name(onnx_path.name + ".data"))
+    meta = model_meta(model.args, hf_model_dir, kv_cache_length, "float32", "cpu")
+    del model
+    write_meta(proto, meta)
+    onnx.save_model(proto, str(onnx_path))
+    return meta
+
+
 def export(hf_model_dir: Path, onnx_path: Path, kv_cache_length: int, dtype_name: str, device_str: str) -> dict:
     dtype = DTYPES[dtype_name]
     device = trace_device(device_str)
@@ -113,12 +140,7 @@ def export(hf_model_dir: Path, onnx_path: Path, kv_cache_length: int, dtype_name
         steps.update()
         steps.set_postfix_str("writing")
         proto = onnx.load(str(raw))
-    meta = {
-        "kv_cache_length": kv_cache_length, "dtype": dtype_name,
-        "num_hidden_layers": args.num_hidden_layers, "num_key_value_heads": args.num_key_value_heads,
-        "head_dim": args.head_dim, "vocab_size": args.vocab_size,
-        "model_name": hf_model_dir.resolve().name,
-    }
+    meta = model_meta(args, hf_model_dir, kv_cache_length, dtype_name, "npu")
     write_meta(proto, meta)
     steps.update()
     save(proto, onnx_path, weight_bytes)
@@ -140,9 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         ModelArgs.from_dir(hf_dir)
     except (ValueError, KeyError) as e:
         fail(f"{hf_dir}/config.json: {e}")
+    if a.target == "cpu" and a.dtype != "float32":
+        fail(f"--target cpu --dtype {a.dtype}: the CPU graph is float32 (quantize it with quantize_onnx.py)")
     start = time.perf_counter()
-    meta = export(hf_dir, out, a.kv_cache_length, a.dtype, a.device_str)
-    print(f"exported {meta['model_name']} ({a.dtype}, kv_cache_length {a.kv_cache_length}) to {out} "
+    if a.target == "cpu":
+        meta = export_cpu(hf_dir, out, a.kv_cache_length)
+    else:
+        meta = export(hf_dir, out, a.kv_cache_length, a.dtype, a.device_str)
+    print(f"exported {meta['model_name']} ({a.dtype}, {a.target} graph, kv_cache_length {a.kv_cache_length}) to {out} "
           f"in {time.perf_counter() - start:.1f}s")
     return 0
 

@@ -53,18 +53,17 @@ def fail(msg: str) -> None:
     raise SystemExit(2)
 
 
-def _upgrade_for_int4(model: onnx.ModelProto, base_dir: Path) -> onnx.ModelProto:
-    """Convert the graph (without its weights, which the converter never needs) to opset 21 and load
-    the weights back: the quantizer only bumps the opset number, which would leave ops such as
-    ReduceMean in their old form and break the graph."""
-    from onnx import external_data_helper, version_converter
+def _upgrade_for_int4(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Convert the graph (without its weights, which the converter never needs) to opset 21: the
+    quantizer only bumps the opset number, which would leave ops such as ReduceMean in their old form
+    and break the graph."""
+    from onnx import version_converter
 
     default = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if default >= INT4_OPSET:
         return model
     converted = version_converter.convert_version(model, INT4_OPSET)
     converted.ir_version = max(converted.ir_version, INT4_IR)
-    external_data_helper.load_external_data_for_model(converted, str(base_dir))
     return converted
 
 
@@ -77,9 +76,8 @@ def quantize(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: i
 
     model = onnx.load(str(src), load_external_data=False)
     if quantize_embedding:
-        model = _upgrade_for_int4(model, src.parent)
-    else:
-        onnx.external_data_helper.load_external_data_for_model(model, str(src.parent))
+        model = _upgrade_for_int4(model)
+    onnx.external_data_helper.load_external_data_for_model(model, str(src.parent))
     ops = ("MatMul", "Gather") if quantize_embedding else ("MatMul",)
     head = next(n.name for n in model.graph.node if "logits" in n.output)
     passes: list[tuple[int, list[str], tuple[str, ...]]] = [(bits, [], ops)]
