@@ -1,10 +1,11 @@
 """Quality of the quantized CPU models against our fp32 export: perplexity on bench/quality_text.txt
 and greedy-token agreement over 64 tokens on 5 prompts.
 
-    python bench/quality.py [--formats fp32 int8 int4]
+    python bench/quality.py [--formats fp32 int8 int4] [--graph cpu|npu]
 
-Writes bench/quality.json. Models are the ones bench.py uses (output/onnx*/); run bench.py or
-export/quantize_onnx.py first so the quantized ones exist.
+Writes bench/quality.json. Models are the ones bench.py uses (output/onnx_cpu*/ for the --target cpu
+graph, output/onnx*/ for the npu graph); run bench.py or export/quantize_onnx.py first so the quantized
+ones exist.
 """
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ from session import Session  # noqa: E402
 
 HF_DIR = REPO / "download/Qwen2.5-Coder-0.5B-Instruct"
 ONNX_NAME = "qwen2.5_coder_0.5b_instruct.onnx"
-MODELS = {"fp32": REPO / "output/onnx" / ONNX_NAME, "int8": REPO / "output/onnx_int8" / ONNX_NAME,
-          "int4": REPO / "output/onnx_int4" / ONNX_NAME}
-WINDOW, CHUNK = 512, 128
+FORMATS = ("fp32", "int8", "int4")
+WINDOW = 512
 PROMPTS = [
     "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",
     "Explain the difference between a list and a tuple in Python, with a short example of each.",
@@ -44,25 +44,22 @@ def open_session(path: Path, threads: int) -> Session:
     return Session.fromConfig(cfg)
 
 
+def model_path(graph: str, fmt: str) -> Path:
+    folder = {"cpu": "onnx_cpu", "npu": "onnx"}[graph] + ("" if fmt == "fp32" else f"_{fmt}")
+    return REPO / "output" / folder / ONNX_NAME
+
+
 def nll_of_window(session: Session, ids: np.ndarray) -> tuple[float, int]:
-    """Summed negative log-likelihood of ids[1:] given what precedes them, from a fresh cache.
-    Calls the graph directly: perplexity needs the logits of every position, not only the last."""
+    """Summed negative log-likelihood of ids[1:] given what precedes them, from a fresh cache. One
+    token per step through the session, so every graph is measured as it runs (the cpu graph only
+    returns the last position's logits)."""
     session.reset()
-    cache, total, count = session.cache, 0.0, 0
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start:start + CHUNK][None]
-        mask, positions, past = cache.step_inputs(chunk.shape[1])
-        logits, new_kv = session.ort.run(None, {"input_ids": chunk, "attention_mask": mask,
-                                                "position_ids": positions, "past_key_values": past})
-        cache.append(new_kv)
-        logits = logits[0].astype(np.float64)
-        targets = ids[start + 1:start + 1 + chunk.shape[1]]
-        logits = logits[:len(targets)]
-        top = logits.max(-1, keepdims=True)
-        logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
-        total -= float(logp[np.arange(len(targets)), targets].sum())
-        count += len(targets)
-    return total, count
+    total = 0.0
+    for i in range(len(ids) - 1):
+        logits = session.run(ids[None, i:i + 1]).astype(np.float64)
+        top = logits.max()
+        total -= float(logits[ids[i + 1]] - top - np.log(np.exp(logits - top).sum()))
+    return total, len(ids) - 1
 
 
 def perplexity(session: Session, ids: np.ndarray) -> float:
@@ -83,12 +80,15 @@ def greedy(session: Session, prompt: list[int], n: int) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Perplexity and greedy agreement of quantized models vs fp32.")
-    p.add_argument("--formats", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    p.add_argument("--graph", choices=["cpu", "npu"], default="cpu",
+                   help="which export to measure: the --target cpu graph (default) or the npu graph")
     p.add_argument("--tokens", type=int, default=64, help="greedy tokens per prompt (default 64)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(REPO / "bench/quality.json"))
     a = p.parse_args(argv)
-    missing = [str(MODELS[f]) for f in a.formats if not MODELS[f].is_file()]
+    models = {f: model_path(a.graph, f) for f in a.formats}
+    missing = [str(m) for m in models.values() if not m.is_file()]
     if missing:
         print(f"quality.py: error: missing {', '.join(missing)} (run bench/bench.py or export/quantize_onnx.py)",
               file=sys.stderr)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                                             tokenize=True, return_dict=False)) for q in PROMPTS]
     results, generated = {}, {}
     for fmt in a.formats:
-        session = open_session(MODELS[fmt], a.threads)
+        session = open_session(models[fmt], a.threads)
         results[fmt] = {"perplexity": round(perplexity(session, text_ids), 4)}
         generated[fmt] = [greedy(session, ids, a.tokens) for ids in prompts]
         del session
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         r["greedy_agreement"] = round(float(np.mean([np.mean(np.equal(g, f)) for g, f in pairs])), 4)
         r["greedy_common_prefix"] = [next((i for i, (x, y) in enumerate(zip(g, f)) if x != y), len(g))
                                      for g, f in pairs]
-    report = {"text_tokens": len(text_ids), "window": WINDOW, "prompts": len(prompts),
+    report = {"graph": a.graph, "text_tokens": len(text_ids), "window": WINDOW, "prompts": len(prompts),
               "greedy_tokens": a.tokens, "results": results}
     Path(a.output).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -44,3 +44,31 @@ def test_summary_medians_ratios_and_agreement(tmp_path):
     assert fast["prefill_vs_transformers"] == 4.0 and fast["decode_vs_transformers"] == 1.0
     assert fast["tokens_agree_with_transformers"] == 2 and ref["tokens_agree_with_transformers"] == 4
     assert "tokens" not in fast
+
+
+def test_quality_perplexity_is_the_same_on_both_graphs_and_matches_transformers(make_tiny, tiny_onnx_of, tmp_path):
+    """quality.py feeds one token per step through the session, so it can measure the cpu graph (which
+    only returns the last position's logits); its summed NLL must equal transformers' on both graphs."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bench.quality import nll_of_window
+    from config import InferenceConfig
+    from session import Session
+
+    model_dir = make_tiny()
+    cpu_path = tmp_path / "cpu.onnx"
+    assert export_main(["--hf_model_dir", str(model_dir), "--onnx_model_path", str(cpu_path),
+                        "--kv_cache_length", "64", "--target", "cpu"]) == 0
+    ids = np.random.default_rng(3).integers(0, 400, 24).astype(np.int64)
+    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(ref(torch.from_numpy(ids[None])).logits[0].double(), -1)
+    want = -float(logp[torch.arange(len(ids) - 1), torch.from_numpy(ids[1:])].sum())
+    for path in (tiny_onnx_of(model_dir, 64), cpu_path):
+        cfg = InferenceConfig(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=64,
+                              max_input_length=32, cpu_thread=1)
+        total, count = nll_of_window(Session.fromConfig(cfg), ids)
+        assert count == len(ids) - 1
+        assert abs(total - want) < 1e-3 * abs(want), (path.name, total, want)
