@@ -22,6 +22,9 @@ import onnx  # noqa: E402
 
 # GatherBlockQuantized stores int4 (u)int tensors, which need opset 21 and IR version 10.
 INT4_OPSET, INT4_IR = 21, 10
+# Decode reads every weight and scale once per token. int4 at block 64 measured +9.2 % perplexity over
+# fp32 and 19 % faster decode than block 32 (+8.3 %); int8 stays at 32, where it measured +0.04 %.
+DEFAULT_BLOCK = {4: 64, 8: 32}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -30,18 +33,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--input_model_path", required=True, help="the float .onnx from export_onnx.py")
     p.add_argument("--output_model_path", required=True, help="where to write the quantized .onnx")
     p.add_argument("--bits", type=int, choices=[4, 8], default=4, help="weight bits (default 4)")
-    p.add_argument("--block_size", type=int, default=32,
-                   help="weights per quantization block along the input dimension, a power of two >= 16 "
-                        "(default 32)")
+    p.add_argument("--block_size", type=int, default=None,
+                   help="weights per quantization block along the input dimension, a power of two >= 16; "
+                        "larger blocks read fewer scale bytes per token (decode is bound by memory reads) "
+                        "but fit the weights less closely (default 64 at 4 bits, 32 at 8 bits)")
     p.add_argument("--accuracy_level", type=int, choices=[0, 1, 2, 3, 4], default=4,
                    help="MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations "
                         "(fastest on CPUs; default 4)")
     p.add_argument("--embedding", choices=["auto", "float", "quantize"], default="auto",
                    help="the token embedding table: quantize it with GatherBlockQuantized (4 bits only) or keep "
                         "it in float; auto quantizes it at 4 bits (default auto)")
-    p.add_argument("--asymmetric", action="store_true",
-                   help="blocks with zero points; the default is symmetric blocks, which measured the same "
-                        "perplexity at int4 and run a little faster")
+    p.add_argument("--symmetric", action="store_true",
+                   help="blocks without zero points; the default (blocks with zero points) measured a lower "
+                        "int4 perplexity at block 64 at the same speed")
     p.add_argument("--lm_head_bits", type=int, choices=[4, 8], default=None,
                    help="weight bits of the output projection, the layer quantization hurts most "
                         "(default: same as --bits)")
@@ -68,7 +72,7 @@ def _upgrade_for_int4(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: int,
-             quantize_embedding: bool, symmetric: bool = True, lm_head_bits: int | None = None) -> dict[str, str]:
+             quantize_embedding: bool, symmetric: bool = False, lm_head_bits: int | None = None) -> dict[str, str]:
     """Write the quantized model to dst and return its metadata."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -123,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--output_model_path {dst}: the file name must end in .onnx")
     if dst.resolve() == src.resolve():
         fail("--output_model_path must differ from --input_model_path (the input's weights are read lazily)")
+    if a.block_size is None:
+        a.block_size = DEFAULT_BLOCK[a.bits]
     if a.block_size < 16 or a.block_size & (a.block_size - 1):
         fail(f"--block_size {a.block_size}: must be a power of two, at least 16")
     if a.embedding == "quantize" and a.bits != 4:
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     start = time.perf_counter()
     embedding = a.embedding == "quantize" or (a.embedding == "auto" and a.bits == 4)
-    meta = quantize(src, dst, a.bits, a.block_size, a.accuracy_level, embedding, not a.asymmetric, a.lm_head_bits)
+    meta = quantize(src, dst, a.bits, a.block_size, a.accuracy_level, embedding, a.symmetric, a.lm_head_bits)
     print(f"wrote {dst} ({meta['quantization']}) in {time.perf_counter() - start:.1f}s")
     return 0
 

@@ -39,7 +39,9 @@ def test_contract_and_metadata_kept(models, fmt):
     assert io_signature(models[fmt]) == io_signature(models["fp32"])
     before, after = read_meta(models["fp32"]), read_meta(models[fmt])
     assert {k: v for k, v in after.items() if k != "quantization"} == before
-    assert after["quantization"].startswith(f"{fmt} block 32") and f"lm_head {fmt}" in after["quantization"]
+    block = 64 if fmt == "int4" else 32  # quantize_onnx.py's defaults
+    assert after["quantization"].startswith(f"{fmt} block {block} asymmetric")
+    assert f"lm_head {fmt}" in after["quantization"]
     graph = onnx.load(str(models[fmt]), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
     ops = [n.op_type for n in graph.node]
