@@ -182,6 +182,7 @@ class OnnxCpuGraphSession(Session):
         for name, arr in (("seqlens_k", self.seqlens_k), ("total_sequence_length", self.total),
                           ("input_ids", self.one_token)):
             _bind(self.binding, name, arr)
+        self.bound_ids = self.one_token
         _bind(self.binding, "logits", self.logits, output=True)
 
     def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
@@ -191,9 +192,11 @@ class OnnxCpuGraphSession(Session):
             ids = self.one_token
         else:
             ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        # A decode step only rewrites bound buffers; a prefill chunk binds its own ids, then the
-        # one-token buffer again for the steps after it.
-        _bind(self.binding, "input_ids", ids)
+        # A decode step only rewrites bound buffers; a prefill chunk binds its own ids, and the first
+        # decode step after it binds the one-token buffer back.
+        if ids is not self.bound_ids:
+            _bind(self.binding, "input_ids", ids)
+            self.bound_ids = ids
         self.total[...] = self.length + seq
         self.seqlens_k[0] = self.length + seq - 1
         self.ort.run_with_iobinding(self.binding)

@@ -111,7 +111,7 @@ def build(model, kv_len: int, data_path: Path) -> onnx.ModelProto:
                        f"{p}.self_attn.qkv_proj", qkv_bias)
         qkv_in = [qkv, "", ""]
         if a.qk_norm:
-            qkv_in = qk_normed(g, w, qkv, att, nh, kvh, d, eps, f"{p}.self_attn")
+            qkv_in = qk_normed(g, qkv, att, nh, kvh, d, eps, f"{p}.self_attn")
         attn = g.op("GroupQueryAttention",
                     qkv_in + [f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
                               cos_name, sin_name],
@@ -152,9 +152,9 @@ def normed(g: GraphBuilder, pending: str | None, residual: str, gamma: np.ndarra
     return out, total
 
 
-def qk_normed(g: GraphBuilder, w: WeightFile, qkv: str, att, nh: int, kvh: int, d: int, eps: float,
-              name: str) -> list[str]:
+def qk_normed(g: GraphBuilder, qkv: str, att, nh: int, kvh: int, d: int, eps: float, name: str) -> list[str]:
     """Qwen3's per-head RMSNorm of q and k, applied before GroupQueryAttention's rotary embedding."""
+    w = g.w
     sizes = w.add(f"{name}.qkv_split", np.array([nh * d, kvh * d, kvh * d], np.int64))
     q, k, v = g.op("Split", [qkv, sizes], 3, f"{name}.qkv_split", axis=-1)
     heads = w.add(f"{name}.per_head", np.array([0, 0, -1, d], np.int64))

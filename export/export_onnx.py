@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = export_cpu(hf_dir, out, a.kv_cache_length)
     else:
         meta = export(hf_dir, out, a.kv_cache_length, a.dtype, a.device_str)
-    print(f"exported {meta['model_name']} ({a.dtype}, {a.target} graph, kv_cache_length {a.kv_cache_length}) to {out} "
-          f"in {time.perf_counter() - start:.1f}s")
+    print(f"exported {meta['model_name']} ({a.dtype}, {a.target} graph, kv_cache_length {a.kv_cache_length}) "
+          f"to {out} in {time.perf_counter() - start:.1f}s")
     return 0
 
 
