@@ -27,16 +27,17 @@ def prefill_chunks(n: int, max_prefill_length: int) -> list[int]:
 
 
 class Session:
-    registry: dict[str, type["Session"]] = {}
+    # session_type -> what builds it: a Session class, or a function choosing one from the model file.
+    registry: dict[str, Callable[[InferenceConfig], "Session"]] = {}
 
     def __init__(self, config: InferenceConfig):
         self.config = config
 
     @classmethod
-    def register(cls, name: str) -> Callable[[type["Session"]], type["Session"]]:
-        def add(session_cls: type["Session"]) -> type["Session"]:
-            cls.registry[name] = session_cls
-            return session_cls
+    def register(cls, name: str) -> Callable:
+        def add(factory: Callable[[InferenceConfig], "Session"]) -> Callable[[InferenceConfig], "Session"]:
+            cls.registry[name] = factory
+            return factory
         return add
 
     @staticmethod
@@ -45,10 +46,7 @@ class Session:
             import session_acl  # noqa: F401  (pyACL is only importable on Ascend machines)
         if config.session_type not in Session.registry:
             raise ConfigError(f"--session_type {config.session_type}: not available here")
-        kind = config.session_type
-        if kind == "onnx" and checked_onnx_meta(config).get("target") == "cpu":
-            kind = "onnx-cpu-graph"
-        return Session.registry[kind](config)
+        return Session.registry[config.session_type](config)
 
     kv_len: int
     length: int
@@ -119,7 +117,6 @@ def _bind(binding, name: str, arr: np.ndarray, output: bool = False) -> None:
     bind(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
 
 
-@Session.register("onnx")
 class OnnxSession(HostCacheSession):
     """The npu-target graph (plain ONNX, the KV cache passed in and out) on onnxruntime."""
 
@@ -153,7 +150,6 @@ class OnnxSession(HostCacheSession):
         return logits[0, -1].astype(np.float32) if want_logits else None
 
 
-@Session.register("onnx-cpu-graph")
 class OnnxCpuGraphSession(Session):
     """The --target cpu graph: GroupQueryAttention reads and writes each layer's KV buffer in place, so
     everything but the new token ids and two lengths is bound once, here, and never again."""
@@ -206,6 +202,15 @@ class OnnxCpuGraphSession(Session):
     def truncate(self, n: int) -> None:
         # Slots past seqlens_k are never read: forgetting tokens is only a shorter length.
         self.length = max(0, min(n, self.length))
+
+
+@Session.register("onnx")
+def onnx_session(config: InferenceConfig) -> Session:
+    """One --session_type onnx for both exports: the model's recorded target picks the session."""
+    from export.onnx_meta import read_meta
+
+    cpu_graph = read_meta(config.onnx_model_path).get("target") == "cpu"
+    return (OnnxCpuGraphSession if cpu_graph else OnnxSession)(config)
 
 
 @Session.register("pytorch")

@@ -39,18 +39,20 @@ class Target:
     source: Path | None = None  # ours, quantized: the float export it is made from
 
 
-def quantized(fp32: Path, tag: str, bits: str) -> Path:
-    return REPO / f"output/{tag}_{bits}" / fp32.name
+def model_path(graph: str, fmt: str) -> Path:
+    """Where our models live: output/onnx[_cpu][_int8|_int4]/, the folders `make onnx` and this bench use."""
+    folder = {"cpu": "onnx_cpu", "npu": "onnx"}[graph] + ("" if fmt == "fp32" else f"_{fmt}")
+    return REPO / "output" / folder / ONNX_NAME
 
 
 def targets(onnx_fp32: Path, cpu_fp32: Path) -> list[Target]:
     return [
         Target("transformers", "fp32", HF_DIR),
         Target("ours", "fp32", cpu_fp32, graph="cpu"),
-        Target("ours", "int8", quantized(cpu_fp32, "onnx_cpu", "int8"), graph="cpu", source=cpu_fp32),
-        Target("ours", "int4", quantized(cpu_fp32, "onnx_cpu", "int4"), graph="cpu", source=cpu_fp32),
+        Target("ours", "int8", model_path("cpu", "int8"), graph="cpu", source=cpu_fp32),
+        Target("ours", "int4", model_path("cpu", "int4"), graph="cpu", source=cpu_fp32),
         Target("ours", "fp32", onnx_fp32, graph="npu"),
-        Target("ours", "int4", quantized(onnx_fp32, "onnx", "int4"), graph="npu", source=onnx_fp32),
+        Target("ours", "int4", model_path("npu", "int4"), graph="npu", source=onnx_fp32),
         Target("llama.cpp", "gguf", GGUF, "llama_cpp"),
         Target("onnxruntime-genai", "fp32", GENAI_DIR / "fp32", "onnxruntime_genai"),
         Target("onnxruntime-genai", "int4", GENAI_DIR / "int4", "onnxruntime_genai"),
@@ -148,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs per engine; the median is reported (default 3)")
     p.add_argument("--new_tokens", type=int, default=128, help="greedy tokens generated per run (default 128)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads every engine uses (default 2)")
-    p.add_argument("--onnx_model_path", default=str(REPO / "output/onnx" / ONNX_NAME),
+    p.add_argument("--onnx_model_path", default=str(model_path("npu", "fp32")),
                    help="our fp32 export of the npu (atc) graph; its int4 is quantized into output/onnx_int4")
-    p.add_argument("--cpu_onnx_model_path", default=str(REPO / "output/onnx_cpu" / ONNX_NAME),
+    p.add_argument("--cpu_onnx_model_path", default=str(model_path("cpu", "fp32")),
                    help="our fp32 export with --target cpu; int8/int4 are quantized from it into "
                         "output/onnx_cpu_int8|int4")
-    p.add_argument("--only", nargs="*", help="engine:format[:graph] to run, e.g. ours:int4:cpu llama.cpp:gguf (default all)")
+    p.add_argument("--only", nargs="*",
+                   help="engine:format[:graph] to run, e.g. ours:int4:cpu llama.cpp:gguf (default all)")
     p.add_argument("--output", default=str(REPO / "bench/results.json"))
     p.add_argument("--chart", default=str(REPO / "image/bench_cpu.png"))
     a = p.parse_args(argv)
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             for i, t in enumerate(chosen):
                 r = measure(t, ids_file, a.new_tokens, a.threads)
                 runs[i].append(r)
-                print(f"round {rnd + 1}: {t.engine:18} {t.format:5} {t.graph or '':4} ttft {r['ttft_s']:.2f}s "
+                print(f"round {rnd + 1}: {t.engine:18} {t.format:5} {t.graph or '':4} "
+                      f"ttft {r['ttft_s']:.2f}s "
                       f"decode {(a.new_tokens - 1) / r['decode_s']:.1f} tok/s rss {r['peak_rss_mb']:.0f} MB",
                       flush=True)
     records = [summarise(t, runs[i], a.new_tokens) for i, t in enumerate(chosen)]

@@ -21,10 +21,9 @@ sys.path.insert(0, str(REPO))
 
 from config import InferenceConfig  # noqa: E402
 from export.onnx_meta import read_meta  # noqa: E402
+from bench.bench import HF_DIR, model_path  # noqa: E402
 from session import Session  # noqa: E402
 
-HF_DIR = REPO / "download/Qwen2.5-Coder-0.5B-Instruct"
-ONNX_NAME = "qwen2.5_coder_0.5b_instruct.onnx"
 FORMATS = ("fp32", "int8", "int4")
 WINDOW = 512
 PROMPTS = [
@@ -42,11 +41,6 @@ def open_session(path: Path, threads: int) -> Session:
                           max_input_length=min(512, kv_len - 1), max_prefill_length=64,
                           kv_cache_method="basic", cpu_thread=threads)
     return Session.fromConfig(cfg)
-
-
-def model_path(graph: str, fmt: str) -> Path:
-    folder = {"cpu": "onnx_cpu", "npu": "onnx"}[graph] + ("" if fmt == "fp32" else f"_{fmt}")
-    return REPO / "output" / folder / ONNX_NAME
 
 
 def nll_of_window(session: Session, ids: np.ndarray) -> tuple[float, int]:

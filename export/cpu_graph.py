@@ -136,7 +136,7 @@ def build(model, kv_len: int, data_path: Path) -> onnx.ModelProto:
     h, _ = normed(g, pending, residual, _np(model.model.norm.weight), eps, "model.norm")
     g.linear(h, _np(model.lm_head.weight), "lm_head", out="logits")
     w.close()
-    return make_model(g, w, a, kv_len)
+    return make_model(g, a)
 
 
 def normed(g: GraphBuilder, pending: str | None, residual: str, gamma: np.ndarray, eps: float,
@@ -168,7 +168,7 @@ def qk_normed(g: GraphBuilder, qkv: str, att, nh: int, kvh: int, d: int, eps: fl
     return out + [v]
 
 
-def make_model(g: GraphBuilder, w: WeightFile, a, kv_len: int) -> onnx.ModelProto:
+def make_model(g: GraphBuilder, a) -> onnx.ModelProto:
     f32, kv_shape = TensorProto.FLOAT, ["batch", a.num_key_value_heads, "kv_len", a.head_dim]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
@@ -178,7 +178,7 @@ def make_model(g: GraphBuilder, w: WeightFile, a, kv_len: int) -> onnx.ModelProt
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", f32, kv_shape))
             outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", f32, kv_shape))
-    graph = helper.make_graph(g.nodes, "qwen_cpu", inputs, outputs, initializer=w.tensors)
+    graph = helper.make_graph(g.nodes, "qwen_cpu", inputs, outputs, initializer=g.w.tensors)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
     model.ir_version = IR_VERSION
     return model

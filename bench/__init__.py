@@ -1,0 +1,1 @@
+"""The CPU benchmark and quality scripts (run as files; a package so quality.py can share bench.py's paths)."""
