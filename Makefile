@@ -62,7 +62,7 @@ $(ONNX2): $(ONNX)
 # The CPU chat runs the --target cpu graph (fused attention, in-place cache): ONNX2 above is what
 # atc compiles for the NPU. Longer prefill chunks are faster on a CPU; the NPU needs the chunk
 # length its .om was compiled for.
-$(ONNX_CPU): $(MODEL_DIR)/config.json
+$(ONNX_CPU): $(MODEL_DIR)/config.json export/cpu_graph.py
 	$(PY) export/export_onnx.py --hf_model_dir $(MODEL_DIR) --onnx_model_path $@ \
 	  --kv_cache_length $(KV_CACHE_LENGTH) --target cpu
 

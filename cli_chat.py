@@ -68,9 +68,10 @@ def chat_loop(engine: Inference, params: SamplingParams, system_prompt: str) -> 
             continue
         history.append({"role": "assistant", "content": "".join(answer)})
         note = " [stopped: length limit]" if finish == "length" else ""
+        drafts = f" | drafts kept {stats.draft_acceptance:.0%}" if stats.draft_acceptance is not None else ""
         print(f"\n[first token {stats.first_token_s:.2f}s | decode {stats.decode_tok_s:.1f} tok/s | "
               f"total {stats.total_tok_s:.1f} tok/s | {stats.prompt_tokens} prompt tokens "
-              f"({stats.reused_tokens} reused), {stats.completion_tokens} new]{note}", flush=True)
+              f"({stats.reused_tokens} reused), {stats.completion_tokens} new{drafts}]{note}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

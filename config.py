@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 SESSION_TYPES = ("onnx", "pytorch", "acl")
@@ -42,6 +42,11 @@ class InferenceConfig:
     sampling_value: float = 0.8
     temperature: float = 0.7
     seed: int | None = None
+    draft_onnx_model_path: str | None = None
+    draft_tokens: int = 4
+    # onnxruntime sessions on the process-wide thread pool: set for a target and its draft model, which
+    # take turns on the same cores.
+    threads_shared: bool = False
     num_hidden_layers: int = 0
     num_key_value_heads: int = 0
     head_dim: int = 0
@@ -58,6 +63,7 @@ class InferenceConfig:
         self.num_key_value_heads = cfg.get("num_key_value_heads") or heads
         self.head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
         self.vocab_size = cfg["vocab_size"]
+        self.threads_shared = self.threads_shared or bool(self.draft_onnx_model_path)
         self.validate()
 
     def validate(self) -> None:
@@ -83,6 +89,20 @@ class InferenceConfig:
             raise ConfigError(f"--sampling_method {self.sampling_method}: choose one of {', '.join(SAMPLING_METHODS)}")
         if self.temperature < 0:
             raise ConfigError(f"--temperature {self.temperature}: must not be negative")
+        if self.draft_onnx_model_path:
+            if self.session_type == "acl":
+                raise ConfigError("--draft_onnx_model_path: speculative decoding runs with --session_type "
+                                  "onnx or pytorch, not acl")
+            if not Path(self.draft_onnx_model_path).is_file():
+                raise ConfigError(f"--draft_onnx_model_path {self.draft_onnx_model_path}: no such file")
+        if self.draft_tokens < 1:
+            raise ConfigError(f"--draft_tokens {self.draft_tokens}: must be at least 1")
+
+
+def draft_config(c: InferenceConfig) -> InferenceConfig:
+    """The draft model's session settings: the same model and cache, another ONNX file."""
+    return replace(c, session_type="onnx", onnx_model_path=c.draft_onnx_model_path, draft_onnx_model_path=None,
+                   threads_shared=True)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -122,6 +142,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--temperature", type=float, default=0.7,
                    help="softmax temperature for sampling; 0 means greedy (default 0.7)")
     s.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
+    sp = p.add_argument_group("speculative decoding (CPU)")
+    sp.add_argument("--draft_onnx_model_path",
+                    help="a faster export of the same model, e.g. its int4 quantization from quantize_onnx.py: "
+                         "it guesses --draft_tokens tokens ahead and the main model checks them in one call. "
+                         "The answer is the main model's own (same greedy text, same sampling "
+                         "distribution), only faster when the guesses are good (default: off)")
+    sp.add_argument("--draft_tokens", type=int, default=4,
+                    help="tokens the draft model guesses per check (default 4)")
 
 
 def config_from_args(a: argparse.Namespace) -> InferenceConfig:
@@ -135,7 +163,7 @@ def config_from_args(a: argparse.Namespace) -> InferenceConfig:
         max_prefill_length=a.max_prefill_length, max_input_length=min(a.max_input_length, kv_len - 1),
         max_output_length=a.max_output_length, kv_cache_length=kv_len, kv_cache_method=a.kv_cache_method,
         sampling_method=a.sampling_method, sampling_value=a.sampling_value, temperature=a.temperature,
-        seed=a.seed)
+        seed=a.seed, draft_onnx_model_path=a.draft_onnx_model_path, draft_tokens=a.draft_tokens)
     return cfg
 
 

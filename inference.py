@@ -4,37 +4,23 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from config import ConfigError, InferenceConfig, config_from_args
+from config import ConfigError, InferenceConfig, config_from_args, draft_config
+from kvcache import common_prefix
+from sampling import SamplingParams, sample
 from session import Session
+from speculative import Drafter, speculative_tokens
 
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
-NUCLEUS_CANDIDATES = 512
 
 
 class PromptTooLongError(ValueError):
     """The prompt cannot fit; the message says the numbers."""
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int
-    method: str = "top_p"
-    value: float = 0.8
-    temperature: float = 0.7
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_config(cls, c: InferenceConfig, **overrides) -> "SamplingParams":
-        base = dict(max_new_tokens=c.max_output_length, method=c.sampling_method, value=c.sampling_value,
-                    temperature=c.temperature, seed=c.seed)
-        return cls(**{**base, **overrides})
 
 
 @dataclass
@@ -45,6 +31,7 @@ class GenerationStats:
     first_token_s: float
     decode_tok_s: float
     total_tok_s: float
+    draft_acceptance: float | None = None  # share of judged draft guesses kept (speculative decoding)
 
 
 @dataclass
@@ -53,41 +40,6 @@ class Delta:
     token_id: int | None
     finish_reason: str | None = None
     stats: GenerationStats | None = None
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
-
-
-def sample(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> int:
-    """Pick the next token from float32 logits [vocab]."""
-    if p.method == "greedy" or p.temperature == 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / p.temperature
-    if p.method == "top_k":
-        k = max(1, min(int(p.value), scaled.size))
-        ids = np.argpartition(-scaled, k - 1)[:k]
-        return int(rng.choice(ids, p=softmax(scaled[ids])))
-    probs = softmax(scaled)
-    # The nucleus almost always lies among the few hundred likeliest tokens: sort only those,
-    # and fall back to the whole vocabulary when their mass is short of p.
-    k = min(NUCLEUS_CANDIDATES, probs.size)
-    ids = np.argpartition(-probs, k - 1)[:k]
-    if probs[ids].sum() < p.value:
-        ids = np.arange(probs.size)
-    ids = ids[np.argsort(-probs[ids])]
-    keep = int(np.searchsorted(np.cumsum(probs[ids]), p.value)) + 1
-    ids = ids[:keep]
-    return int(rng.choice(ids, p=probs[ids] / probs[ids].sum()))
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def stop_holdback(text: str, stops: list[str]) -> int:
@@ -108,6 +60,8 @@ class Inference:
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(config.hf_model_dir, local_files_only=True)
         self.session = session or Session.fromConfig(config)
+        self.drafter = (Drafter(Session.fromConfig(draft_config(config)), config.draft_tokens)
+                        if config.draft_onnx_model_path else None)
         self.eos_token_ids = self._eos_ids(Path(config.hf_model_dir))
         self._cached_ids: list[int] = []
 
@@ -150,6 +104,8 @@ class Inference:
     def reset(self) -> None:
         self.session.reset()
         self._cached_ids = []
+        if self.drafter:
+            self.drafter.reset()
 
     def _prefill(self, prompt_ids: list[int]) -> tuple[np.ndarray, int]:
         """Run only the tokens past what the cache already holds; returns last logits and reused count."""
@@ -171,25 +127,38 @@ class Inference:
         try:
             yield from self._generate(prompt_ids, params)
         except GeneratorExit:
-            # Closed by the consumer (a client left): that happens only at a yield, where the cache and
-            # _cached_ids agree, so the next turn can still reuse them.
+            # Closed by the consumer (a client left): that happens only at a yield, where the cache's
+            # first len(_cached_ids) slots hold _cached_ids, so the next turn can still reuse them.
             raise
         except BaseException:
             # A failure inside a graph call may leave the cache half-written: forget it rather than reuse it.
             self.reset()
             raise
 
+    def _tokens(self, logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> Iterator[int]:
+        """The generated tokens, one per step, after the prefill's last logits. When one is yielded,
+        _cached_ids lists the tokens before it; the cache may run ahead of that, never behind."""
+        if self.drafter:
+            yield from speculative_tokens(self.session, self.drafter, self._cached_ids, logits, params, rng)
+            return
+        while True:
+            token = sample(logits, params, rng)
+            yield token
+            logits = self.session.run(np.array([[token]], dtype=np.int64))
+            self._cached_ids.append(token)
+
     def _generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
         rng = np.random.default_rng(params.seed)
         start = time.perf_counter()
         logits, reused = self._prefill(prompt_ids)
+        tokens = self._tokens(logits, params, rng)
+        drafted = (self.drafter.judged, self.drafter.accepted) if self.drafter else None
         generated: list[int] = []
         sent, first_token_at, finish = 0, 0.0, "length"
         # Tokens up to the last complete character decode to text that never changes: only the tail
         # after them is decoded each step, so a step's cost does not grow with the answer.
         settled, settled_text = 0, ""
-        while True:
-            token = sample(logits, params, rng)
+        for token in tokens:
             if not generated:
                 first_token_at = time.perf_counter()
             if token in self.eos_token_ids:
@@ -212,12 +181,11 @@ class Inference:
             if ready > sent:
                 yield Delta(text[sent:ready], token)
                 sent = ready
-            if len(generated) >= params.max_new_tokens or self.session.length >= self.session.kv_len:
+            if len(generated) >= params.max_new_tokens or len(self._cached_ids) >= self.session.kv_len:
                 if len(text) > sent:  # what a possible stop string's start or a half character held back
                     yield Delta(text[sent:], None)
                 break
-            logits = self.session.run(np.array([[token]], dtype=np.int64))
-            self._cached_ids.append(token)
+        tokens.close()
         end = time.perf_counter()
         n = len(generated)
         stats = GenerationStats(
@@ -225,6 +193,8 @@ class Inference:
             first_token_s=first_token_at - start,
             decode_tok_s=(n - 1) / (end - first_token_at) if n > 1 and end > first_token_at else 0.0,
             total_tok_s=n / (end - start) if end > start else 0.0)
+        if drafted and self.drafter.judged > drafted[0]:
+            stats.draft_acceptance = (self.drafter.accepted - drafted[1]) / (self.drafter.judged - drafted[0])
         yield Delta("", None, finish_reason=finish, stats=stats)
 
 

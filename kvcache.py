@@ -59,3 +59,11 @@ class KVCache:
 
     def reset(self) -> None:
         self.truncate(0)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -55,18 +55,30 @@ class Session:
         """Feed input_ids [1, n] (prefill in chunks, or one decode step) and return the float32 logits
         of the last token."""
         n = input_ids.shape[1]
+        self._check_room(n)
+        chunks = prefill_chunks(n, self.config.max_prefill_length)
+        start, logits = 0, None
+        for i, size in enumerate(chunks):
+            logits = self._forward(input_ids[:, start:start + size], 1 if i == len(chunks) - 1 else 0)
+            start += size
+        return logits[-1]
+
+    def run_all(self, input_ids: np.ndarray) -> np.ndarray:
+        """Feed input_ids [1, n] in one graph call and return the float32 logits of every one of them,
+        [n, vocab]: what checking n draft tokens at once needs."""
+        n = input_ids.shape[1]
+        self._check_room(n)
+        return self._forward(input_ids, n)
+
+    def _check_room(self, n: int) -> None:
         if n == 0:
             raise ValueError("run() needs at least one token")
         if self.length + n > self.kv_len:
             raise CacheFullError(f"{n} new tokens do not fit: {self.length} of {self.kv_len} cache slots used")
-        chunks = prefill_chunks(n, self.config.max_prefill_length)
-        start, logits = 0, None
-        for i, size in enumerate(chunks):
-            logits = self._forward(input_ids[:, start:start + size], want_logits=i == len(chunks) - 1)
-            start += size
-        return logits
 
-    def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
+    def _forward(self, input_ids: np.ndarray, n_logits: int) -> np.ndarray | None:
+        """One graph call on one chunk; returns the float32 logits of its last n_logits tokens,
+        [n_logits, vocab], or None for 0."""
         raise NotImplementedError
 
     def truncate(self, n: int) -> None:
@@ -124,7 +136,7 @@ class OnnxSession(HostCacheSession):
         checked_onnx_meta(config)
         from ort_cache import cpu_session
 
-        self.ort = cpu_session(config.onnx_model_path, config.cpu_thread)
+        self.ort = cpu_session(config.onnx_model_path, config.cpu_thread, shared_threads=config.threads_shared)
         past_type = next(i.type for i in self.ort.get_inputs() if i.name == "past_key_values")
         super().__init__(config, "float16" if "float16" in past_type else "float32")
         self.binding = self.ort.io_binding()
@@ -132,7 +144,7 @@ class OnnxSession(HostCacheSession):
         # so a long chunk's [seq, vocab] block does not stay resident.
         self.decode_logits = np.empty((1, 1, config.vocab_size), self.cache.buffer.dtype)
 
-    def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
+    def _forward(self, input_ids: np.ndarray, n_logits: int) -> np.ndarray | None:
         seq = input_ids.shape[1]
         mask, positions, past = self.cache.step_inputs(seq)
         # The new keys/values are written straight into their cache slots. With "fixsize" those slots are
@@ -147,7 +159,7 @@ class OnnxSession(HostCacheSession):
         _bind(self.binding, "out_key_values", new_kv, output=True)
         self.ort.run_with_iobinding(self.binding)
         self.cache.commit(seq)
-        return logits[0, -1].astype(np.float32) if want_logits else None
+        return logits[0, seq - n_logits:].astype(np.float32) if n_logits else None
 
 
 class OnnxCpuGraphSession(Session):
@@ -159,7 +171,10 @@ class OnnxCpuGraphSession(Session):
         checked_onnx_meta(config)
         from ort_cache import cpu_session
 
-        self.ort = cpu_session(config.onnx_model_path, config.cpu_thread)
+        self.ort = cpu_session(config.onnx_model_path, config.cpu_thread, shared_threads=config.threads_shared)
+        if "num_logits" not in {i.name for i in self.ort.get_inputs()}:
+            raise ConfigError(f"{config.onnx_model_path}: a cpu graph from an older export (no num_logits "
+                              "input); export it again with export_onnx.py --target cpu")
         c = config
         self.kv_len, self.length = c.kv_cache_length, 0
         # [layer, key/value, batch, kv_heads, slot, head_dim]: each layer's key and value blocks are
@@ -169,6 +184,7 @@ class OnnxCpuGraphSession(Session):
         self.seqlens_k = np.zeros(1, np.int32)
         self.total = np.zeros((), np.int32)
         self.one_token = np.zeros((1, 1), np.int64)
+        self.num_logits = np.ones(1, np.int64)
         self.logits = np.zeros((1, 1, c.vocab_size), np.float32)
         self.binding = self.ort.io_binding()
         for i in range(c.num_hidden_layers):
@@ -176,28 +192,35 @@ class OnnxCpuGraphSession(Session):
                 _bind(self.binding, f"past_{kind}_{i}", self.cache[i, j])
                 _bind(self.binding, f"present_{kind}_{i}", self.cache[i, j], output=True)
         for name, arr in (("seqlens_k", self.seqlens_k), ("total_sequence_length", self.total),
-                          ("input_ids", self.one_token)):
+                          ("input_ids", self.one_token), ("num_logits", self.num_logits)):
             _bind(self.binding, name, arr)
         self.bound_ids = self.one_token
+        self.bound_logits = self.logits
         _bind(self.binding, "logits", self.logits, output=True)
 
-    def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
+    def _forward(self, input_ids: np.ndarray, n_logits: int) -> np.ndarray | None:
         seq = input_ids.shape[1]
         if seq == 1:
             self.one_token[...] = input_ids
             ids = self.one_token
         else:
             ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        # A decode step only rewrites bound buffers; a prefill chunk binds its own ids, and the first
-        # decode step after it binds the one-token buffer back.
+        # A decode step only rewrites bound buffers; a longer chunk binds its own ids (and logits rows,
+        # when it wants several), and the next decode step binds the one-row buffers back.
         if ids is not self.bound_ids:
             _bind(self.binding, "input_ids", ids)
             self.bound_ids = ids
+        rows = max(1, n_logits)
+        logits = self.logits if rows == 1 else np.empty((1, rows, self.config.vocab_size), np.float32)
+        if logits is not self.bound_logits:
+            _bind(self.binding, "logits", logits, output=True)
+            self.bound_logits = logits
+        self.num_logits[0] = rows
         self.total[...] = self.length + seq
         self.seqlens_k[0] = self.length + seq - 1
         self.ort.run_with_iobinding(self.binding)
         self.length += seq
-        return self.logits[0, -1].copy() if want_logits else None
+        return logits[0].copy() if n_logits else None
 
     def truncate(self, n: int) -> None:
         # Slots past seqlens_k are never read: forgetting tokens is only a shorter length.
@@ -226,11 +249,11 @@ class PyTorchSession(HostCacheSession):
         self.model = load_model(config.hf_model_dir, getattr(torch, config.dtype))
         super().__init__(config, config.dtype)
 
-    def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
+    def _forward(self, input_ids: np.ndarray, n_logits: int) -> np.ndarray | None:
         t = self.torch
         mask, positions, past = self.cache.step_inputs(input_ids.shape[1])
         with t.inference_mode():
             logits, new_kv = self.model(t.from_numpy(input_ids), t.from_numpy(mask), t.from_numpy(positions),
                                         t.from_numpy(past))
         self.cache.append(new_kv.numpy())
-        return logits[0, -1].float().numpy() if want_logits else None
+        return logits[0, input_ids.shape[1] - n_logits:].float().numpy() if n_logits else None

@@ -214,7 +214,7 @@ class AclSession(Session):
         self._call(self.acl.rt.memcpy(self.device_mem[f"in:{name}"], size, self.acl.util.bytes_to_ptr(data),
                                       len(data), HOST_TO_DEVICE), f"acl.rt.memcpy ({name})")
 
-    def _forward(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
+    def _forward(self, input_ids: np.ndarray, n_logits: int) -> np.ndarray | None:
         acl, n, start = self.acl, input_ids.shape[1], self.length
         self._bind_thread()
         # The half-size profile reads only the first kv_len/2 cache rows: less attention work while
@@ -235,13 +235,15 @@ class AclSession(Session):
         self._call(acl.rt.memcpy(self.cache_ptr + offset, self.cache_bytes - offset, self.device_mem["out:1"],
                                  n * self.row_bytes, DEVICE_TO_DEVICE), "acl.rt.memcpy (cache append)")
         self.length = start + n
-        if not want_logits:
+        if not n_logits:
             return None
+        if n_logits > 1:  # config.validate keeps speculative decoding, the only multi-row caller, off acl
+            raise ValueError("the acl session returns the logits of the last token only")
         last_row = (n - 1) * self.logits_bytes
         self._call(acl.rt.memcpy(self.host_logits, self.logits_bytes, self.device_mem["out:0"] + last_row,
                                  self.logits_bytes, DEVICE_TO_HOST), "acl.rt.memcpy (logits)")
         raw = acl.util.ptr_to_bytes(self.host_logits, self.logits_bytes)
-        return np.frombuffer(raw, dtype=self.logits_dtype).astype(np.float32)
+        return np.frombuffer(raw, dtype=self.logits_dtype).astype(np.float32)[None]
 
     def truncate(self, n: int) -> None:
         """Keep the first n tokens; later rows stay on the device but the mask hides them."""

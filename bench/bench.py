@@ -74,8 +74,8 @@ def check(cmd: list[str]) -> None:
 
 
 def prepare(t: Target, threads: int) -> None:
-    """Build a missing model once; an existing one is reused as is."""
-    if t.source and not t.model.is_file():
+    """Build a missing model once; an existing one is reused while it is newer than its source."""
+    if t.source and (not t.model.is_file() or t.model.stat().st_mtime < t.source.stat().st_mtime):
         check([PY, "export/quantize_onnx.py", "--input_model_path", str(t.source), "--output_model_path",
                str(t.model), "--bits", t.format[3:]])
     if t.engine == "onnxruntime-genai":

@@ -8,13 +8,14 @@ has no such limits, so this graph uses onnxruntime's contrib ops instead:
 - SkipSimplifiedLayerNormalization (residual add + RMSNorm in one kernel);
 - packed q/k/v and gate/up projections, so each layer runs four large matmuls instead of seven
   (export/quantize_onnx.py turns them into MatMulNBits);
-- logits for the last position only, as generation never needs more; prefill skips 90 % of the
-  output projection.
+- logits for the last `num_logits` positions only: 1 while generating (a prefill chunk skips most of
+  the output projection), a few when speculative decoding checks draft tokens.
 
 I/O, all batch-first:
     input_ids [b, s] int64, seqlens_k [b] int32 (tokens in the cache after this call, minus one),
-    total_sequence_length [] int32, past_key_<i> / past_value_<i> [b, kv_heads, kv_len, head_dim]
-    -> logits [b, 1, vocab], present_key_<i> / present_value_<i> (the past buffers, updated).
+    total_sequence_length [] int32, num_logits [1] int64 (1 <= n <= s),
+    past_key_<i> / past_value_<i> [b, kv_heads, kv_len, head_dim]
+    -> logits [b, n, vocab], present_key_<i> / present_value_<i> (the past buffers, updated).
 """
 from __future__ import annotations
 
@@ -128,9 +129,9 @@ def build(model, kv_len: int, data_path: Path) -> onnx.ModelProto:
         act = g.op("Mul", [silu, up], 1, f"{p}.mlp.act")[0]
         pending = g.linear(act, _np(mlp.down_proj.weight), f"{p}.mlp.down_proj")
 
-    # Only the last position's logits are ever sampled from: cut the sequence before the final norm.
-    last = [w.add("last.start", np.array([-1], np.int64)), w.add("last.end", np.array([2 ** 62], np.int64)),
-            w.add("last.axis", np.array([1], np.int64))]
+    # Only the last positions' logits are used: cut the sequence before the final norm.
+    start = g.op("Neg", ["num_logits"], 1, "last.start")[0]
+    last = [start, w.add("last.end", np.array([2 ** 62], np.int64)), w.add("last.axis", np.array([1], np.int64))]
     pending = g.op("Slice", [pending] + last, 1, "last_token.mlp")[0]
     residual = g.op("Slice", [residual] + last, 1, "last_token.residual")[0]
     h, _ = normed(g, pending, residual, _np(model.model.norm.weight), eps, "model.norm")
@@ -172,8 +173,9 @@ def make_model(g: GraphBuilder, a) -> onnx.ModelProto:
     f32, kv_shape = TensorProto.FLOAT, ["batch", a.num_key_value_heads, "kv_len", a.head_dim]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
-              helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", 1, a.vocab_size])]
+              helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+              helper.make_tensor_value_info("num_logits", TensorProto.INT64, [1])]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", "num_logits", a.vocab_size])]
     for i in range(a.num_hidden_layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", f32, kv_shape))

@@ -51,6 +51,30 @@ def tiny_onnx_of(tmp_path_factory):
     return export
 
 
+# The tiny tokenizer spends ~70 tokens on a one-line chat prompt; 128 slots leave room for an answer.
+KV_LEN = 128
+
+
+@pytest.fixture(scope="session")
+def cpu_onnx_of(tmp_path_factory):
+    """`cpu_onnx_of(model_dir, kv_cache_length=KV_LEN)` -> the model exported with --target cpu; each
+    argument set is exported once per test session and shared read-only."""
+    from export.export_onnx import main as export_main
+
+    built: dict[tuple[str, int], Path] = {}
+
+    def export(model_dir: Path, kv_cache_length: int = KV_LEN) -> Path:
+        key = (str(model_dir), kv_cache_length)
+        if key not in built:
+            path = tmp_path_factory.mktemp("cpu_onnx") / f"{Path(model_dir).name}_cpu_kv{kv_cache_length}.onnx"
+            assert export_main(["--hf_model_dir", str(model_dir), "--onnx_model_path", str(path),
+                                "--kv_cache_length", str(kv_cache_length), "--target", "cpu"]) == 0
+            built[key] = path
+        return built[key]
+
+    return export
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     # A missing model is a broken setup, not a reason to skip: `make test` builds it first.
@@ -76,3 +100,14 @@ def default_onnx(default_model_dir, tmp_path_factory) -> dict:
     assert change_main(["--input_model_path", str(onnx_path), "--output_model_path", str(patched)]) == 0
     return {"hf_model_dir": default_model_dir, "onnx": onnx_path, "patched": patched,
             "kv_cache_length": DEFAULT_KV_CACHE_LENGTH}
+
+
+@pytest.fixture(scope="session")
+def default_cpu_onnx(default_model_dir, tmp_path_factory) -> Path:
+    """The real default model exported with --target cpu, once per test session (~17 s, ~4 GB)."""
+    from export.export_onnx import main as export_main
+
+    path = tmp_path_factory.mktemp("default_cpu_onnx") / "qwen2.5_coder_0.5b_cpu.onnx"
+    assert export_main(["--hf_model_dir", str(default_model_dir), "--onnx_model_path", str(path),
+                        "--kv_cache_length", str(DEFAULT_KV_CACHE_LENGTH), "--target", "cpu"]) == 0
+    return path

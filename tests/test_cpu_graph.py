@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -14,6 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import DEFAULT_KV_CACHE_LENGTH, KV_LEN
 from config import InferenceConfig
 from export.export_onnx import main as export_main
 from export.onnx_meta import read_meta
@@ -30,34 +30,13 @@ SHAPES = {  # name: make_tiny kwargs
     # Seven query heads per key/value head, and a transformers-4.x config.json.
     "gqa7_v4": dict(hidden_size=112, num_heads=7, num_kv_heads=1, config_style="v4"),
 }
-# The tiny tokenizer spends ~70 tokens on a one-line chat prompt; 128 slots leave room for an answer.
-KV_LEN = 128
 PROMPT, DECODE_STEPS = 13, 5
 # float32 on both sides; the graphs measured within 4e-7 of transformers on logits of magnitude ~0.5,
 # while a misplaced rotary, norm or cache slot moves them by 1e-2 or more.
 ATOL = 1e-4
 MS = "com.microsoft"
 GREEDY = dict(method="greedy", temperature=0.0)
-DEFAULT_KV_LEN = 256
 QUESTION = "Write a python function that checks whether a number is prime."
-
-
-@pytest.fixture(scope="session")
-def cpu_onnx_of(tmp_path_factory) -> Callable[..., Path]:
-    """`cpu_onnx_of(model_dir, kv_cache_length=KV_LEN)` -> the model exported with --target cpu; each
-    argument set is exported once per test session and shared read-only."""
-    built: dict[tuple[str, int], Path] = {}
-
-    def export(model_dir: Path, kv_cache_length: int = KV_LEN) -> Path:
-        key = (str(model_dir), kv_cache_length)
-        if key not in built:
-            path = tmp_path_factory.mktemp("cpu_onnx") / f"{Path(model_dir).name}_cpu_kv{kv_cache_length}.onnx"
-            assert export_main(["--hf_model_dir", str(model_dir), "--onnx_model_path", str(path),
-                                "--kv_cache_length", str(kv_cache_length), "--target", "cpu"]) == 0
-            built[key] = path
-        return built[key]
-
-    return export
 
 
 def config(model_dir: Path, onnx_path: Path, **kw) -> InferenceConfig:
@@ -202,18 +181,22 @@ def test_graph_shape_and_metadata(make_tiny, cpu_onnx_of, tiny_onnx_of):
     assert {o.domain: o.version for o in cpu.opset_import}[""] == 21
     logits_dims = next([d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
                        for o in cpu.graph.output if o.name == "logits")
-    assert logits_dims == ["batch", 1, cfg.vocab_size]
+    assert logits_dims == ["batch", "num_logits", cfg.vocab_size]
 
     seq = 5
     cache = np.zeros((1, cfg.num_key_value_heads, KV_LEN, cfg.head_dim), np.float32)
     feeds = {"input_ids": random_ids(model_dir, seq, seed=5), "seqlens_k": np.array([seq - 1], np.int32),
-             "total_sequence_length": np.array(seq, np.int32)}
+             "total_sequence_length": np.array(seq, np.int32), "num_logits": np.array([1])}
     feeds.update({f"past_{kind}_{i}": cache for i in range(layers) for kind in ("key", "value")})
     outputs = all_node_outputs(cpu_path, feeds)
     assert outputs["logits"].shape == (1, 1, cfg.vocab_size)
     full = [name for name, value in outputs.items()
             if value.ndim == 3 and value.shape[1] == seq and value.shape[2] == cfg.vocab_size]
     assert not full, full
+    # num_logits asks for more rows: the last ones, as a graph without the cut would give them.
+    rows = all_node_outputs(cpu_path, {**feeds, "num_logits": np.array([3])})["logits"]
+    assert rows.shape == (1, 3, cfg.vocab_size)
+    np.testing.assert_allclose(rows[0, -1], outputs["logits"][0, 0], atol=1e-6)
 
     npu = onnx.load(str(npu_path), load_external_data=False)
     assert not [n.name for n in npu.graph.node if n.domain not in ("", "ai.onnx")]
@@ -292,18 +275,9 @@ def test_bad_target_flags_are_one_line_errors(tiny_model_dir, tmp_path, capsys, 
     assert not out.exists() and not out.with_name(out.name + ".data").exists()
 
 
-@pytest.fixture(scope="module")
-def default_cpu_onnx(default_model_dir, tmp_path_factory) -> Path:
-    """The real default model exported with --target cpu, once (~17 s, ~4 GB)."""
-    path = tmp_path_factory.mktemp("default_cpu_onnx") / "qwen2.5_coder_0.5b_cpu.onnx"
-    assert export_main(["--hf_model_dir", str(default_model_dir), "--onnx_model_path", str(path),
-                        "--kv_cache_length", str(DEFAULT_KV_LEN), "--target", "cpu"]) == 0
-    return path
-
-
 def test_default_model_greedy_tokens_equal_transformers(default_model_dir, default_cpu_onnx):
     cfg = InferenceConfig(hf_model_dir=str(default_model_dir), onnx_model_path=str(default_cpu_onnx),
-                          kv_cache_length=DEFAULT_KV_LEN, max_input_length=128, max_prefill_length=8)
+                          kv_cache_length=DEFAULT_KV_CACHE_LENGTH, max_input_length=128, max_prefill_length=8)
     engine = Inference(cfg)
     assert type(engine.session) is OnnxCpuGraphSession
     ids = engine.apply_chat_template([{"role": "user", "content": QUESTION}])

@@ -20,13 +20,14 @@ class ScriptedSession(Session):
         super().__init__(config)
         self.kv_len, self.length, self.script, self.fed = config.kv_cache_length, 0, list(script), []
 
-    def _forward(self, input_ids, want_logits):
+    def _forward(self, input_ids, n_logits):
         self.length += input_ids.shape[1]
         self.fed += input_ids[0].tolist()
-        if not want_logits:
+        if not n_logits:
             return None
-        logits = np.zeros(self.config.vocab_size, np.float32)
-        logits[self.script.pop(0)] = 10.0
+        logits = np.zeros((n_logits, self.config.vocab_size), np.float32)
+        for row in logits:
+            row[self.script.pop(0)] = 10.0
         return logits
 
     def truncate(self, n):

@@ -70,3 +70,15 @@ def test_next_slots_is_a_view_written_in_place():
         c.next_slots(2)
     with pytest.raises(CacheFullError):
         c.commit(2)
+
+
+def test_sessions_that_take_turns_stop_spinning_after_each_run(exported):
+    _, path = exported
+
+    def stops(session) -> bool:
+        try:
+            return session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+        except RuntimeError:  # never set
+            return False
+
+    assert stops(cpu_session(path, 1, shared_threads=True)) and not stops(cpu_session(path, 1))

@@ -63,10 +63,11 @@ class RecordingSession(Session):
         super().__init__(config)
         self.kv_len, self.length, self.calls = config.kv_cache_length, 0, []
 
-    def _forward(self, input_ids, want_logits):
-        self.calls.append((input_ids.shape[1], want_logits))
+    def _forward(self, input_ids, n_logits):
+        self.calls.append((input_ids.shape[1], n_logits))
         self.length += input_ids.shape[1]
-        return np.eye(self.kv_len + 1, dtype=np.float32)[self.length] if want_logits else None
+        rows = np.eye(self.kv_len + 1, dtype=np.float32)
+        return rows[self.length - n_logits + 1:self.length + 1] if n_logits else None
 
     def truncate(self, n):
         self.length = min(n, self.length)
@@ -76,7 +77,7 @@ def test_run_splits_prompt_and_wants_logits_only_once(tiny_model_dir):
     s = RecordingSession(InferenceConfig(hf_model_dir=str(tiny_model_dir), session_type="pytorch",
                                          kv_cache_length=32, max_input_length=16, max_prefill_length=8))
     logits = s.run(np.zeros((1, 13), np.int64))
-    assert s.calls == [(8, False), (4, False), (1, True)] and int(np.argmax(logits)) == 13
+    assert s.calls == [(8, 0), (4, 0), (1, 1)] and int(np.argmax(logits)) == 13
     with pytest.raises(CacheFullError):
         s.run(np.zeros((1, 20), np.int64))
     assert s.length == 13  # a refused call changes nothing

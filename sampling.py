@@ -1,0 +1,63 @@
+"""Sampling settings and the choice of the next token from logits: greedy, top-k or top-p."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from config import InferenceConfig
+
+NUCLEUS_CANDIDATES = 512
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int
+    method: str = "top_p"
+    value: float = 0.8
+    temperature: float = 0.7
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, c: InferenceConfig, **overrides) -> "SamplingParams":
+        base = dict(max_new_tokens=c.max_output_length, method=c.sampling_method, value=c.sampling_value,
+                    temperature=c.temperature, seed=c.seed)
+        return cls(**{**base, **overrides})
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def token_probs(logits: np.ndarray, p: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens sampling may pick from float32 logits [vocab] (not greedy), and their probabilities."""
+    scaled = logits.astype(np.float64) / p.temperature
+    if p.method == "top_k":
+        k = max(1, min(int(p.value), scaled.size))
+        ids = np.argpartition(-scaled, k - 1)[:k]
+        return ids, softmax(scaled[ids])
+    probs = softmax(scaled)
+    # The nucleus almost always lies among the few hundred likeliest tokens: sort only those,
+    # and fall back to the whole vocabulary when their mass is short of p.
+    k = min(NUCLEUS_CANDIDATES, probs.size)
+    ids = np.argpartition(-probs, k - 1)[:k]
+    if probs[ids].sum() < p.value:
+        ids = np.arange(probs.size)
+    ids = ids[np.argsort(-probs[ids])]
+    keep = int(np.searchsorted(np.cumsum(probs[ids]), p.value)) + 1
+    ids = ids[:keep]
+    return ids, probs[ids] / probs[ids].sum()
+
+
+def is_greedy(p: SamplingParams) -> bool:
+    return p.method == "greedy" or p.temperature == 0
+
+
+def sample(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> int:
+    """Pick the next token from float32 logits [vocab]."""
+    if is_greedy(p):
+        return int(np.argmax(logits))
+    ids, probs = token_probs(logits, p)
+    return int(rng.choice(ids, p=probs))
