@@ -37,6 +37,13 @@ class Target:
     needs: str | None = None   # python module the engine imports; absent -> skipped with a note
     graph: str | None = None   # ours only: "cpu" (--target cpu) or "npu" (the atc contract graph)
     source: Path | None = None  # ours, quantized: the float export it is made from
+    draft: str | None = None   # ours: the format of a draft model for speculative decoding (same graph)
+
+    @property
+    def name(self) -> str:
+        """engine:format[:graph][+draft], as --only takes it."""
+        return f"{self.engine}:{self.format}" + (f":{self.graph}" if self.graph else "") + \
+            (f"+{self.draft}" if self.draft else "")
 
 
 def model_path(graph: str, fmt: str) -> Path:
@@ -51,6 +58,7 @@ def targets(onnx_fp32: Path, cpu_fp32: Path) -> list[Target]:
         Target("ours", "fp32", cpu_fp32, graph="cpu"),
         Target("ours", "int8", model_path("cpu", "int8"), graph="cpu", source=cpu_fp32),
         Target("ours", "int4", model_path("cpu", "int4"), graph="cpu", source=cpu_fp32),
+        Target("ours", "fp32", cpu_fp32, graph="cpu", draft="int4"),
         Target("ours", "fp32", onnx_fp32, graph="npu"),
         Target("ours", "int4", model_path("npu", "int4"), graph="npu", source=onnx_fp32),
         Target("llama.cpp", "gguf", GGUF, "llama_cpp"),
@@ -73,11 +81,18 @@ def check(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
+def quantized(source: Path, model: Path, fmt: str) -> None:
+    if not model.is_file() or model.stat().st_mtime < source.stat().st_mtime:
+        check([PY, "export/quantize_onnx.py", "--input_model_path", str(source), "--output_model_path",
+               str(model), "--bits", fmt[3:]])
+
+
 def prepare(t: Target, threads: int) -> None:
     """Build a missing model once; an existing one is reused while it is newer than its source."""
-    if t.source and (not t.model.is_file() or t.model.stat().st_mtime < t.source.stat().st_mtime):
-        check([PY, "export/quantize_onnx.py", "--input_model_path", str(t.source), "--output_model_path",
-               str(t.model), "--bits", t.format[3:]])
+    if t.source:
+        quantized(t.source, t.model, t.format)
+    if t.draft:
+        quantized(t.model, model_path(t.graph, t.draft), t.draft)
     if t.engine == "onnxruntime-genai":
         if not (t.model / "genai_config.json").is_file():
             precision = {"fp32": ["-p", "fp32"], "int4": ["-p", "int4", "--extra_options", "block_size=32",
@@ -104,7 +119,8 @@ def measure(t: Target, ids_file: Path, new_tokens: int, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     res = subprocess.run([PY, str(REPO / "bench/engines.py"), "--engine", t.engine, "--model", str(t.model),
                           "--hf_model_dir", str(HF_DIR), "--ids_file", str(ids_file), "--new_tokens",
-                          str(new_tokens), "--threads", str(threads)],
+                          str(new_tokens), "--threads", str(threads)]
+                         + (["--draft_model", str(model_path(t.graph, t.draft))] if t.draft else []),
                          capture_output=True, text=True, env=env, cwd=REPO)
     if res.returncode != 0:
         raise RuntimeError(f"{t.engine} {t.format} failed:\n{res.stderr[-2000:]}")
@@ -115,12 +131,12 @@ def summarise(t: Target, runs: list[dict], new_tokens: int) -> dict:
     med = statistics.median
     prompt = runs[0]["prompt_tokens"]
     return {
-        "engine": t.engine, "format": t.format, "graph": t.graph,
+        "engine": t.engine, "format": t.format, "graph": t.graph, "draft": t.draft,
         "prefill_tok_s": round(med(prompt / r["ttft_s"] for r in runs), 1),
         "decode_tok_s": round(med((new_tokens - 1) / r["decode_s"] for r in runs), 1),
         "ttft_s": round(med(r["ttft_s"] for r in runs), 3),
         "peak_rss_mb": round(med(r["peak_rss_mb"] for r in runs)),
-        "size_mb": round(size_mb(t.model)),
+        "size_mb": round(size_mb(t.model) + (size_mb(model_path(t.graph, t.draft)) if t.draft else 0)),
         "repeats": len(runs), "tokens": runs[0]["tokens"],
     }
 
@@ -138,7 +154,7 @@ def add_ratios(records: list[dict]) -> None:
 
 
 def print_table(records: list[dict]) -> None:
-    cols = ["engine", "format", "graph", "prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_mb", "size_mb",
+    cols = ["engine", "format", "graph", "draft", "prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_mb", "size_mb",
             "prefill_vs_transformers", "decode_vs_transformers", "tokens_agree_with_transformers"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in records:
@@ -156,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="our fp32 export with --target cpu; int8/int4 are quantized from it into "
                         "output/onnx_cpu_int8|int4")
     p.add_argument("--only", nargs="*",
-                   help="engine:format[:graph] to run, e.g. ours:int4:cpu llama.cpp:gguf (default all)")
+                   help="engine:format[:graph][+draft] to run, e.g. ours:int4:cpu ours:fp32:cpu+int4 llama.cpp:gguf "
+                        "(default all)")
     p.add_argument("--output", default=str(REPO / "bench/results.json"))
     p.add_argument("--chart", default=str(REPO / "image/bench_cpu.png"))
     a = p.parse_args(argv)
@@ -167,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     chosen = []
     for t in targets(onnx_fp32, cpu_fp32):
-        name = f"{t.engine}:{t.format}" + (f":{t.graph}" if t.graph else "")
-        if a.only and name not in a.only and t.engine != "transformers":
+        if a.only and t.name not in a.only and t.engine != "transformers":
             continue
         if t.needs and importlib.util.find_spec(t.needs) is None:
             print(f"skipping {t.engine} {t.format}: {t.needs} is not installed (pip install -r "
@@ -185,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, t in enumerate(chosen):
                 r = measure(t, ids_file, a.new_tokens, a.threads)
                 runs[i].append(r)
-                print(f"round {rnd + 1}: {t.engine:18} {t.format:5} {t.graph or '':4} "
+                print(f"round {rnd + 1}: {t.engine:18} {t.format:5} {t.graph or '':4} {t.draft or '':4} "
                       f"ttft {r['ttft_s']:.2f}s "
                       f"decode {(a.new_tokens - 1) / r['decode_s']:.1f} tok/s rss {r['peak_rss_mb']:.0f} MB",
                       flush=True)

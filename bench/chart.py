@@ -11,7 +11,7 @@ def draw(records: list[dict], setup: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r['engine']}\n{r['format']}" + (f" ({r['graph']} graph)" if r.get("graph") else "")
-              for r in records]
+              + (f"\n+ {r['draft']} draft" if r.get("draft") else "") for r in records]
     colours = ["#d62728" if r["engine"] == "ours" else "#7f7f7f" for r in records]
     panels = [("decode_tok_s", "decode tokens/s"), ("prefill_tok_s", "prefill tokens/s"),
               ("peak_rss_mb", "peak RSS (MB)")]

@@ -111,3 +111,14 @@ def default_cpu_onnx(default_model_dir, tmp_path_factory) -> Path:
     assert export_main(["--hf_model_dir", str(default_model_dir), "--onnx_model_path", str(path),
                         "--kv_cache_length", str(DEFAULT_KV_CACHE_LENGTH), "--target", "cpu"]) == 0
     return path
+
+
+@pytest.fixture(scope="session")
+def default_cpu_int4(default_cpu_onnx) -> Path:
+    """Its int4 quantization (~12 s), the draft model `make demo` and `make serve` use."""
+    from export.quantize_onnx import main as quantize_main
+
+    path = default_cpu_onnx.parent / "qwen2.5_coder_0.5b_cpu_int4.onnx"
+    assert quantize_main(["--input_model_path", str(default_cpu_onnx), "--output_model_path", str(path),
+                          "--bits", "4"]) == 0
+    return path

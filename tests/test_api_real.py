@@ -1,5 +1,6 @@
-"""End to end on the real default model (its exported ONNX): the three example clients, and a tool
-call the model really makes, streamed and not, parsed into OpenAI's tool_calls."""
+"""End to end on the real default model, served as `make serve` does (the cpu graph with its int4
+quantization drafting): the three example clients, and a tool call the model really makes, streamed and
+not, parsed into OpenAI's tool_calls."""
 from __future__ import annotations
 
 import json
@@ -18,9 +19,9 @@ WEATHER_TOOL = [{"type": "function", "function": {
 
 
 @pytest.fixture(scope="module")
-def server(default_onnx, tmp_path_factory):
-    args = ["api.py", "--hf_model_dir", str(default_onnx["hf_model_dir"]), "--onnx_model_path",
-            str(default_onnx["patched"]), "--kv_cache_method", "basic", "--max_prefill_length", "64"]
+def server(default_model_dir, default_cpu_onnx, default_cpu_int4, tmp_path_factory):
+    args = ["api.py", "--hf_model_dir", str(default_model_dir), "--onnx_model_path", str(default_cpu_onnx),
+            "--draft_onnx_model_path", str(default_cpu_int4), "--max_prefill_length", "64"]
     with serve(args, tmp_path_factory.mktemp("real-api")) as s:
         yield s
 

@@ -179,15 +179,13 @@ def test_cli_chat_reports_how_many_guesses_were_kept(tiny, monkeypatch, capsys):
     assert code == 0 and "drafts kept 100%" in capsys.readouterr().out
 
 
-def test_default_model_int4_draft_keeps_the_fp32_greedy_answer(default_model_dir, default_cpu_onnx, tmp_path):
-    int4 = tmp_path / "default_int4.onnx"
-    assert quantize_main(["--input_model_path", str(default_cpu_onnx), "--output_model_path", str(int4),
-                          "--bits", "4"]) == 0
+def test_default_model_int4_draft_keeps_the_fp32_greedy_answer(default_model_dir, default_cpu_onnx,
+                                                               default_cpu_int4):
     base = dict(hf_model_dir=str(default_model_dir), onnx_model_path=str(default_cpu_onnx),
                 kv_cache_length=DEFAULT_KV_CACHE_LENGTH, max_input_length=128, max_prefill_length=16)
     params = SamplingParams(48, **GREEDY)
     plain = answer(Inference(InferenceConfig(**base)), QUESTION, params)
-    engine = Inference(InferenceConfig(**base, draft_onnx_model_path=str(int4)))
+    engine = Inference(InferenceConfig(**base, draft_onnx_model_path=str(default_cpu_int4)))
     spec = answer(engine, QUESTION, params)
     assert spec[:2] == plain[:2] and plain[2].stats.completion_tokens == 48
     # A useful draft: the int4 model agrees with fp32 on most tokens (measured 0.6-0.75 of guesses kept).
