@@ -20,7 +20,7 @@ RUN grep -vE '^(torch|onnx|onnxruntime|onnxscript|onnxslim|gguf|pytest|schemathe
       > requirements-npu.txt \
  && python3 -m pip install --no-cache-dir -r requirements-npu.txt
 
-COPY config.py kvcache.py session.py session_acl.py inference.py ./
+COPY config.py kvcache.py session.py session_acl.py inference.py sampling.py speculative.py ./
 COPY api.py api_app.py api_errors.py api_prompt.py api_response.py api_schema.py api_worker.py ./
 COPY toolcall ./toolcall
 COPY download/${MODEL_NAME} ./download/${MODEL_NAME}
