@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import DEFAULT_KV_CACHE_LENGTH, KV_LEN
-from config import InferenceConfig
+from config import ConfigError, InferenceConfig
 from export.export_onnx import main as export_main
 from export.onnx_meta import read_meta
 from export.quantize_onnx import main as quantize_main
@@ -260,6 +260,18 @@ def test_quantized_cpu_graph_matches_quantized_npu_graph(quantized, bits, level)
         assert gaps.max() < 3e-3, gaps
         assert np.sum(gaps < 1e-5) >= len(gaps) - 2, gaps
     assert (logits["cpu", fmt].argmax(-1) == logits["npu", fmt].argmax(-1)).all()
+
+
+def test_a_cpu_graph_from_before_num_logits_is_refused_with_advice(make_tiny, cpu_onnx_of, tmp_path):
+    """Earlier cpu graphs always returned one row of logits, with no num_logits input."""
+    model_dir = make_tiny()
+    old = onnx.load(str(cpu_onnx_of(model_dir)))
+    old.graph.input.remove(next(i for i in old.graph.input if i.name == "num_logits"))
+    old.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "num_logits"))
+    path = tmp_path / "old.onnx"
+    onnx.save(old, str(path))
+    with pytest.raises(ConfigError, match="older export.*--target cpu"):
+        Session.fromConfig(config(model_dir, path))
 
 
 @pytest.mark.parametrize("extra,message", [
