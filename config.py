@@ -44,8 +44,8 @@ class InferenceConfig:
     seed: int | None = None
     draft_onnx_model_path: str | None = None
     draft_tokens: int = 4
-    # onnxruntime sessions on the process-wide thread pool: set for a target and its draft model, which
-    # take turns on the same cores.
+    # Set for a target and its draft model, which take turns on the same cores: their onnxruntime threads
+    # then stop spinning as soon as a run returns (ort_cache.cpu_session).
     threads_shared: bool = False
     num_hidden_layers: int = 0
     num_key_value_heads: int = 0
