@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from config import ConfigError, InferenceConfig, config_from_args, draft_config
+from config import ConfigError, InferenceConfig, config_from_args
 from kvcache import common_prefix
 from sampling import SamplingParams, sample
 from session import Session
@@ -60,8 +60,7 @@ class Inference:
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(config.hf_model_dir, local_files_only=True)
         self.session = session or Session.fromConfig(config)
-        self.drafter = (Drafter(Session.fromConfig(draft_config(config)), config.draft_tokens)
-                        if config.draft_onnx_model_path else None)
+        self.drafter = Drafter.from_config(config) if config.draft_onnx_model_path else None
         self.eos_token_ids = self._eos_ids(Path(config.hf_model_dir))
         self._cached_ids: list[int] = []
 

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
+from config import InferenceConfig, draft_config
 from kvcache import common_prefix
 from sampling import SamplingParams, is_greedy, sample, token_probs
 from session import Session
@@ -34,6 +35,11 @@ class Drafter:
         self.session, self.tokens = session, tokens
         self.ids: list[int] = []
         self.judged = self.accepted = 0
+
+    @classmethod
+    def from_config(cls, config: InferenceConfig) -> "Drafter":
+        """The draft model config.draft_onnx_model_path names, set up to draft for config's model."""
+        return cls(Session.fromConfig(draft_config(config)), config.draft_tokens)
 
     def reset(self) -> None:
         self.session.reset()

@@ -81,7 +81,8 @@ def check(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def quantized(source: Path, model: Path, fmt: str) -> None:
+def ensure_quantized(source: Path, model: Path, fmt: str) -> None:
+    """Quantize source into model unless model is already newer than it."""
     if not model.is_file() or model.stat().st_mtime < source.stat().st_mtime:
         check([PY, "export/quantize_onnx.py", "--input_model_path", str(source), "--output_model_path",
                str(model), "--bits", fmt[3:]])
@@ -90,9 +91,9 @@ def quantized(source: Path, model: Path, fmt: str) -> None:
 def prepare(t: Target, threads: int) -> None:
     """Build a missing model once; an existing one is reused while it is newer than its source."""
     if t.source:
-        quantized(t.source, t.model, t.format)
+        ensure_quantized(t.source, t.model, t.format)
     if t.draft:
-        quantized(t.model, model_path(t.graph, t.draft), t.draft)
+        ensure_quantized(t.model, model_path(t.graph, t.draft), t.draft)
     if t.engine == "onnxruntime-genai":
         if not (t.model / "genai_config.json").is_file():
             precision = {"fp32": ["-p", "fp32"], "int4": ["-p", "int4", "--extra_options", "block_size=32",

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cli_chat import main as cli_main
+from cli_chat import parse_args
 from config import ConfigError, InferenceConfig
 from conftest import DEFAULT_KV_CACHE_LENGTH, KV_LEN
 from export.quantize_onnx import main as quantize_main
@@ -145,24 +146,20 @@ def test_sampling_follows_the_target_distribution_not_the_drafts(tiny_model_dir)
     assert 0.1 < engine.drafter.accepted / engine.drafter.judged < 0.9
 
 
-def args_for(tiny: dict, **kw) -> argparse.Namespace:
-    base = dict(hf_model_dir=str(tiny["dir"]), session_type="onnx", onnx_model_path=str(tiny["fp32"]),
-                om_model_path=None, dtype="float32", cpu_thread=1, max_batch=1, max_prefill_length=8,
-                kv_cache_length=None, kv_cache_method="basic", max_input_length=100, max_output_length=16,
-                sampling_method="greedy", sampling_value=0.8, temperature=0.0, seed=None,
-                draft_onnx_model_path=str(tiny["int4"]), draft_tokens=4)
-    return argparse.Namespace(**{**base, **kw})
+def args_for(tiny: dict, *extra: str) -> argparse.Namespace:
+    return parse_args(["--hf_model_dir", str(tiny["dir"]), "--onnx_model_path", str(tiny["fp32"]),
+                       "--draft_onnx_model_path", str(tiny["int4"]), "--cpu_thread", "1", *extra])
 
 
 def test_bad_draft_settings_are_one_line_errors(tiny, make_tiny, cpu_onnx_of, tmp_path, capsys):
     wrong_shape = cpu_onnx_of(make_tiny(num_layers=3))
-    cases = [(dict(session_type="acl", om_model_path=str(tiny["fp32"])), "not acl"),
-             (dict(draft_onnx_model_path=str(tmp_path / "nope.onnx")), "no such file"),
-             (dict(draft_tokens=0), "--draft_tokens 0"),
-             (dict(draft_onnx_model_path=str(wrong_shape)), str(wrong_shape))]
-    for overrides, message in cases:
+    cases = [(["--session_type", "acl", "--om_model_path", str(tiny["fp32"])], "not acl"),
+             (["--draft_onnx_model_path", str(tmp_path / "nope.onnx")], "no such file"),
+             (["--draft_tokens", "0"], "--draft_tokens 0"),
+             (["--draft_onnx_model_path", str(wrong_shape)], str(wrong_shape))]
+    for extra, message in cases:
         with pytest.raises(ConfigError, match=message) as err:
-            load_inference(args_for(tiny, **overrides))
+            load_inference(args_for(tiny, *extra))
         assert "\n" not in str(err.value)
     capsys.readouterr()
     code = cli_main(["--hf_model_dir", str(tiny["dir"]), "--onnx_model_path", str(tiny["fp32"]),
