@@ -1,179 +1,178 @@
-"""One InferenceConfig for every entry point, built from command-line flags and the model's config.json."""
+"""The configuration of a run, in three dataclasses whose fields are also the command-line flags
+(core/flags.py turns each field into `--name`, so a default lives in one place):
+
+- SessionOptions: which model file, which backend, and how it runs (cache, threads, prefill chunks);
+- GenerationOptions: prompt and answer limits and the sampling defaults a request may override;
+- ServerOptions: api.py's own flags.
+
+InferenceConfig joins the first two with the model's shape from config.json, and checks that they fit.
+"""
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from core.contract import ModelShape, read_meta
+from core.errors import UserError
+from core.flags import add_flags, from_args, option
 
 SESSION_TYPES = ("onnx", "pytorch", "acl")
 SAMPLING_METHODS = ("greedy", "top_k", "top_p")
+DEFAULT_KV_CACHE_LENGTH = 1024
 
 
-class ConfigError(ValueError):
-    """A setting that cannot work; its message is one line meant for the user."""
+@dataclass
+class SessionOptions:
+    hf_model_dir: str = option(
+        help="HuggingFace model directory: tokenizer, chat template and config.json come from here")
+    session_type: str = option(
+        "onnx", choices=SESSION_TYPES,
+        help="onnx: onnxruntime on the CPU (either exported graph); pytorch: our export model in torch; "
+             "acl: a .om on an Ascend NPU")
+    onnx_model_path: str | None = option(None, help="the .onnx from export_onnx.py or change_node.py (session onnx)")
+    om_model_path: str | None = option(None, help="the .om from onnx2om.py (session acl)")
+    dtype: str | None = option(None, choices=("float32", "float16"),
+                               help="dtype of the pytorch session (default float32); the onnx and acl sessions "
+                                    "run the dtype their model was exported with")
+    cpu_thread: int | None = option(None, help="CPU threads for onnxruntime/torch (default: all cores)")
+    max_batch: int = option(1, help="conversations run at once; every session runs batch 1 today")
+    max_prefill_length: int = option(
+        8, help="longest chunk, a power of two, that one prefill call processes: a 12-token prompt with 8 "
+                "runs as 8+4. For acl it must equal the value given to onnx2om.py")
+    kv_cache_length: int | None = option(
+        None, help="KV cache length in tokens; must equal the value the model was exported with "
+                   f"(default: read from the model, else {DEFAULT_KV_CACHE_LENGTH})")
+    kv_cache_method: str | None = option(
+        None, choices=("fixsize", "basic"),
+        help="npu graph on onnxruntime, and pytorch: fixsize passes the whole static cache every step (what "
+             "the NPU does), basic only the filled part (less work on a CPU) (default fixsize). The cpu graph "
+             "always reads only the filled part, acl always the whole cache")
+    draft_onnx_model_path: str | None = option(
+        None, help="speculative decoding (onnx and pytorch sessions): a faster export of the same model, e.g. "
+                   "its int4 quantization from quantize_onnx.py, guesses --draft_tokens tokens ahead and the "
+                   "main model checks them in one call. The answer is the main model's own (same greedy text, "
+                   "same sampling distribution), only faster when the guesses are good (default: off)")
+    draft_tokens: int = option(4, help="tokens the draft model guesses per check")
+    # Set for a target and its draft model, which take turns on the same cores: their onnxruntime threads
+    # then stop spinning as soon as a run returns (backends/ort_cache.py).
+    threads_shared: bool = option(False, flag=False)
+
+    @property
+    def threads(self) -> int:
+        return self.cpu_thread or os.cpu_count() or 1
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with errors on one line (its usage block buries the actual message)."""
+@dataclass
+class GenerationOptions:
+    max_input_length: int = option(512, help="most prompt tokens per request; older chat turns are dropped "
+                                             "beyond it")
+    max_output_length: int = option(1024, help="most new tokens per answer")
+    sampling_method: str = option("top_p", choices=SAMPLING_METHODS,
+                                  help="greedy: always the likeliest token; top_k / top_p: sample")
+    sampling_value: float = option(0.8, help="k for top_k, p for top_p")
+    temperature: float = option(0.7, help="softmax temperature for sampling; 0 means greedy")
+    seed: int | None = option(None, help="random seed, for repeatable sampling")
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
+
+@dataclass
+class ServerOptions:
+    host: str = option("127.0.0.1", help="address to listen on")
+    port: int = option(8000, help="port to listen on")
+    api_key: str | None = option(None, help="if set, every /v1 request needs 'Authorization: Bearer <key>'")
+    served_model_name: str | None = option(
+        None, help="model id clients see and send (default: the model directory's name)")
+    max_queue: int = option(64, help="requests that may wait for the model; more get 429")
+    max_request_mb: float = option(1.0, help="largest request body accepted, in MiB; larger gets 413")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise UserError(f"--port {self.port}: must be 1-65535")
+        if self.max_queue < 1:
+            raise UserError(f"--max_queue {self.max_queue}: must be at least 1")
+        if self.max_request_mb <= 0:
+            raise UserError(f"--max_request_mb {self.max_request_mb}: must be positive")
 
 
 @dataclass
 class InferenceConfig:
-    hf_model_dir: str
-    session_type: str = "onnx"
-    onnx_model_path: str | None = None
-    om_model_path: str | None = None
-    dtype: str = "float32"
-    cpu_thread: int = os.cpu_count() or 1
-    max_batch: int = 1
-    max_prefill_length: int = 8
-    max_input_length: int = 512
-    max_output_length: int = 1024
-    kv_cache_length: int = 1024
-    kv_cache_method: str = "fixsize"
-    sampling_method: str = "top_p"
-    sampling_value: float = 0.8
-    temperature: float = 0.7
-    seed: int | None = None
-    draft_onnx_model_path: str | None = None
-    draft_tokens: int = 4
-    # Set for a target and its draft model, which take turns on the same cores: their onnxruntime threads
-    # then stop spinning as soon as a run returns (ort_cache.cpu_session).
-    threads_shared: bool = False
-    num_hidden_layers: int = 0
-    num_key_value_heads: int = 0
-    head_dim: int = 0
-    vocab_size: int = 0
+    """Everything a session and the engine need. Build it with `create` (or `from_args`), which reads
+    the model's shape and checks the options against it and against each other."""
+    session: SessionOptions
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
+    shape: ModelShape | None = None
 
-    def __post_init__(self) -> None:
-        cfg_path = Path(self.hf_model_dir) / "config.json"
-        if not cfg_path.is_file():
-            raise ConfigError(f"--hf_model_dir {self.hf_model_dir}: no config.json there "
-                              "(expected a HuggingFace model directory)")
-        cfg = json.loads(cfg_path.read_text())
-        heads = cfg["num_attention_heads"]
-        self.num_hidden_layers = cfg["num_hidden_layers"]
-        self.num_key_value_heads = cfg.get("num_key_value_heads") or heads
-        self.head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-        self.vocab_size = cfg["vocab_size"]
-        self.threads_shared = self.threads_shared or bool(self.draft_onnx_model_path)
-        self.validate()
+    @classmethod
+    def create(cls, hf_model_dir: str | Path, **options) -> "InferenceConfig":
+        """From keyword options named as the flags are: `create(dir, session_type="onnx", ...)`."""
+        names = {f for f in GenerationOptions.__dataclass_fields__}
+        gen = GenerationOptions(**{k: v for k, v in options.items() if k in names})
+        session = SessionOptions(hf_model_dir=str(hf_model_dir), **{k: v for k, v in options.items()
+                                                                      if k not in names})
+        return cls.resolve(session, gen)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "InferenceConfig":
+        return cls.resolve(from_args(SessionOptions, args), from_args(GenerationOptions, args))
+
+    @classmethod
+    def resolve(cls, session: SessionOptions, generation: GenerationOptions) -> "InferenceConfig":
+        shape = ModelShape.from_dir(session.hf_model_dir)
+        _check_paths(session)
+        if session.kv_cache_length is None:
+            session = replace(session, kv_cache_length=_recorded_kv_length(session) or DEFAULT_KV_CACHE_LENGTH)
+        if session.draft_onnx_model_path:
+            session = replace(session, threads_shared=True)
+        if generation.max_input_length >= session.kv_cache_length:
+            generation = replace(generation, max_input_length=session.kv_cache_length - 1)
+        config = cls(session, generation, shape)
+        config.validate()
+        return config
 
     def validate(self) -> None:
-        if self.session_type not in SESSION_TYPES:
-            raise ConfigError(f"--session_type {self.session_type}: choose one of {', '.join(SESSION_TYPES)}")
-        needs = {"onnx": ("onnx_model_path", self.onnx_model_path), "acl": ("om_model_path", self.om_model_path)}
-        if self.session_type in needs:
-            flag, path = needs[self.session_type]
-            if not path:
-                raise ConfigError(f"--session_type {self.session_type} needs --{flag}")
-            if not Path(path).is_file():
-                raise ConfigError(f"--{flag} {path}: no such file")
-        mpl = self.max_prefill_length
+        s, g = self.session, self.generation
+        mpl = s.max_prefill_length
         if mpl < 1 or mpl & (mpl - 1):
-            raise ConfigError(f"--max_prefill_length {mpl}: must be a power of two (1, 2, 4, 8, ...)")
-        for name in ("kv_cache_length", "max_input_length", "max_output_length", "cpu_thread", "max_batch"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} {getattr(self, name)}: must be at least 1")
-        if self.max_input_length >= self.kv_cache_length:
-            raise ConfigError(f"--max_input_length {self.max_input_length} must be below --kv_cache_length "
-                              f"{self.kv_cache_length}: the answer needs room in the cache")
-        if self.sampling_method not in SAMPLING_METHODS:
-            raise ConfigError(f"--sampling_method {self.sampling_method}: choose one of {', '.join(SAMPLING_METHODS)}")
-        if self.temperature < 0:
-            raise ConfigError(f"--temperature {self.temperature}: must not be negative")
-        if self.draft_onnx_model_path:
-            if self.session_type == "acl":
-                raise ConfigError("--draft_onnx_model_path: speculative decoding runs with --session_type "
-                                  "onnx or pytorch, not acl")
-            if not Path(self.draft_onnx_model_path).is_file():
-                raise ConfigError(f"--draft_onnx_model_path {self.draft_onnx_model_path}: no such file")
-        if self.draft_tokens < 1:
-            raise ConfigError(f"--draft_tokens {self.draft_tokens}: must be at least 1")
+            raise UserError(f"--max_prefill_length {mpl}: must be a power of two (1, 2, 4, 8, ...)")
+        for name, value in (("kv_cache_length", s.kv_cache_length), ("max_batch", s.max_batch),
+                            ("draft_tokens", s.draft_tokens), ("max_input_length", g.max_input_length),
+                            ("max_output_length", g.max_output_length)):
+            if value < 1:
+                raise UserError(f"--{name} {value}: must be at least 1")
+        if s.cpu_thread is not None and s.cpu_thread < 1:
+            raise UserError(f"--cpu_thread {s.cpu_thread}: must be at least 1")
+        if s.max_batch != 1:
+            raise UserError(f"--max_batch {s.max_batch}: the sessions run one conversation at a time (batch 1)")
+        if g.temperature < 0:
+            raise UserError(f"--temperature {g.temperature}: must not be negative")
 
-
-def draft_config(c: InferenceConfig) -> InferenceConfig:
-    """The draft model's session settings: the same model and cache, another ONNX file."""
-    return replace(c, session_type="onnx", onnx_model_path=c.draft_onnx_model_path, draft_onnx_model_path=None,
-                   threads_shared=True)
+    def draft(self) -> "InferenceConfig":
+        """The draft model's settings: the same model and cache, another ONNX file."""
+        s = replace(self.session, session_type="onnx", onnx_model_path=self.session.draft_onnx_model_path,
+                    draft_onnx_model_path=None, threads_shared=True, dtype=None, kv_cache_method=None)
+        return replace(self, session=s)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model, session and sampling flags shared by cli_chat.py and api.py."""
-    d = InferenceConfig.__dataclass_fields__
-    g = p.add_argument_group("model and session")
-    g.add_argument("--hf_model_dir", required=True,
-                   help="HuggingFace model directory: tokenizer, chat template and config.json come from here")
-    g.add_argument("--session_type", choices=SESSION_TYPES, default="onnx",
-                   help="onnx: onnxruntime on the CPU; pytorch: our export model in torch; acl: a .om on an "
-                        "Ascend NPU (default onnx)")
-    g.add_argument("--onnx_model_path", help="the .onnx from export_onnx.py or change_node.py (session onnx)")
-    g.add_argument("--om_model_path", help="the .om from onnx2om.py (session acl)")
-    g.add_argument("--dtype", choices=["float32", "float16"], default="float32",
-                   help="dtype of the pytorch session; onnx and acl sessions use the model's own (default float32)")
-    g.add_argument("--cpu_thread", type=int, default=d["cpu_thread"].default,
-                   help="CPU threads for onnxruntime/torch (default: all cores)")
-    g.add_argument("--max_batch", type=int, default=1, help="batch size the model was built for (default 1)")
-    g.add_argument("--max_prefill_length", type=int, default=8,
-                   help="longest chunk, a power of two, that one prefill call processes: a 12-token prompt "
-                        "with 8 runs as 8+4. For acl it must equal the value given to onnx2om.py (default 8)")
-    g.add_argument("--kv_cache_length", type=int, default=None,
-                   help="KV cache length in tokens; must equal the value the model was exported with "
-                        "(default: read from the model, else 1024)")
-    g.add_argument("--kv_cache_method", choices=["fixsize", "basic"], default="fixsize",
-                   help="fixsize: pass the whole static cache every step (what the NPU needs); basic: pass "
-                        "only the filled part (less work on a CPU) (default fixsize)")
-    g.add_argument("--max_input_length", type=int, default=512,
-                   help="most prompt tokens per request; older chat turns are dropped beyond it (default 512)")
-    g.add_argument("--max_output_length", type=int, default=1024,
-                   help="most new tokens per answer (default 1024)")
-    s = p.add_argument_group("sampling")
-    s.add_argument("--sampling_method", choices=SAMPLING_METHODS, default="top_p",
-                   help="greedy: always the likeliest token; top_k / top_p: sample (default top_p)")
-    s.add_argument("--sampling_value", type=float, default=0.8,
-                   help="k for top_k, p for top_p (default 0.8)")
-    s.add_argument("--temperature", type=float, default=0.7,
-                   help="softmax temperature for sampling; 0 means greedy (default 0.7)")
-    s.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
-    sp = p.add_argument_group("speculative decoding (CPU)")
-    sp.add_argument("--draft_onnx_model_path",
-                    help="a faster export of the same model, e.g. its int4 quantization from quantize_onnx.py: "
-                         "it guesses --draft_tokens tokens ahead and the main model checks them in one call. "
-                         "The answer is the main model's own (same greedy text, same sampling "
-                         "distribution), only faster when the guesses are good (default: off)")
-    sp.add_argument("--draft_tokens", type=int, default=4,
-                    help="tokens the draft model guesses per check (default 4)")
+    """The model, session and generation flags shared by cli_chat.py and api.py."""
+    add_flags(p, SessionOptions, "model and session")
+    add_flags(p, GenerationOptions, "generation and sampling")
 
 
-def config_from_args(a: argparse.Namespace) -> InferenceConfig:
-    """Raises ConfigError with a one-line message on anything that cannot work."""
-    kv_len = a.kv_cache_length
-    if kv_len is None:
-        kv_len = _model_kv_length(a) or 1024
-    cfg = InferenceConfig(
-        hf_model_dir=a.hf_model_dir, session_type=a.session_type, onnx_model_path=a.onnx_model_path,
-        om_model_path=a.om_model_path, dtype=a.dtype, cpu_thread=a.cpu_thread, max_batch=a.max_batch,
-        max_prefill_length=a.max_prefill_length, max_input_length=min(a.max_input_length, kv_len - 1),
-        max_output_length=a.max_output_length, kv_cache_length=kv_len, kv_cache_method=a.kv_cache_method,
-        sampling_method=a.sampling_method, sampling_value=a.sampling_value, temperature=a.temperature,
-        seed=a.seed, draft_onnx_model_path=a.draft_onnx_model_path, draft_tokens=a.draft_tokens)
-    return cfg
+def _check_paths(s: SessionOptions) -> None:
+    needs = {"onnx": "onnx_model_path", "acl": "om_model_path"}
+    for flag in ("onnx_model_path", "om_model_path", "draft_onnx_model_path"):
+        path = getattr(s, flag)
+        if path and not Path(path).is_file():
+            raise UserError(f"--{flag} {path}: no such file")
+    if s.session_type in needs and not getattr(s, needs[s.session_type]):
+        raise UserError(f"--session_type {s.session_type} needs --{needs[s.session_type]}")
 
 
-def _model_kv_length(a: argparse.Namespace) -> int | None:
-    """The cache length recorded by our exporter in the ONNX model, when there is one."""
-    if a.session_type != "onnx" or not a.onnx_model_path or not Path(a.onnx_model_path).is_file():
+def _recorded_kv_length(s: SessionOptions) -> int | None:
+    """The cache length our exporter recorded in the ONNX model, when there is one."""
+    if s.session_type != "onnx" or not s.onnx_model_path:
         return None
-    from export.onnx_meta import read_meta
-    try:
-        value = read_meta(a.onnx_model_path).get("kv_cache_length")
-    except Exception as e:  # a corrupt file is reported here, once, as the user's input problem
-        raise ConfigError(f"--onnx_model_path {a.onnx_model_path}: not a readable ONNX model ({e})") from None
+    value = read_meta(s.onnx_model_path).get("kv_cache_length")
     return int(value) if value else None

@@ -49,7 +49,7 @@ def run_transformers(a: argparse.Namespace, ids: list[int]) -> tuple[list[int], 
 def run_ours(a: argparse.Namespace, ids: list[int]) -> tuple[list[int], float, float]:
     sys.path.insert(0, str(REPO))
     from config import InferenceConfig
-    from export.onnx_meta import read_meta
+    from core.contract import read_meta
     from session import Session
 
     kv_len = int(read_meta(a.model)["kv_cache_length"])

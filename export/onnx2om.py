@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import shlex
 import shutil
@@ -22,7 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export.check_ops import unlisted_ops  # noqa: E402
-from export.onnx_meta import PRODUCER, mismatches, read_meta  # noqa: E402
+from core.contract import PRODUCER, ModelShape, mismatches, read_meta  # noqa: E402
+from core.errors import UserError, run_main  # noqa: E402
+from core.flags import ArgumentParser  # noqa: E402
 
 MIXLIST = Path(__file__).resolve().with_name("ops_info.json")
 MAX_PROFILES = 100  # atc's documented --dynamic_dims range is (1, 100]
@@ -31,12 +32,12 @@ AUTO_HELP = ("source the CANN set_env.sh (it sets ASCEND_HOME_PATH) on the board
              "e.g. Ascend310B1 (a model compiled for one chip runs only on that chip)")
 
 
-class SocError(RuntimeError):
-    pass
+class SocError(UserError):
+    """The chip could not be detected; with --dry_run only a note, otherwise the error."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Compile the (change_node-patched) ONNX model to an Ascend .om with atc.")
+    p = ArgumentParser(description="Compile the (change_node-patched) ONNX model to an Ascend .om with atc.")
     p.add_argument("--soc_version", default="auto",
                    help="target chip, e.g. Ascend310B1; auto asks the CANN runtime of this board (default auto)")
     p.add_argument("--hf_model_dir", help="HuggingFace model directory; when given, its config.json must agree "
@@ -59,30 +60,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fail(msg: str, code: int = 2) -> int:
-    print(f"onnx2om.py: error: {msg}", file=sys.stderr)
-    return code
-
-
 def model_settings(a: argparse.Namespace) -> dict[str, int]:
-    """Layers, kv heads, head dim and kv length as recorded by export_onnx.py; ValueError on conflicts."""
+    """Layers, kv heads, head dim and kv length as recorded by export_onnx.py; UserError on conflicts."""
     meta = read_meta(a.onnx_model_path)
     if meta.get("producer") != PRODUCER:
-        raise ValueError(f"{a.onnx_model_path} carries no {PRODUCER} metadata: export it with "
+        raise UserError(f"{a.onnx_model_path} carries no {PRODUCER} metadata: export it with "
                          "export/export_onnx.py (then change_node.py) so its cache layout is known")
     asked: dict[str, object] = {"kv_cache_length": a.kv_cache_length}
     if a.hf_model_dir:
-        cfg_path = Path(a.hf_model_dir) / "config.json"
-        if not cfg_path.is_file():
-            raise ValueError(f"--hf_model_dir {a.hf_model_dir}: no config.json there")
-        cfg = json.loads(cfg_path.read_text())
-        heads = cfg["num_attention_heads"]
-        asked.update(num_hidden_layers=cfg["num_hidden_layers"], vocab_size=cfg["vocab_size"],
-                     num_key_value_heads=cfg.get("num_key_value_heads") or heads,
-                     head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads)
+        asked.update(ModelShape.from_dir(a.hf_model_dir).as_meta())
     problems = mismatches(meta, asked)
     if problems:
-        raise ValueError("; ".join(problems))
+        raise UserError("; ".join(problems))
     keys = ("num_hidden_layers", "num_key_value_heads", "head_dim", "kv_cache_length")
     return {k: int(meta[k]) for k in keys}
 
@@ -152,31 +141,29 @@ def compile_env(cpu_thread: int) -> dict[str, str]:
     return env
 
 
-def check_args(a: argparse.Namespace) -> str | None:
+def check_args(a: argparse.Namespace) -> None:
     mpl = a.max_prefill_length
     if mpl < 1 or mpl & (mpl - 1):
-        return f"--max_prefill_length {mpl}: must be a power of two (1, 2, 4, 8, ...)"
+        raise UserError(f"--max_prefill_length {mpl}: must be a power of two (1, 2, 4, 8, ...)")
     if a.max_batch < 1 or a.cpu_thread < 1:
-        return "--max_batch and --cpu_thread must be at least 1"
+        raise UserError("--max_batch and --cpu_thread must be at least 1")
     if a.om_model_path.endswith(".om"):
-        return f"--om_model_path {a.om_model_path}: leave out .om, atc appends it"
+        raise UserError(f"--om_model_path {a.om_model_path}: leave out .om, atc appends it")
     if not Path(a.onnx_model_path).is_file():
-        return f"--onnx_model_path {a.onnx_model_path}: no such file"
-    return None
+        raise UserError(f"--onnx_model_path {a.onnx_model_path}: no such file")
 
 
-def check_shapes(a: argparse.Namespace, s: dict[str, int], soc: str | None) -> str | None:
+def check_shapes(a: argparse.Namespace, s: dict[str, int], soc: str | None) -> None:
     kv, mpl = s["kv_cache_length"], a.max_prefill_length
     if mpl > 1 and (kv % 2 or mpl > kv // 2):
-        return (f"--max_prefill_length {mpl} with kv_cache_length {kv}: the cache must be even and at least "
-                f"twice the prefill length (profiles use kv/2 and kv)")
+        raise UserError(f"--max_prefill_length {mpl} with kv_cache_length {kv}: the cache must be even and at "
+                        "least twice the prefill length (profiles use kv/2 and kv)")
     count = len(profiles(mpl, kv))
     if count > MAX_PROFILES:
-        return f"{count} profiles; atc accepts at most {MAX_PROFILES}: lower --max_prefill_length"
+        raise UserError(f"{count} profiles; atc accepts at most {MAX_PROFILES}: lower --max_prefill_length")
     if a.max_batch > 1 and soc and (soc == "Ascend310" or soc.startswith("Ascend310B")):
-        return (f"--max_batch {a.max_batch}: {soc} does not support shape ranges (1~N), so only batch 1 "
-                "can be compiled for it")
-    return None
+        raise UserError(f"--max_batch {a.max_batch}: {soc} does not support shape ranges (1~N), so only batch 1 "
+                        "can be compiled for it")
 
 
 def print_plan(cmd: list[str], a: argparse.Namespace, s: dict[str, int]) -> None:
@@ -190,44 +177,42 @@ def print_plan(cmd: list[str], a: argparse.Namespace, s: dict[str, int]) -> None
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    problem = check_args(a)
-    if problem:
-        return fail(problem)
-    try:
-        settings = model_settings(a)
-    except (ValueError, KeyError) as e:
-        return fail(str(e))
+    return run_main("onnx2om.py", lambda: run(a))
+
+
+def run(a: argparse.Namespace) -> int:
+    check_args(a)
+    settings = model_settings(a)
     soc = a.soc_version
     if soc == "auto":
         try:
             soc = detect_soc()
         except SocError as e:
             if not a.dry_run:
-                return fail(str(e))
+                raise
             print(f"# {e}", file=sys.stderr)
             soc = None
-    problem = check_shapes(a, settings, soc)
-    if problem:
-        return fail(problem)
+    check_shapes(a, settings, soc)
     import onnx
     missing = unlisted_ops(onnx.load(a.onnx_model_path, load_external_data=False))
     if missing:
-        return fail("ops outside CANN's documented ONNX op list: " + ", ".join(f"{k} x{v}" for k, v in missing.items())
-                    + " (see export/check_ops.py; patch them with change_node.py)")
+        raise UserError("ops outside CANN's documented ONNX op list: "
+                        + ", ".join(f"{k} x{v}" for k, v in missing.items())
+                        + " (see export/check_ops.py; patch them with change_node.py)")
     cmd = atc_command(a, soc or "<soc_version>", settings)
     if a.dry_run:
         print_plan(cmd, a, settings)
         return 0
     if shutil.which("atc") is None:
         print(shlex.join(cmd))
-        return fail("atc is not on PATH: source the CANN toolkit's set_env.sh, then run the command above", 1)
+        raise UserError("atc is not on PATH: source the CANN toolkit's set_env.sh, then run the command above", 1)
     Path(a.om_model_path).parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(cmd, env=compile_env(a.cpu_thread))
     if done.returncode != 0:
-        return fail(f"atc exited with {done.returncode}; its messages are above", 1)
+        raise UserError(f"atc exited with {done.returncode}; its messages are above", 1)
     out = Path(a.om_model_path + ".om")
     if not out.is_file():
-        return fail(f"atc reported success but {out} is missing", 1)
+        raise UserError(f"atc reported success but {out} is missing", 1)
     print(f"wrote {out}")
     return 0
 

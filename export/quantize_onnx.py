@@ -19,7 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
+from core.errors import UserError, run_main  # noqa: E402
+from core.flags import ArgumentParser  # noqa: E402
 
+
+PROG = "quantize_onnx.py"
 # GatherBlockQuantized stores int4 (u)int tensors, which need opset 21 and IR version 10.
 INT4_OPSET, INT4_IR = 21, 10
 # Decode reads every weight and scale once per token. int4 at block 64 measured +9.2 % perplexity over
@@ -28,7 +32,7 @@ DEFAULT_BLOCK = {4: 64, 8: 32}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Quantize the weights of an exported ONNX model to 4 or 8 bits "
+    p = ArgumentParser(description="Quantize the weights of an exported ONNX model to 4 or 8 bits "
                                             "(MatMulNBits; activations and the KV cache stay in float).")
     p.add_argument("--input_model_path", required=True, help="the float .onnx from export_onnx.py")
     p.add_argument("--output_model_path", required=True, help="where to write the quantized .onnx")
@@ -51,10 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "(default: same as --bits)")
     return p.parse_args(argv)
 
-
-def fail(msg: str) -> None:
-    print(f"quantize_onnx.py: error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def _upgrade_for_int4(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -120,25 +120,30 @@ def save_external(model: onnx.ModelProto, dst: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    return run_main(PROG, lambda: run(a))
+
+
+def run(a: argparse.Namespace) -> int:
     src, dst = Path(a.input_model_path), Path(a.output_model_path)
     if not src.is_file():
-        fail(f"--input_model_path {src}: no such file")
+        raise UserError(f"--input_model_path {src}: no such file")
     if dst.suffix != ".onnx":
-        fail(f"--output_model_path {dst}: the file name must end in .onnx")
+        raise UserError(f"--output_model_path {dst}: the file name must end in .onnx")
     if dst.resolve() == src.resolve():
-        fail("--output_model_path must differ from --input_model_path (the input's weights are read lazily)")
+        raise UserError("--output_model_path must differ from --input_model_path (the input's weights are read "
+                        "lazily)")
     if a.block_size is None:
         a.block_size = DEFAULT_BLOCK[a.bits]
     if a.block_size < 16 or a.block_size & (a.block_size - 1):
-        fail(f"--block_size {a.block_size}: must be a power of two, at least 16")
+        raise UserError(f"--block_size {a.block_size}: must be a power of two, at least 16")
     if a.embedding == "quantize" and a.bits != 4:
-        fail("--embedding quantize needs --bits 4 (GatherBlockQuantized is only produced at 4 bits)")
+        raise UserError("--embedding quantize needs --bits 4 (GatherBlockQuantized is only produced at 4 bits)")
     try:
         meta = onnx.load(str(src), load_external_data=False)
     except Exception as e:  # anything onnx cannot parse is the user's input problem, said once
-        fail(f"--input_model_path {src}: not a readable ONNX model ({e})")
+        raise UserError(f"--input_model_path {src}: not a readable ONNX model ({e})")
     if "quantization" in {p.key for p in meta.metadata_props}:
-        fail(f"--input_model_path {src}: already quantized; start from the float export")
+        raise UserError(f"--input_model_path {src}: already quantized; start from the float export")
     # The quantizer logs one line per tensor at INFO; keep the console to warnings.
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     start = time.perf_counter()

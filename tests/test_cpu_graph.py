@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from conftest import DEFAULT_KV_CACHE_LENGTH, KV_LEN
 from config import ConfigError, InferenceConfig
 from export.export_onnx import main as export_main
-from export.onnx_meta import read_meta
+from core.contract import read_meta
 from export.quantize_onnx import main as quantize_main
 from inference import Inference, SamplingParams
 from kvcache import CacheFullError

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from config import ConfigError, InferenceConfig
 from export.export_onnx import main as export_main
-from export.onnx_meta import read_meta
+from core.contract import read_meta
 from session import Session
 
 SHAPES = {  # name: make_tiny kwargs

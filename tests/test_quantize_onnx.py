@@ -7,7 +7,7 @@ import pytest
 
 from config import InferenceConfig
 from export.export_onnx import main as export_main
-from export.onnx_meta import read_meta
+from core.contract import read_meta
 from export.quantize_onnx import main as quantize_main
 from session import Session
 

@@ -11,7 +11,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from export.onnx_meta import PRODUCER, read_meta
+import numpy as np
+
+from core.contract import PRODUCER
+from core.errors import UserError
 
 OPT_SUFFIX = ".opt.onnx"
 
@@ -25,9 +28,11 @@ def _sources(model: Path) -> list[Path]:
 
 
 def _is_ours(path: Path) -> bool:
+    from core.contract import read_meta
+
     try:
         return read_meta(path).get("producer") == PRODUCER
-    except Exception:  # unreadable: not a file we wrote, leave it alone
+    except UserError:  # unreadable: not a file we wrote, leave it alone
         return False
 
 
@@ -60,7 +65,7 @@ def _write_optimized(ort, model: Path, opt: Path, threads: int) -> bool:
                                           opt.name + ".data")
             opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                           "1024")
-        ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        _load(ort, model, opts)
         for f in sorted(tmp.iterdir(), key=lambda p: p.suffix == ".onnx"):  # data before the graph
             os.replace(f, opt.parent / f.name)
         return True
@@ -93,4 +98,19 @@ def cpu_session(model_path: str | Path, threads: int, save_optimized: bool = Tru
     opts.add_session_config_entry("session.intra_op.dynamic_block_base", "1")
     if shared_threads:
         opts.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(load), opts, providers=["CPUExecutionProvider"])
+    return _load(ort, load, opts)
+
+
+def _load(ort, path: Path, opts):
+    """An InferenceSession; a model file onnxruntime rejects is the user's input problem: one line."""
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: onnxruntime cannot load it ({first})") from None
+
+
+def bind(binding, name: str, arr: np.ndarray, output: bool = False) -> None:
+    """Bind by address: onnxruntime reads and writes these numpy buffers in place, no copies."""
+    (binding.bind_output if output else binding.bind_input)(name, "cpu", 0, arr.dtype, list(arr.shape),
+                                                             arr.ctypes.data)

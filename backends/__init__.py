@@ -1,0 +1,1 @@
+"""One module per backend that runs an exported model; session.open_session imports the chosen one."""

@@ -1,0 +1,73 @@
+"""Command-line flags declared once, on the dataclass fields they fill.
+
+A field becomes `--name`; its default, type and choices come from the field, its help text from
+`metadata["help"]`. A field with `metadata["flag"] = False` is set by code, never by a flag.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with errors on one line (its usage block buries the actual message)."""
+
+    def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None,
+           required: bool = False, flag: bool = True, show_default: bool = True) -> Any:
+    """A dataclass field that is also a command-line flag."""
+    meta = {"help": help, "choices": choices, "required": required, "flag": flag, "show_default": show_default}
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _base_type(annotation: Any) -> type:
+    """int | None -> int; the type argparse converts the flag's text with."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing), {})  # annotations are strings under `from __future__`
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
+    """Add one flag per flag-field of the dataclass `cls` (in a titled group when `title` is given)."""
+    group = parser.add_argument_group(title) if title else parser
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("flag", False):
+            continue
+        kind = _base_type(f.type)
+        help_text = meta["help"]
+        has_default = f.default is not dataclasses.MISSING
+        if has_default and meta["show_default"] and f.default is not None:
+            help_text += f" (default {f.default})"
+        kwargs: dict[str, Any] = {"help": help_text, "dest": f.name}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["default"] = f.default if has_default else False
+        else:
+            kwargs["type"] = kind
+            if meta["choices"]:
+                kwargs["choices"] = meta["choices"]
+            if has_default:
+                kwargs["default"] = f.default
+            else:
+                kwargs["required"] = True
+        group.add_argument(f"--{f.name}", **kwargs)
+
+
+def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """The dataclass `cls` filled from parsed flags (fields without a flag keep their defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if f.metadata.get("flag", False) and hasattr(args, f.name)}
+    return cls(**{**values, **overrides})
