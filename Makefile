@@ -33,9 +33,12 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+# The project itself goes into the venv in editable mode (pyproject.toml): scripts, tests and benchmarks
+# then import its modules by name from any directory.
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
 model: setup $(DEFAULT_MODEL_DIR)/config.json

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from config import ArgumentParser, ConfigError, add_model_args
+from config import add_model_args
+from core.errors import run_main
+from core.flags import ArgumentParser
 from inference import Inference, PromptTooLongError, SamplingParams, load_inference
 
 COMMANDS_HELP = "Type a message and press Enter. 'clear' starts a new conversation; 'exit' or 'quit' ends."
@@ -16,11 +18,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--system_prompt", default="You are a helpful assistant.",
                    help="the system message that starts every conversation ('' for none)")
     return p.parse_args(argv)
-
-
-def fail(msg: str) -> int:
-    print(f"cli_chat.py: error: {msg}", file=sys.stderr)
-    return 2
 
 
 def chat_loop(engine: Inference, params: SamplingParams, system_prompt: str) -> None:
@@ -76,10 +73,11 @@ def chat_loop(engine: Inference, params: SamplingParams, system_prompt: str) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        engine = load_inference(args)
-    except ConfigError as e:
-        return fail(str(e))
+    return run_main("cli_chat.py", lambda: chat(args))
+
+
+def chat(args: argparse.Namespace) -> int:
+    engine = load_inference(args)
     chat_loop(engine, SamplingParams.from_config(engine.config), args.system_prompt)
     return 0
 

@@ -13,10 +13,9 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import InferenceConfig  # noqa: E402
-from inference import Inference, SamplingParams  # noqa: E402
+from config import InferenceConfig
+from inference import Inference, SamplingParams
 
 TURN1 = "Write a Python function that merges two sorted lists into one sorted list, with a docstring."
 TURN2 = "Now add type hints and a short example of calling it."

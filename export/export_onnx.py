@@ -12,16 +12,15 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import onnx  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import onnx
+import torch
+from tqdm import tqdm
 
-from core.contract import NPU_INPUTS, NPU_OUTPUTS, write_meta  # noqa: E402
-from core.errors import UserError, run_main  # noqa: E402
-from core.flags import ArgumentParser  # noqa: E402
-from export.qwen_model import ModelArgs, load_model  # noqa: E402
+from core.contract import NPU_INPUTS, NPU_OUTPUTS, write_meta
+from core.errors import UserError, run_main
+from core.flags import ArgumentParser
+from export.qwen_model import ModelArgs, load_model
 
 PROG = "export_onnx.py"
 DYNAMIC_AXES = {

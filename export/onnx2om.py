@@ -18,12 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.check_ops import unlisted_ops  # noqa: E402
-from core.contract import PRODUCER, ModelShape, mismatches, read_meta  # noqa: E402
-from core.errors import UserError, run_main  # noqa: E402
-from core.flags import ArgumentParser  # noqa: E402
+from export.check_ops import unlisted_ops
+from core.contract import PRODUCER, ModelShape, mismatches, read_meta
+from core.errors import UserError, run_main
+from core.flags import ArgumentParser
 
 MIXLIST = Path(__file__).resolve().with_name("ops_info.json")
 MAX_PROFILES = 100  # atc's documented --dynamic_dims range is (1, 100]

@@ -14,13 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
+import numpy as np
+import onnx
 
-from core.errors import UserError, run_main  # noqa: E402
-from core.flags import ArgumentParser  # noqa: E402
+from core.errors import UserError, run_main
+from core.flags import ArgumentParser
 
 
 PROG = "quantize_onnx.py"
