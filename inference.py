@@ -10,10 +10,11 @@ from typing import Iterator
 
 import numpy as np
 
-from config import ConfigError, InferenceConfig, config_from_args
+from config import InferenceConfig
+from core.errors import UserError
 from kvcache import common_prefix
 from sampling import SamplingParams, sample
-from session import Session
+from session import Session, open_session
 from speculative import Drafter, speculative_tokens
 
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -58,10 +59,14 @@ class Inference:
         from transformers import AutoTokenizer
 
         self.config = config
-        self.tokenizer = AutoTokenizer.from_pretrained(config.hf_model_dir, local_files_only=True)
-        self.session = session or Session.fromConfig(config)
-        self.drafter = Drafter.from_config(config) if config.draft_onnx_model_path else None
-        self.eos_token_ids = self._eos_ids(Path(config.hf_model_dir))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(config.session.hf_model_dir, local_files_only=True)
+        except (OSError, ValueError) as e:  # no tokenizer files, or ones transformers cannot read
+            raise UserError(f"--hf_model_dir {config.session.hf_model_dir}: no usable tokenizer there "
+                            f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        self.session = session or open_session(config)
+        self.drafter = Drafter.from_config(config) if config.session.draft_onnx_model_path else None
+        self.eos_token_ids = self._eos_ids(Path(config.session.hf_model_dir))
         self._cached_ids: list[int] = []
 
     def _eos_ids(self, model_dir: Path) -> set[int]:
@@ -85,7 +90,7 @@ class Inference:
     def fit_messages(self, messages: list[dict]) -> tuple[list[dict], list[int]]:
         """Drop the oldest turns (never the system message or the last message) until the prompt fits
         max_input_length; returns the kept messages and their token ids."""
-        limit = self.config.max_input_length
+        limit = self.config.generation.max_input_length
         kept = list(messages)
         while True:
             ids = self.apply_chat_template(kept)
@@ -198,11 +203,5 @@ class Inference:
 
 
 def load_inference(args: argparse.Namespace) -> Inference:
-    """Config and engine from parsed flags. Every failure a user can cause or fix (paths, flags, a model
-    file onnxruntime or pyACL cannot load) becomes a ConfigError with a one-line message."""
-    try:
-        return Inference(config_from_args(args))
-    except ConfigError:
-        raise
-    except (OSError, RuntimeError, ValueError) as e:  # onnxruntime and AclSession raise RuntimeError
-        raise ConfigError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
+    """Config and engine from parsed flags; a problem the user can fix is a UserError (one line)."""
+    return Inference(InferenceConfig.from_args(args))

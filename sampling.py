@@ -21,8 +21,9 @@ class SamplingParams:
 
     @classmethod
     def from_config(cls, c: InferenceConfig, **overrides) -> "SamplingParams":
-        base = dict(max_new_tokens=c.max_output_length, method=c.sampling_method, value=c.sampling_value,
-                    temperature=c.temperature, seed=c.seed)
+        g = c.generation
+        base = dict(max_new_tokens=g.max_output_length, method=g.sampling_method, value=g.sampling_value,
+                    temperature=g.temperature, seed=g.seed)
         return cls(**{**base, **overrides})
 
 

@@ -13,10 +13,10 @@ from typing import Iterator
 
 import numpy as np
 
-from config import InferenceConfig, draft_config
+from config import InferenceConfig
 from kvcache import common_prefix
 from sampling import SamplingParams, is_greedy, sample, token_probs
-from session import Session
+from session import Session, open_session
 
 
 def dense_probs(logits: np.ndarray, p: SamplingParams) -> np.ndarray:
@@ -38,8 +38,8 @@ class Drafter:
 
     @classmethod
     def from_config(cls, config: InferenceConfig) -> "Drafter":
-        """The draft model config.draft_onnx_model_path names, set up to draft for config's model."""
-        return cls(Session.fromConfig(draft_config(config)), config.draft_tokens)
+        """The draft model config.session.draft_onnx_model_path names, set up to draft for config's model."""
+        return cls(open_session(config.draft()), config.session.draft_tokens)
 
     def reset(self) -> None:
         self.session.reset()

@@ -47,18 +47,17 @@ def run_transformers(a: argparse.Namespace, ids: list[int]) -> tuple[list[int], 
 
 
 def run_ours(a: argparse.Namespace, ids: list[int]) -> tuple[list[int], float, float]:
-    sys.path.insert(0, str(REPO))
     from config import InferenceConfig
     from core.contract import read_meta
-    from session import Session
+    from session import open_session
 
     kv_len = int(read_meta(a.model)["kv_cache_length"])
     # The CPU settings the demo uses: only filled cache slots, 64-token prefill chunks (a chunk's
     # [seq, vocab] logits are the largest transient buffer, so longer chunks raise the peak RSS).
-    cfg = InferenceConfig(hf_model_dir=a.hf_model_dir, onnx_model_path=a.model, kv_cache_length=kv_len,
+    cfg = InferenceConfig.create(hf_model_dir=a.hf_model_dir, onnx_model_path=a.model, kv_cache_length=kv_len,
                           max_input_length=min(512, kv_len - 1), max_prefill_length=64,
                           kv_cache_method="basic", cpu_thread=a.threads, draft_onnx_model_path=a.draft_model)
-    session = Session.fromConfig(cfg)
+    session = open_session(cfg)
     if a.draft_model:
         return speculative_greedy(a, cfg, session, ids)
     out: list[int] = []

@@ -33,7 +33,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max_prefill_length", type=int, default=64)
     a = p.parse_args()
-    cfg = InferenceConfig(hf_model_dir=a.hf_model_dir, onnx_model_path=a.onnx_model_path,
+    cfg = InferenceConfig.create(hf_model_dir=a.hf_model_dir, onnx_model_path=a.onnx_model_path,
                           max_prefill_length=a.max_prefill_length, kv_cache_method="basic")
     engine = Inference(cfg)
     params = SamplingParams(96, method="greedy", temperature=0)

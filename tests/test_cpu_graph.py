@@ -14,13 +14,17 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import DEFAULT_KV_CACHE_LENGTH, KV_LEN
-from config import ConfigError, InferenceConfig
+from script_exit import exit_status
+from config import InferenceConfig
+from core.errors import UserError
 from export.export_onnx import main as export_main
 from core.contract import read_meta
 from export.quantize_onnx import main as quantize_main
 from inference import Inference, SamplingParams
 from kvcache import CacheFullError
-from session import OnnxCpuGraphSession, OnnxSession, Session
+from backends.onnx_cpu_graph import OnnxCpuGraphSession
+from backends.onnx_npu_graph import OnnxSession
+from session import Session, open_session
 
 SHAPES = {  # name: make_tiny kwargs
     "qwen2": {},
@@ -42,7 +46,7 @@ QUESTION = "Write a python function that checks whether a number is prime."
 def config(model_dir: Path, onnx_path: Path, **kw) -> InferenceConfig:
     base = dict(hf_model_dir=str(model_dir), onnx_model_path=str(onnx_path), kv_cache_length=KV_LEN,
                 max_input_length=96, max_prefill_length=4, cpu_thread=1)
-    return InferenceConfig(**{**base, **kw})
+    return InferenceConfig.create(**{**base, **kw})
 
 
 def random_ids(model_dir: Path, n: int, seed: int) -> np.ndarray:
@@ -83,7 +87,7 @@ def test_logits_match_transformers_over_chunked_prefill_and_decode(make_tiny, cp
     want = hf_logits(model_dir, ids)[PROMPT - 1:]
     # 4 splits the prompt 4+4+4+1, so three chunks land on a non-empty cache; 16 splits it 8+4+1.
     for max_prefill in (4, 16):
-        session = Session.fromConfig(config(model_dir, path, max_prefill_length=max_prefill))
+        session = open_session(config(model_dir, path, max_prefill_length=max_prefill))
         assert type(session) is OnnxCpuGraphSession
         err = np.abs(teacher_forced(session, ids) - want).max()
         assert err < ATOL, (max_prefill, err)
@@ -116,7 +120,7 @@ def test_truncate_then_new_tokens_equals_a_fresh_run(make_tiny, cpu_onnx_of, kee
     first = random_ids(model_dir, 20, seed=2)
     # Other tokens after the kept prefix, 7 prefilled then decoded, ending before the first run's 20.
     new = random_ids(model_dir, 7 + DECODE_STEPS, seed=3)
-    reused = Session.fromConfig(config(model_dir, path))
+    reused = open_session(config(model_dir, path))
     teacher_forced(reused, first)
     reused.truncate(keep)
     assert reused.length == keep
@@ -124,7 +128,7 @@ def test_truncate_then_new_tokens_equals_a_fresh_run(make_tiny, cpu_onnx_of, kee
     # and values (a fresh session has zeros there): attending to them would change the logits.
     stale = reused.cache[..., keep + 7:first.shape[1], :]
     assert stale.size and (np.abs(stale).max(axis=-1) > 0).all()
-    fresh = Session.fromConfig(config(model_dir, path))
+    fresh = open_session(config(model_dir, path))
     if keep:
         fresh.run(first[:, :keep])
     got, want = teacher_forced(reused, new, 7), teacher_forced(fresh, new, 7)
@@ -137,7 +141,7 @@ def test_truncate_then_new_tokens_equals_a_fresh_run(make_tiny, cpu_onnx_of, kee
 
 def test_full_cache_raises_and_leaves_the_session_usable(make_tiny, cpu_onnx_of):
     model_dir = make_tiny()
-    session = Session.fromConfig(config(model_dir, cpu_onnx_of(model_dir), max_prefill_length=16))
+    session = open_session(config(model_dir, cpu_onnx_of(model_dir), max_prefill_length=16))
     ids = random_ids(model_dir, KV_LEN + 1, seed=4)
     session.run(ids[:, :KV_LEN - 2])
     with pytest.raises(CacheFullError):
@@ -181,21 +185,21 @@ def test_graph_shape_and_metadata(make_tiny, cpu_onnx_of, tiny_onnx_of):
     assert {o.domain: o.version for o in cpu.opset_import}[""] == 21
     logits_dims = next([d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
                        for o in cpu.graph.output if o.name == "logits")
-    assert logits_dims == ["batch", "num_logits", cfg.vocab_size]
+    assert logits_dims == ["batch", "num_logits", cfg.shape.vocab_size]
 
     seq = 5
-    cache = np.zeros((1, cfg.num_key_value_heads, KV_LEN, cfg.head_dim), np.float32)
+    cache = np.zeros((1, cfg.shape.num_key_value_heads, KV_LEN, cfg.shape.head_dim), np.float32)
     feeds = {"input_ids": random_ids(model_dir, seq, seed=5), "seqlens_k": np.array([seq - 1], np.int32),
              "total_sequence_length": np.array(seq, np.int32), "num_logits": np.array([1])}
     feeds.update({f"past_{kind}_{i}": cache for i in range(layers) for kind in ("key", "value")})
     outputs = all_node_outputs(cpu_path, feeds)
-    assert outputs["logits"].shape == (1, 1, cfg.vocab_size)
+    assert outputs["logits"].shape == (1, 1, cfg.shape.vocab_size)
     full = [name for name, value in outputs.items()
-            if value.ndim == 3 and value.shape[1] == seq and value.shape[2] == cfg.vocab_size]
+            if value.ndim == 3 and value.shape[1] == seq and value.shape[2] == cfg.shape.vocab_size]
     assert not full, full
     # num_logits asks for more rows: the last ones, as a graph without the cut would give them.
     rows = all_node_outputs(cpu_path, {**feeds, "num_logits": np.array([3])})["logits"]
-    assert rows.shape == (1, 3, cfg.vocab_size)
+    assert rows.shape == (1, 3, cfg.shape.vocab_size)
     np.testing.assert_allclose(rows[0, -1], outputs["logits"][0, 0], atol=1e-6)
 
     npu = onnx.load(str(npu_path), load_external_data=False)
@@ -238,7 +242,7 @@ def test_quantized_cpu_graph_matches_quantized_npu_graph(quantized, bits, level)
     ids = random_ids(model_dir, PROMPT + DECODE_STEPS, seed=6)
     logits = {}
     for graph, f in (("cpu", fmt), ("npu", fmt), ("npu", "fp32")):
-        session = Session.fromConfig(config(model_dir, quantized[graph, f]))
+        session = open_session(config(model_dir, quantized[graph, f]))
         assert type(session) is (OnnxCpuGraphSession if graph == "cpu" else OnnxSession)
         logits[graph, f] = teacher_forced(session, ids)
     gaps = np.abs(logits["cpu", fmt] - logits["npu", fmt]).max(axis=-1)
@@ -270,8 +274,8 @@ def test_a_cpu_graph_from_before_num_logits_is_refused_with_advice(make_tiny, cp
     old.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "num_logits"))
     path = tmp_path / "old.onnx"
     onnx.save(old, str(path))
-    with pytest.raises(ConfigError, match="older export.*--target cpu"):
-        Session.fromConfig(config(model_dir, path))
+    with pytest.raises(UserError, match="older export.*--target cpu"):
+        open_session(config(model_dir, path))
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -280,15 +284,14 @@ def test_a_cpu_graph_from_before_num_logits_is_refused_with_advice(make_tiny, cp
 ])
 def test_bad_target_flags_are_one_line_errors(tiny_model_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "x.onnx"
-    with pytest.raises(SystemExit) as e:
-        export_main(["--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(out), *extra])
+    code = exit_status(export_main, ["--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(out), *extra])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert code == 2 and len(err) == 1 and message in err[0], err
     assert not out.exists() and not out.with_name(out.name + ".data").exists()
 
 
 def test_default_model_greedy_tokens_equal_transformers(default_model_dir, default_cpu_onnx):
-    cfg = InferenceConfig(hf_model_dir=str(default_model_dir), onnx_model_path=str(default_cpu_onnx),
+    cfg = InferenceConfig.create(hf_model_dir=str(default_model_dir), onnx_model_path=str(default_cpu_onnx),
                           kv_cache_length=DEFAULT_KV_CACHE_LENGTH, max_input_length=128, max_prefill_length=8)
     engine = Inference(cfg)
     assert type(engine.session) is OnnxCpuGraphSession

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from config import InferenceConfig
 from inference import Inference, SamplingParams
-from session import Session
+from session import open_session
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Write a python function that checks whether a number is prime."
@@ -27,7 +27,7 @@ def hf_model(default_model_dir):
 def onnx_config(default_onnx, **kw) -> InferenceConfig:
     base = dict(hf_model_dir=str(default_onnx["hf_model_dir"]), onnx_model_path=str(default_onnx["patched"]),
                 kv_cache_length=default_onnx["kv_cache_length"], max_input_length=128, max_prefill_length=8)
-    return InferenceConfig(**{**base, **kw})
+    return InferenceConfig.create(**{**base, **kw})
 
 
 def prompt_ids(engine: Inference) -> list[int]:
@@ -49,8 +49,8 @@ def test_greedy_tokens_equal_transformers_generate(default_onnx, hf_model):
 
 def test_logits_match_pytorch_export_model_and_transformers(default_onnx, hf_model):
     cfg = onnx_config(default_onnx)
-    onnx_session = Session.fromConfig(cfg)
-    torch_session = Session.fromConfig(onnx_config(default_onnx, session_type="pytorch", kv_cache_method="basic"))
+    onnx_session = open_session(cfg)
+    torch_session = open_session(onnx_config(default_onnx, session_type="pytorch", kv_cache_method="basic"))
     engine = Inference(cfg, session=onnx_session)
     ids = prompt_ids(engine)
     steps = [onnx_session.run(np.array([ids]))]
@@ -70,8 +70,8 @@ def test_logits_match_pytorch_export_model_and_transformers(default_onnx, hf_mod
 
 def test_patched_graph_is_the_exported_graph(default_onnx):
     """Our export has nothing atc rejects, so change_node copies it: both give the same logits."""
-    a = Session.fromConfig(onnx_config(default_onnx, onnx_model_path=str(default_onnx["onnx"])))
-    b = Session.fromConfig(onnx_config(default_onnx))
+    a = open_session(onnx_config(default_onnx, onnx_model_path=str(default_onnx["onnx"])))
+    b = open_session(onnx_config(default_onnx))
     ids = np.array([[151644, 872, 198, 14990, 151645]])
     np.testing.assert_array_equal(a.run(ids), b.run(ids))
 
@@ -79,9 +79,9 @@ def test_patched_graph_is_the_exported_graph(default_onnx):
 def test_two_turn_chat_through_cli(default_onnx):
     cfg = onnx_config(default_onnx)
     r = subprocess.run(
-        [sys.executable, str(ROOT / "cli_chat.py"), "--hf_model_dir", cfg.hf_model_dir,
-         "--onnx_model_path", cfg.onnx_model_path, "--sampling_method", "greedy", "--max_output_length", "48",
-         "--kv_cache_length", str(cfg.kv_cache_length), "--max_input_length", "160"],
+        [sys.executable, str(ROOT / "cli_chat.py"), "--hf_model_dir", cfg.session.hf_model_dir,
+         "--onnx_model_path", cfg.session.onnx_model_path, "--sampling_method", "greedy", "--max_output_length", "48",
+         "--kv_cache_length", str(cfg.session.kv_cache_length), "--max_input_length", "160"],
         input="What is the capital of France? Answer in one word.\nAnd of Germany? One word.\n",
         text=True, capture_output=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr

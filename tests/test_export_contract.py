@@ -7,10 +7,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from config import ConfigError, InferenceConfig
+from config import InferenceConfig
+
+from core.errors import UserError
 from export.export_onnx import main as export_main
 from core.contract import read_meta
-from session import Session
+from session import open_session
 
 SHAPES = {  # name: make_tiny kwargs
     "gqa1_untied": dict(num_heads=4, num_kv_heads=4),
@@ -31,7 +33,7 @@ def reference(model_dir, ids: np.ndarray) -> tuple[np.ndarray, object]:
 
 def session_logits(config: InferenceConfig, ids: np.ndarray) -> np.ndarray:
     """Prefill PROMPT tokens in power-of-two chunks, then decode the rest one by one."""
-    session = Session.fromConfig(config)
+    session = open_session(config)
     rows = [session.run(ids[:, :PROMPT])]
     for i in range(PROMPT, ids.shape[1]):
         rows.append(session.run(ids[:, i:i + 1]))
@@ -44,14 +46,14 @@ def session_logits(config: InferenceConfig, ids: np.ndarray) -> np.ndarray:
 def test_graph_matches_transformers(make_tiny, tiny_onnx_of, shape, dtype):
     model_dir = make_tiny(**SHAPES[shape])
     path = tiny_onnx_of(model_dir, KV_LEN, dtype)
-    cfg = InferenceConfig(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=KV_LEN,
+    cfg = InferenceConfig.create(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=KV_LEN,
                           max_input_length=16, max_prefill_length=4)
-    ids = np.random.default_rng(1).integers(3, cfg.vocab_size, (1, PROMPT + DECODE_STEPS))
+    ids = np.random.default_rng(1).integers(3, cfg.shape.vocab_size, (1, PROMPT + DECODE_STEPS))
     ref, _ = reference(model_dir, ids)
     want = ref[[PROMPT - 1] + list(range(PROMPT, ids.shape[1]))]
     tol = 1e-3 if dtype == "float32" else 3e-2
     for method in ("fixsize", "basic"):
-        cfg.kv_cache_method = method
+        cfg.session.kv_cache_method = method
         got = session_logits(cfg, ids)
         assert np.abs(got - want).max() < tol * max(1.0, np.abs(want).max()), (method, np.abs(got - want).max())
 
@@ -86,14 +88,14 @@ def test_cache_slots_hold_rotated_keys_then_values(make_tiny, tiny_onnx_of):
     """Layer l's keys sit in slots l*2H..l*2H+H-1 (after rotary), its values in the next H slots."""
     model_dir = make_tiny(num_heads=4, num_kv_heads=2)
     path = tiny_onnx_of(model_dir, KV_LEN)
-    cfg = InferenceConfig(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=KV_LEN,
+    cfg = InferenceConfig.create(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=KV_LEN,
                           max_input_length=16, max_prefill_length=16)
-    ids = np.random.default_rng(2).integers(3, cfg.vocab_size, (1, 9))
-    session = Session.fromConfig(cfg)
+    ids = np.random.default_rng(2).integers(3, cfg.shape.vocab_size, (1, 9))
+    session = open_session(cfg)
     session.run(ids)
     _, cache = reference(model_dir, ids)
-    h = cfg.num_key_value_heads
-    for layer in range(cfg.num_hidden_layers):
+    h = cfg.shape.num_key_value_heads
+    for layer in range(cfg.shape.num_hidden_layers):
         ours = session.cache.buffer[0, :9, layer * 2 * h:(layer + 1) * 2 * h].transpose(1, 0, 2)
         np.testing.assert_allclose(ours[:h], cache.layers[layer].keys[0].numpy(), atol=1e-4)
         np.testing.assert_allclose(ours[h:], cache.layers[layer].values[0].numpy(), atol=1e-4)
@@ -118,21 +120,18 @@ def test_batch_of_two_rows_is_two_single_rows(make_tiny, tiny_onnx_of):
 def test_session_refuses_a_model_exported_differently(make_tiny, tiny_onnx_of):
     model_dir = make_tiny()
     path = tiny_onnx_of(model_dir, KV_LEN)
-    with pytest.raises(ConfigError, match="kv_cache_length: the model was exported with 32, this run asks for 64"):
-        Session.fromConfig(InferenceConfig(hf_model_dir=str(model_dir), onnx_model_path=str(path),
+    with pytest.raises(UserError, match="kv_cache_length: the model was exported with 32, this run asks for 64"):
+        open_session(InferenceConfig.create(hf_model_dir=str(model_dir), onnx_model_path=str(path),
                                            kv_cache_length=64, max_input_length=16))
     other = make_tiny(num_layers=3)
-    with pytest.raises(ConfigError, match="num_hidden_layers"):
-        Session.fromConfig(InferenceConfig(hf_model_dir=str(other), onnx_model_path=str(path),
+    with pytest.raises(UserError, match="num_hidden_layers"):
+        open_session(InferenceConfig.create(hf_model_dir=str(other), onnx_model_path=str(path),
                                            kv_cache_length=KV_LEN, max_input_length=16))
 
 
 def test_export_rejects_bad_input_with_one_line(tmp_path, capsys, tiny_model_dir):
-    with pytest.raises(SystemExit) as e:
-        export_main(["--hf_model_dir", str(tmp_path), "--onnx_model_path", str(tmp_path / "x.onnx")])
-    assert e.value.code == 2
+    assert export_main(["--hf_model_dir", str(tmp_path), "--onnx_model_path", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no config.json" in err[0]
-    with pytest.raises(SystemExit):
-        export_main(["--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(tmp_path / "x.bin")])
+    assert export_main(["--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(tmp_path / "x.bin")]) == 2
     assert not (tmp_path / "x.bin").exists()

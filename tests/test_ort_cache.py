@@ -9,8 +9,8 @@ import pytest
 from config import InferenceConfig
 from export.export_onnx import main as export_main
 from kvcache import CacheFullError, KVCache
-from ort_cache import cpu_session, optimized_path
-from session import Session
+from backends.ort_cache import cpu_session, optimized_path
+from session import open_session
 
 
 @pytest.fixture()
@@ -51,9 +51,9 @@ def test_session_on_saved_graph_matches_the_fresh_one(exported):
     ids = np.random.default_rng(5).integers(3, 400, (1, 9))
     results = []
     for _ in range(2):  # the first run writes m.opt.onnx, the second loads it
-        cfg = InferenceConfig(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=32,
+        cfg = InferenceConfig.create(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=32,
                               max_input_length=16, kv_cache_method="basic")
-        s = Session.fromConfig(cfg)
+        s = open_session(cfg)
         results.append(np.stack([s.run(ids[:, :6])] + [s.run(ids[:, i:i + 1]) for i in range(6, 9)]))
     np.testing.assert_array_equal(results[0], results[1])
 

@@ -5,11 +5,12 @@ import numpy as np
 import onnx
 import pytest
 
+from script_exit import exit_status
 from config import InferenceConfig
 from export.export_onnx import main as export_main
 from core.contract import read_meta
 from export.quantize_onnx import main as quantize_main
-from session import Session
+from session import open_session
 
 KV_LEN, PROMPT, STEPS = 64, 12, 16
 
@@ -53,9 +54,9 @@ def test_contract_and_metadata_kept(models, fmt):
 
 def greedy(path, model_dir, ids: np.ndarray, method: str) -> tuple[np.ndarray, list[int]]:
     """Teacher-forced last-token logits of the prompt and every given token, and greedy tokens."""
-    cfg = InferenceConfig(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=KV_LEN,
+    cfg = InferenceConfig.create(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=KV_LEN,
                           max_input_length=32, max_prefill_length=8, kv_cache_method=method)
-    s = Session.fromConfig(cfg)
+    s = open_session(cfg)
     rows = [s.run(ids[:, :PROMPT])] + [s.run(ids[:, i:i + 1]) for i in range(PROMPT, ids.shape[1])]
     s.truncate(PROMPT - 1)
     tokens, logits = [], s.run(ids[:, PROMPT - 1:PROMPT])
@@ -83,18 +84,17 @@ def test_quantized_logits_close_to_float(models, fmt, rel_tol, min_agree, method
     (["--bits", "8", "--embedding", "quantize"], "needs --bits 4"),
 ])
 def test_bad_flags_are_one_line_errors(models, tmp_path, capsys, extra, message):
-    with pytest.raises(SystemExit) as e:
-        quantize_main(["--input_model_path", str(models["fp32"]), "--output_model_path",
-                       str(tmp_path / "q.onnx"), *extra])
+    code = exit_status(quantize_main, ["--input_model_path", str(models["fp32"]), "--output_model_path",
+                                       str(tmp_path / "q.onnx"), *extra])
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and message in err and len(err.splitlines()) == 1
+    assert code == 2 and message in err and len(err.splitlines()) == 1
 
 
 def test_refuses_missing_and_already_quantized_inputs(models, tmp_path, capsys):
     for src, message in ((tmp_path / "nope.onnx", "no such file"), (models["int4"], "already quantized")):
-        with pytest.raises(SystemExit) as e:
-            quantize_main(["--input_model_path", str(src), "--output_model_path", str(tmp_path / "q.onnx")])
-        assert e.value.code == 2 and message in capsys.readouterr().err
+        code = exit_status(quantize_main, ["--input_model_path", str(src), "--output_model_path",
+                                           str(tmp_path / "q.onnx")])
+        assert code == 2 and message in capsys.readouterr().err
 
 
 def test_lm_head_can_keep_more_bits(models, tmp_path):

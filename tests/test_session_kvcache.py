@@ -6,7 +6,7 @@ import pytest
 
 from config import InferenceConfig
 from kvcache import CacheFullError, KVCache
-from session import Session, prefill_chunks
+from session import Session, open_session, prefill_chunks
 
 
 @pytest.mark.parametrize("n,mx,want", [(12, 8, [8, 4]), (13, 8, [8, 4, 1]), (1, 8, [1]), (8, 8, [8]),
@@ -61,7 +61,7 @@ class RecordingSession(Session):
 
     def __init__(self, config):
         super().__init__(config)
-        self.kv_len, self.length, self.calls = config.kv_cache_length, 0, []
+        self.kv_len, self.length, self.calls = config.session.kv_cache_length, 0, []
 
     def _forward(self, input_ids, n_logits):
         self.calls.append((input_ids.shape[1], n_logits))
@@ -74,7 +74,7 @@ class RecordingSession(Session):
 
 
 def test_run_splits_prompt_and_wants_logits_only_once(tiny_model_dir):
-    s = RecordingSession(InferenceConfig(hf_model_dir=str(tiny_model_dir), session_type="pytorch",
+    s = RecordingSession(InferenceConfig.create(hf_model_dir=str(tiny_model_dir), session_type="pytorch",
                                          kv_cache_length=32, max_input_length=16, max_prefill_length=8))
     logits = s.run(np.zeros((1, 13), np.int64))
     assert s.calls == [(8, 0), (4, 0), (1, 1)] and int(np.argmax(logits)) == 13
@@ -87,7 +87,7 @@ def test_pytorch_session_chunked_equals_one_shot(tiny_model_dir):
     ids = np.random.default_rng(0).integers(3, 200, (1, 13))
     results = []
     for mx in (1, 4, 16):
-        s = Session.fromConfig(InferenceConfig(hf_model_dir=str(tiny_model_dir), session_type="pytorch",
+        s = open_session(InferenceConfig.create(hf_model_dir=str(tiny_model_dir), session_type="pytorch",
                                                kv_cache_length=32, max_input_length=16, max_prefill_length=mx))
         results.append(s.run(ids))
     np.testing.assert_allclose(results[0], results[1], atol=1e-4)
