@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import uvicorn  # noqa: E402
 
-from api_app import create_app  # noqa: E402
+from server.app import create_app  # noqa: E402
 from api_fake import FakeConfig, FakeInference  # noqa: E402
 
 

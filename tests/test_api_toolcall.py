@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from toolcall import parse_react, parse_tool_calls
-from toolcall.stream import ReactStream, ToolStream
+from server.toolcall import parse_react, parse_tool_calls
+from server.toolcall.stream import ReactStream, ToolStream
 
 NAMES = {"get_weather", "calculate"}
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'

@@ -5,7 +5,7 @@ import time
 import uuid
 from typing import Any
 
-from toolcall.common import ToolCall
+from server.toolcall.common import ToolCall
 
 
 def usage(stats: Any, prompt_tokens: int) -> dict:

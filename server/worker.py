@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from api_errors import APIError
 from inference import PromptTooLongError, SamplingParams
+from server.errors import APIError
 
 log = logging.getLogger("api")
 DONE = object()  # the last event of every job

@@ -1,8 +1,8 @@
 """Tool calls in a model's text answer: one small parser per format, tried in a fixed order."""
 from __future__ import annotations
 
-from toolcall import bare_json, fenced_json, qwen_tags, react
-from toolcall.common import Parsed, ToolCall
+from server.toolcall import bare_json, fenced_json, qwen_tags, react
+from server.toolcall.common import Parsed, ToolCall
 
 TOOL_PARSERS = (qwen_tags.parse, fenced_json.parse, bare_json.parse)
 

@@ -12,13 +12,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from api_errors import APIError, BodyLimit, install_error_handlers
-from api_prompt import Plan, plan
-from api_response import Builder, finish_reason, usage
-from api_schema import ChatCompletionRequest, ErrorResponse
-from api_worker import DONE, Job, Worker
 from inference import SamplingParams
-from toolcall.stream import PlainStream, ReactStream, ToolStream
+from server.errors import APIError, BodyLimit, install_error_handlers
+from server.prompt import Plan, plan
+from server.response import Builder, finish_reason, usage
+from server.schema import ChatCompletionRequest, ErrorResponse
+from server.toolcall.stream import PlainStream, ReactStream, ToolStream
+from server.worker import DONE, Job, Worker
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
 DISCONNECT_POLL_S = 0.5

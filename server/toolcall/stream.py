@@ -2,8 +2,8 @@
 and decide at the end of the answer. Non-streamed answers use the same classes, fed once."""
 from __future__ import annotations
 
-from toolcall import parse_react, parse_tool_calls
-from toolcall.common import ToolCall
+from server.toolcall import parse_react, parse_tool_calls
+from server.toolcall.common import ToolCall
 
 TRIGGERS = ("<tool_call>", "```")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from api_errors import APIError
-from api_schema import ChatCompletionRequest, ChatMessage, FunctionCallIn
 from inference import SamplingParams
-from toolcall import react
+from server.errors import APIError
+from server.schema import ChatCompletionRequest, ChatMessage, FunctionCallIn
+from server.toolcall import react
 
 MAX_STOPS = 4  # OpenAI's own limit; more would only slow the stop-string scan
 
