@@ -1,29 +1,26 @@
-"""OpenAI's response objects: chat.completion and its streamed chat.completion.chunk pieces."""
+"""OpenAI's response objects: chat.completion and its streamed chat.completion.chunk pieces. How calls
+appear in them is the request's mode's business (server/modes.py)."""
 from __future__ import annotations
 
 import time
 import uuid
 from typing import Any
 
+from server.modes import Mode
 from server.toolcall.common import ToolCall
 
 
-def usage(stats: Any, prompt_tokens: int) -> dict:
+def usage(stats: Any) -> dict:
+    """stats: the GenerationStats of the last Delta, or None when the answer ended without one."""
     completion = stats.completion_tokens if stats else 0
-    prompt = stats.prompt_tokens if stats else prompt_tokens
+    prompt = stats.prompt_tokens if stats else 0
     reused = stats.reused_tokens if stats else 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": reused}}
 
 
-def finish_reason(mode: str, calls: list[ToolCall], model_reason: str | None) -> str:
-    if calls:
-        return "function_call" if mode == "functions" else "tool_calls"
-    return model_reason or "stop"
-
-
 class Builder:
-    def __init__(self, model: str, mode: str) -> None:
+    def __init__(self, model: str, mode: Mode) -> None:
         self.id = "chatcmpl-" + uuid.uuid4().hex
         self.created = int(time.time())
         self.model = model
@@ -34,18 +31,13 @@ class Builder:
                 "system_fingerprint": "qwen-ascend-llm"}
 
     def message(self, content: str, calls: list[ToolCall]) -> dict:
-        msg: dict = {"role": "assistant", "content": (content.strip() or None) if calls else content,
-                     "refusal": None}
-        if calls and self.mode == "functions":
-            msg["function_call"] = {"name": calls[0].name, "arguments": calls[0].arguments}
-        elif calls:
-            msg["tool_calls"] = [{"id": c.id, "type": "function",
-                                  "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
-        return msg
+        return {"role": "assistant", "content": (content.strip() or None) if calls else content, "refusal": None,
+                **self.mode.message_fields(calls)}
 
-    def completion(self, content: str, calls: list[ToolCall], reason: str, use: dict) -> dict:
-        choice = {"index": 0, "message": self.message(content, calls), "logprobs": None, "finish_reason": reason}
-        return {**self._head("chat.completion"), "choices": [choice], "usage": use}
+    def completion(self, content: str, calls: list[ToolCall], model_reason: str | None, stats: Any) -> dict:
+        choice = {"index": 0, "message": self.message(content, calls), "logprobs": None,
+                  "finish_reason": self.mode.finish_reason(calls, model_reason)}
+        return {**self._head("chat.completion"), "choices": [choice], "usage": usage(stats)}
 
     def chunk(self, delta: dict, reason: str | None = None, with_usage: bool = False) -> dict:
         body = {**self._head("chat.completion.chunk"),
@@ -54,13 +46,11 @@ class Builder:
             body["usage"] = None  # OpenAI sends null on every chunk but the last when usage was asked for
         return body
 
-    def call_deltas(self, calls: list[ToolCall]) -> list[dict]:
-        """Whole calls, one delta each: clients concatenate argument pieces, so one piece is valid."""
-        if self.mode == "functions":
-            return [{"function_call": {"name": calls[0].name, "arguments": calls[0].arguments}}] if calls else []
-        return [{"tool_calls": [{"index": i, "id": c.id, "type": "function",
-                                 "function": {"name": c.name, "arguments": c.arguments}}]}
-                for i, c in enumerate(calls)]
+    def closing_chunks(self, calls: list[ToolCall], model_reason: str | None, with_usage: bool) -> list[dict]:
+        """After the streamed text: the calls, the finish_reason, and the usage when it was asked for."""
+        out = [self.chunk(delta, with_usage=with_usage) for delta in self.mode.call_deltas(calls)]
+        out.append(self.chunk({}, self.mode.finish_reason(calls, model_reason), with_usage=with_usage))
+        return out
 
-    def usage_chunk(self, use: dict) -> dict:
-        return {**self._head("chat.completion.chunk"), "choices": [], "usage": use}
+    def usage_chunk(self, stats: Any) -> dict:
+        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage(stats)}

@@ -49,6 +49,10 @@ class ToolDef(Lenient):
     type: Literal["function"] = "function"
     function: FunctionDef
 
+    @property
+    def name(self) -> str:  # what a legacy FunctionDef has too: prompt.py filters both by one rule
+        return self.function.name
+
 
 class FunctionName(Lenient):
     name: str
@@ -57,6 +61,10 @@ class FunctionName(Lenient):
 class NamedToolChoice(Lenient):
     type: Literal["function"] = "function"
     function: FunctionName
+
+    @property
+    def name(self) -> str:  # what a legacy FunctionName has too: prompt.py matches both by one rule
+        return self.function.name
 
 
 class StreamOptions(Lenient):
