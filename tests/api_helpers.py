@@ -1,5 +1,5 @@
 """Shared by the API tests: run a server in a subprocess on a free port, and check response bodies
-against OpenAI's published schema (shared/openai/chat-completions.schema.json)."""
+against OpenAI's published schema (tests/data/openai/chat-completions.schema.json)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ import httpx
 import jsonschema
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT.parent / "shared" / "openai" / "chat-completions.schema.json"
+SCHEMA = Path(__file__).resolve().parent / "data" / "openai" / "chat-completions.schema.json"
 PY = sys.executable
 
 
