@@ -21,8 +21,8 @@ RUN grep -vE '^(torch|onnx|onnxruntime|onnxscript|onnxslim|gguf|pytest|schemathe
  && python3 -m pip install --no-cache-dir -r requirements-npu.txt
 
 COPY config.py kvcache.py session.py session_acl.py inference.py sampling.py speculative.py ./
-COPY api.py api_app.py api_errors.py api_prompt.py api_response.py api_schema.py api_worker.py ./
-COPY toolcall ./toolcall
+COPY api.py ./
+COPY server ./server
 COPY download/${MODEL_NAME} ./download/${MODEL_NAME}
 COPY output/model/${OM_NAME} ./output/model/${OM_NAME}
 

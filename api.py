@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    from api_app import create_app
+    from server.app import create_app
 
     name = args.served_model_name or Path(inference.config.hf_model_dir.rstrip("/")).name
     app = create_app(inference, name, api_key=args.api_key, max_queue=args.max_queue,

@@ -1,5 +1,5 @@
 """Shared by the API tests: run a server in a subprocess on a free port, and check response bodies
-against OpenAI's published schema (shared/openai/chat-completions.schema.json)."""
+against OpenAI's published schema (tests/data/openai/chat-completions.schema.json)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ import httpx
 import jsonschema
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT.parent / "shared" / "openai" / "chat-completions.schema.json"
+SCHEMA = Path(__file__).resolve().parent / "data" / "openai" / "chat-completions.schema.json"
 PY = sys.executable
 
 
@@ -94,6 +94,11 @@ def serve(args: list[str], tmp: Path, startup_s: float = 300) -> Iterator[Server
             proc.wait()
 
 
+def fake_server_args(model_dir: Path, *extra: str) -> list[str]:
+    """tests/fake_api_server.py: the real app and Inference on a ScriptedSession over model_dir's tokenizer."""
+    return ["tests/fake_api_server.py", "--model_dir", str(model_dir), *extra]
+
+
 def tiny_server_args(model_dir: Path, onnx: Path, *extra: str) -> list[str]:
     return ["api.py", "--hf_model_dir", str(model_dir), "--onnx_model_path", str(onnx), "--served_model_name", "tiny",
             "--kv_cache_method", "basic", "--cpu_thread", "1", *extra]
@@ -107,3 +112,9 @@ def sse_chunks(text: str) -> list[dict | str]:
             payload = line[5:].strip()
             out.append(payload if payload == "[DONE]" else json.loads(payload))
     return out
+
+
+def prompt_tokens(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> int:
+    """How many tokens the server's prompt for these messages has: the chat template, then the tokenizer."""
+    text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    return len(tokenizer.encode(text, add_special_tokens=False))

@@ -1,5 +1,5 @@
 """Bad requests get a 4xx in OpenAI's error shape, and the server keeps serving afterwards.
-Runs the real server process on the scripted FakeInference, with an API key, a one-slot queue and a
+Runs the real server process and Inference on a ScriptedSession, with an API key, a one-slot queue and a
 short prompt limit so that every refusal path is reachable."""
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import time
 import httpx
 import openai
 import pytest
+from transformers import AutoTokenizer
 
-from api_helpers import serve, validate
+from api_helpers import fake_server_args, prompt_tokens, serve, validate
 
 KEY = "sk-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -18,8 +19,8 @@ MAX_INPUT = 200
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    args = ["tests/fake_api_server.py", "--api_key", KEY, "--max_queue", "1", "--max_input_length", str(MAX_INPUT)]
+def server(tiny_model_dir, tmp_path_factory):
+    args = fake_server_args(tiny_model_dir, "--api_key", KEY, "--max_queue", "1", "--max_input_length", str(MAX_INPUT))
     with serve(args, tmp_path_factory.mktemp("fake-errors")) as s:
         yield s
 
@@ -89,10 +90,11 @@ def test_ten_megabyte_body_is_413(server) -> None:
     assert_still_serving(server)
 
 
-def test_prompt_longer_than_the_limit_is_400_with_numbers(server) -> None:
-    err = assert_error(post(server, {"messages": [{"role": "user", "content": "y" * 500}]}), 400,
-                       "context_length_exceeded")
-    assert str(MAX_INPUT) in err["message"] and "522" in err["message"]  # 500 + the rendering's 22 bytes
+def test_prompt_longer_than_the_limit_is_400_with_numbers(server, tiny_model_dir) -> None:
+    messages = [{"role": "user", "content": "y" * 500}]
+    err = assert_error(post(server, {"messages": messages}), 400, "context_length_exceeded")
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    assert str(MAX_INPUT) in err["message"] and f"are {prompt_tokens(tokenizer, messages)} tokens" in err["message"]
     assert_still_serving(server)
 
 

@@ -1,5 +1,5 @@
-"""The real server process on the scripted FakeInference (tests/api_fake.py), driven through the
-`openai` package: response shapes, streaming, stop/length, both tool-call styles, queueing, disconnects."""
+"""The real server process and Inference on a ScriptedSession (tests/scripted_session.py), driven through
+the `openai` package: response shapes, streaming, stop/length, both tool-call styles, queueing, disconnects."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+from transformers import AutoTokenizer
 
-from api_helpers import ROOT, serve, sse_chunks, validate
+from api_helpers import ROOT, fake_server_args, prompt_tokens, serve, sse_chunks, validate
+from scripted_session import reply_to
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather in a city",
                                             "parameters": {"type": "object",
@@ -22,9 +24,19 @@ MODEL = "fake-model"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serve(["tests/fake_api_server.py"], tmp_path_factory.mktemp("fake")) as s:
+def server(tiny_model_dir, tmp_path_factory):
+    with serve(fake_server_args(tiny_model_dir), tmp_path_factory.mktemp("fake")) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
+
+
+def first_tokens(tokenizer, text: str, n: int) -> str:
+    """The text of the first n tokens the scripted model writes for this reply."""
+    return tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)[:n])
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +72,15 @@ def test_models_lists_the_served_id(client, server) -> None:
         client.models.retrieve("gpt-4")
 
 
-def test_plain_answer_and_usage(server) -> None:
+def test_plain_answer_and_usage(server, tokenizer) -> None:
     body = ask(server, messages=user("hello there"))
     msg = body["choices"][0]["message"]
     assert msg["content"] == "You said: hello there" and body["choices"][0]["finish_reason"] == "stop"
-    prompt_tokens = len("<|user|>hello there\n<|assistant|>".encode())
+    prompt = prompt_tokens(tokenizer, user("hello there"))
+    answer = len(tokenizer.encode(msg["content"], add_special_tokens=False))
     use = body["usage"]
-    assert (use["prompt_tokens"], use["completion_tokens"]) == (prompt_tokens, len(msg["content"]))
-    assert use["total_tokens"] == prompt_tokens + len(msg["content"])
+    assert (use["prompt_tokens"], use["completion_tokens"]) == (prompt, answer)
+    assert use["total_tokens"] == prompt + answer
 
 
 def test_content_parts_and_developer_role_are_read(server) -> None:
@@ -101,11 +114,13 @@ def test_stop_strings_are_cut_and_not_returned(client) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in s if c.choices) == "one two three "
 
 
-def test_max_tokens_ends_with_length(client) -> None:
+def test_max_tokens_ends_with_length(client, tokenizer) -> None:
+    count = reply_to("user", "count")
     for field in ("max_tokens", "max_completion_tokens"):
         r = client.chat.completions.create(model=MODEL, messages=user("count"), **{field: 5})
-        assert r.choices[0].message.content == "one t" and r.choices[0].finish_reason == "length"
-        assert r.usage.completion_tokens == 5
+        assert r.choices[0].message.content == first_tokens(tokenizer, count, 5)
+        assert count.startswith(r.choices[0].message.content) and r.choices[0].message.content != count
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
 
 
 @pytest.mark.parametrize("prompt", ["weather tags", "weather bare", "weather fenced"])
@@ -192,13 +207,13 @@ def test_twenty_concurrent_clients_get_their_own_answers(client) -> None:
     assert answers == [f"You said: {p}" for p in prompts]
 
 
-def test_disconnect_mid_stream_stops_generation(server) -> None:
+def test_disconnect_mid_stream_stops_generation(server, tokenizer) -> None:
     before = server.wait_idle()
     with httpx.stream("POST", server.base_url + "/chat/completions", timeout=60,
                       json={"model": MODEL, "stream": True, "messages": user("slow")}) as r:
         lines = (line for line in r.iter_lines() if line.startswith("data:"))
         got = "".join(json.loads(next(lines)[5:])["choices"][0]["delta"]["content"] for _ in range(10))
-    assert got == "tick tick"  # the role chunk, then one character per chunk
+    assert got == first_tokens(tokenizer, reply_to("user", "slow"), 9)  # the role chunk, then one token per chunk
     after = server.wait_idle()
     assert after["cancelled"] == before["cancelled"] + 1 and after["served"] == before["served"]
 

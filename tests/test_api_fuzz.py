@@ -1,5 +1,5 @@
 """Schema-driven fuzzing: schemathesis generates valid and invalid requests from the server's own
-OpenAPI document (bounded, seeded) and no answer may be a 5xx. Run twice: on the scripted double
+OpenAPI document (bounded, seeded) and no answer may be a 5xx. Run twice: on the scripted session
 (many cases, fast) and on the tiny real model, whose tokenizer and chat template see the odd inputs."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from api_helpers import ROOT, serve, tiny_server_args
+from api_helpers import ROOT, fake_server_args, serve, tiny_server_args
 
 ST = Path(sys.executable).parent / "st"  # installed beside the interpreter running the tests
 
@@ -18,10 +18,10 @@ ST = Path(sys.executable).parent / "st"  # installed beside the interpreter runn
 @pytest.fixture(scope="module", params=["fake", "tiny"])
 def server(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"fuzz-{request.param}")
+    model_dir = request.getfixturevalue("tiny_model_dir")
     if request.param == "fake":
-        args = ["tests/fake_api_server.py"]
+        args = fake_server_args(model_dir)
     else:
-        model_dir = request.getfixturevalue("tiny_model_dir")
         # answers capped at 64 tokens so that generated requests without max_tokens stay quick
         onnx_path = request.getfixturevalue("tiny_onnx_of")(model_dir, 1024)
         args = tiny_server_args(model_dir, onnx_path, "--max_output_length", "64")

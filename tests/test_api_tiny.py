@@ -12,7 +12,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from api_helpers import ROOT, serve, tiny_server_args, validate
+from api_helpers import ROOT, prompt_tokens, serve, tiny_server_args, validate
 
 MODEL = "tiny"
 MAX_INPUT = 1000
@@ -44,11 +44,6 @@ def greedy(client, messages, **kw):
     return client.chat.completions.create(model=MODEL, messages=messages, temperature=0, **kw)
 
 
-def prompt_len(tokenizer, messages, tools=None) -> int:
-    text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
-    return len(tokenizer.encode(text, add_special_tokens=False))
-
-
 def test_ready_line_and_model_id(server, client) -> None:
     assert f"Uvicorn running on http://127.0.0.1:{server.port}" in server.log.read_text()
     assert client.models.list().data[0].id == MODEL
@@ -76,7 +71,7 @@ def test_streamed_text_equals_plain_text_under_greedy(client, server, prompt) ->
 def test_usage_counts_equal_the_tokenizer(client, tokenizer) -> None:
     messages = [{"role": "system", "content": "Be short."}, *user("Count the words in this sentence.")]
     r = greedy(client, messages, max_tokens=7)
-    assert r.usage.prompt_tokens == prompt_len(tokenizer, messages)
+    assert r.usage.prompt_tokens == prompt_tokens(tokenizer, messages)
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 7
     assert r.usage.total_tokens == r.usage.prompt_tokens + 7
 
@@ -86,8 +81,8 @@ def test_tools_are_rendered_through_the_template(client, tokenizer) -> None:
                                                "parameters": {"type": "object",
                                                               "properties": {"city": {"type": "string"}}}}}]
     r = greedy(client, user("weather in Paris?"), tools=tools, max_tokens=5)
-    assert r.usage.prompt_tokens == prompt_len(tokenizer, user("weather in Paris?"), tools)
-    assert r.usage.prompt_tokens > prompt_len(tokenizer, user("weather in Paris?"))
+    assert r.usage.prompt_tokens == prompt_tokens(tokenizer, user("weather in Paris?"), tools)
+    assert r.usage.prompt_tokens > prompt_tokens(tokenizer, user("weather in Paris?"))
 
 
 def test_stop_string_cuts_the_answer(client) -> None:

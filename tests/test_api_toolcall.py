@@ -1,12 +1,17 @@
-"""The tool-call parsers and the streaming hold-back, on model outputs written out by hand."""
+"""The tool-call parsers, the streaming hold-back and the three modes (plain, tools, legacy functions), on
+requests and model outputs written out by hand."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from toolcall import parse_react, parse_tool_calls
-from toolcall.stream import ReactStream, ToolStream
+from inference import SamplingParams
+from server.errors import APIError
+from server.prompt import plan
+from server.schema import ChatCompletionRequest
+from server.toolcall import parse_tool_calls, react
+from server.toolcall.stream import ReactStream, ToolStream
 
 NAMES = {"get_weather", "calculate"}
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
@@ -66,22 +71,22 @@ def test_text_that_is_not_a_valid_call_stays_text(text: str) -> None:
 
 
 def test_react_action_and_final_answer() -> None:
-    found = parse_react('Thought: look it up\nAction: get_weather\nAction Input: {"city": "Paris"}\n', NAMES)
+    found = react.parse('Thought: look it up\nAction: get_weather\nAction Input: {"city": "Paris"}\n', NAMES)
     assert found.content is None and found.calls[0].name == "get_weather"
     assert json.loads(found.calls[0].arguments) == {"city": "Paris"}
-    assert parse_react("Thought: done\nFinal Answer: It is sunny.", NAMES).content == "It is sunny."
-    assert parse_react("Action: rm_rf\nAction Input: {}", NAMES) is None
+    assert react.parse("Thought: done\nFinal Answer: It is sunny.", NAMES).content == "It is sunny."
+    assert react.parse("Action: rm_rf\nAction Input: {}", NAMES) is None
 
 
 def test_react_placeholder_action_is_resolved_by_name_or_arguments() -> None:
     args = {"get_weather": {"city"}, "calculate": {"expression"}}
     copied = 'Thought: x\nAction: the tool to call, one of [get_weather, calculate]\nAction Input: {"city": "Paris"}'
-    assert parse_react(copied, NAMES, args).calls[0].name == "get_weather"
-    assert parse_react(copied, NAMES) is None  # without the parameter names nothing decides between them
+    assert react.parse(copied, NAMES, args).calls[0].name == "get_weather"
+    assert react.parse(copied, NAMES) is None  # without the parameter names nothing decides between them
     named = "Action: I will use calculate now\nAction Input: {\"expression\": \"6*7\"}"
-    assert parse_react(named, NAMES).calls[0].name == "calculate"
+    assert react.parse(named, NAMES).calls[0].name == "calculate"
     unknown = 'Action: one of [get_weather, calculate]\nAction Input: {"zip": "75001"}'
-    assert parse_react(unknown, NAMES, args) is None
+    assert react.parse(unknown, NAMES, args) is None
 
 
 def feed_by_char(stream: ToolStream, text: str) -> tuple[str, str, list]:
@@ -129,3 +134,58 @@ def test_call_missing_its_last_brace_is_still_a_call() -> None:
     text = '{"name": "calculate", "arguments": {"expression": "12*(3+4)"}'
     assert one_call(text)[1:] == ("calculate", {"expression": "12*(3+4)"})
     assert one_call(f"<tool_call>\n{text}\n</tool_call>")[1] == "calculate"
+
+
+def planned(**body):
+    req = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], **body)
+    return plan(req, SamplingParams(max_new_tokens=16), 16)
+
+
+def read(mode, text: str) -> tuple[str, list]:
+    reader = mode.reader()
+    shown = "".join(reader.feed(ch) for ch in text)
+    tail, calls = reader.finish()
+    return shown + tail, calls
+
+
+def test_each_mode_prompts_reads_and_reports_its_own_way() -> None:
+    tools = [{"type": "function", "function": {"name": n}} for n in sorted(NAMES)]
+    tagged = f"<tool_call>\n{CALL}\n</tool_call>"
+    plain, with_tools = planned().mode, planned(tools=tools).mode
+    functions = planned(functions=[t["function"] for t in tools])
+    assert plain.tools is None and [t["function"]["name"] for t in with_tools.tools] == sorted(NAMES)
+    assert read(plain, tagged) == (tagged, []) and plain.finish_reason([], "length") == "length"
+
+    text, calls = read(with_tools, tagged)
+    assert text == "" and with_tools.finish_reason(calls, "stop") == "tool_calls"
+    assert with_tools.message_fields(calls)["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert [d["tool_calls"][0]["index"] for d in with_tools.call_deltas(calls * 2)] == [0, 1]
+
+    mode = functions.mode
+    assert mode.tools is None and "Observation:" in functions.params.stop
+    assert "Action Input" in functions.messages[0]["content"] and functions.messages[0]["role"] == "system"
+    text, calls = read(mode, 'Thought: x\nAction: get_weather\nAction Input: {"city": "Paris"}')
+    assert text == "" and mode.finish_reason(calls, "stop") == "function_call"
+    assert mode.message_fields(calls) == {"function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    assert mode.call_deltas(calls) == [mode.message_fields(calls)]
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"tool_choice": {"type": "function", "function": {"name": "launch_rocket"}}}, "tool_choice"),
+    ({"function_call": {"name": "launch_rocket"}}, "function_call"),
+])
+def test_a_named_choice_outside_the_offer_is_refused_alike(body, param) -> None:
+    offer = ({"tools": [{"type": "function", "function": {"name": "get_weather"}}]} if param == "tool_choice"
+             else {"functions": [{"name": "get_weather"}]})
+    with pytest.raises(APIError) as e:
+        planned(**offer, **body)
+    assert e.value.status == 400 and e.value.param == param and "launch_rocket" in e.value.message
+
+
+def test_choice_none_plans_plain_and_a_named_choice_keeps_only_that_one() -> None:
+    tools = [{"type": "function", "function": {"name": n}} for n in sorted(NAMES)]
+    assert planned(tools=tools, tool_choice="none").mode.tools is None
+    only = planned(tools=tools, tool_choice={"type": "function", "function": {"name": "calculate"}}).mode
+    assert [t["function"]["name"] for t in only.tools] == ["calculate"]
+    fns = planned(functions=[t["function"] for t in tools], function_call={"name": "calculate"})
+    assert "calculate" in fns.messages[0]["content"] and "get_weather" not in fns.messages[0]["content"]

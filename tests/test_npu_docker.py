@@ -134,7 +134,7 @@ def test_the_image_file_set_runs_the_acl_path(monkeypatch, tiny_model_dir, tmp_p
                         "--kv_cache_length", "64"]) == 0
     om = harness.compile_om(onnx_path, tmp_path / "tiny", 8)
     script = (
-        "import api, api_app, uvicorn\n"
+        "import api, server.app, uvicorn\n"
         "from config import InferenceConfig\n"
         "from inference import Inference, SamplingParams\n"
         f"e = Inference(InferenceConfig(hf_model_dir={str(tiny_model_dir)!r}, session_type='acl', "

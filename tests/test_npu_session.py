@@ -168,7 +168,7 @@ def test_api_serves_the_acl_session_like_the_onnx_one(emu, tiny_model_dir, tmp_p
     """api.py's app on AclSession: its worker thread is not the one that created the context."""
     from fastapi.testclient import TestClient
 
-    from api_app import create_app
+    from server.app import create_app
     from export.export_onnx import main as export_main
 
     onnx_path = tmp_path / "chat.onnx"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from toolcall.common import Parsed, ToolCall, arguments_text
+from server.toolcall.common import Parsed, ToolCall, arguments_text
 
 ACTION = re.compile(r"Action:\s*(.+?)\s*\n\s*Action Input:\s*(.*)", re.DOTALL)
 FINAL = "Final Answer:"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from toolcall.common import Parsed, calls_from_json, leftover, loads_lenient
+from server.toolcall.common import Parsed, calls_from_json, leftover, loads_lenient
 
 
 def parse(text: str, names: set[str]) -> Parsed | None:

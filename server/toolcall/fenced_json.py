@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from toolcall.common import Parsed, calls_from_json, leftover, loads_lenient
+from server.toolcall.common import Parsed, calls_from_json, leftover, loads_lenient
 
 FENCE = re.compile(r"```[a-zA-Z]*[ \t]*\n?(.*?)```", re.DOTALL)
 

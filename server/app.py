@@ -12,22 +12,16 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from api_errors import APIError, BodyLimit, install_error_handlers
-from api_prompt import Plan, plan
-from api_response import Builder, finish_reason, usage
-from api_schema import ChatCompletionRequest, ErrorResponse
-from api_worker import DONE, Job, Worker
-from inference import SamplingParams
-from toolcall.stream import PlainStream, ReactStream, ToolStream
+from inference import Inference, SamplingParams
+from server.errors import APIError, BodyLimit, install_error_handlers
+from server.prompt import plan
+from server.response import Builder
+from server.schema import ChatCompletionRequest, ErrorResponse
+from server.toolcall.stream import PlainStream
+from server.worker import DONE, Job, Worker
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
 DISCONNECT_POLL_S = 0.5
-
-
-def _stream_for(p: Plan) -> PlainStream:
-    if p.mode == "functions":
-        return ReactStream(p.names, p.arg_names)
-    return ToolStream(p.names) if p.mode == "tools" else PlainStream()
 
 
 async def _next_event(job: Job, request: Request) -> Any:
@@ -46,10 +40,8 @@ async def _next_event(job: Job, request: Request) -> Any:
             continue
 
 
-def create_app(inference: Any, model_name: str, api_key: str | None = None, max_queue: int = 64,
+def create_app(inference: Inference, model_name: str, api_key: str | None = None, max_queue: int = 64,
                max_body_bytes: int = 1 << 20) -> FastAPI:
-    """inference: an Inference, or any object with the same apply_chat_template/stream/config (tests
-    pass a scripted double)."""
     config = inference.config
     worker = Worker(inference, max_queue, config.max_input_length)
     base = SamplingParams.from_config(config)
@@ -98,7 +90,7 @@ def create_app(inference: Any, model_name: str, api_key: str | None = None, max_
             raise APIError(404, f"The model '{req.model}' does not exist; this server serves '{model_name}'.",
                            code="model_not_found", param="model")
         p = plan(req, base, config.max_output_length)
-        job = Job(p.messages, p.tools, p.params, asyncio.get_running_loop())
+        job = Job(p.messages, p.mode.tools, p.params, asyncio.get_running_loop())
         worker.submit(job)
         try:
             first = await _next_event(job, request)
@@ -110,9 +102,9 @@ def create_app(inference: Any, model_name: str, api_key: str | None = None, max_
         builder = Builder(model_name, p.mode)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            events = _sse(job, first, builder, _stream_for(p), include_usage)
+            events = _sse(job, first, builder, p.mode.reader(), include_usage)
             return EventSourceResponse(events, sep="\n", ping=15)
-        return JSONResponse(await _collect(job, first, builder, _stream_for(p), request))
+        return JSONResponse(await _collect(job, first, builder, p.mode.reader(), request))
 
     return app
 
@@ -129,10 +121,7 @@ async def _collect(job: Job, event: Any, builder: Builder, reader: PlainStream, 
     finally:
         job.cancel.set()  # a no-op once finished; stops the model if we leave early
     tail, calls = reader.finish()
-    text = "".join(content) + tail
-    stats = last.stats if last else None
-    return builder.completion(text, calls, finish_reason(builder.mode, calls, last and last.finish_reason),
-                              usage(stats, 0))
+    return builder.completion("".join(content) + tail, calls, last and last.finish_reason, last and last.stats)
 
 
 async def _sse(job: Job, event: Any, builder: Builder, reader: PlainStream,
@@ -156,12 +145,10 @@ async def _sse(job: Job, event: Any, builder: Builder, reader: PlainStream,
         tail, calls = reader.finish()
         if tail:
             yield data(builder.chunk({"content": tail}, with_usage=include_usage))
-        for delta in builder.call_deltas(calls):
-            yield data(builder.chunk(delta, with_usage=include_usage))
-        reason = finish_reason(builder.mode, calls, last and last.finish_reason)
-        yield data(builder.chunk({}, reason, with_usage=include_usage))
+        for chunk in builder.closing_chunks(calls, last and last.finish_reason, include_usage):
+            yield data(chunk)
         if include_usage:
-            yield data(builder.usage_chunk(usage(last.stats if last else None, 0)))
+            yield data(builder.usage_chunk(last and last.stats))
         yield {"data": "[DONE]"}
     finally:
         job.cancel.set()  # the client hung up (or we finished): the worker stops between tokens

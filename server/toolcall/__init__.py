@@ -1,12 +1,13 @@
-"""Tool calls in a model's text answer: one small parser per format, tried in a fixed order."""
+"""Tool calls in a model's text answer: one small parser per format, tried in a fixed order (react.py,
+the legacy `functions` format, is read on its own)."""
 from __future__ import annotations
 
-from toolcall import bare_json, fenced_json, qwen_tags, react
-from toolcall.common import Parsed, ToolCall
+from server.toolcall import bare_json, fenced_json, qwen_tags
+from server.toolcall.common import Parsed, ToolCall
 
 TOOL_PARSERS = (qwen_tags.parse, fenced_json.parse, bare_json.parse)
 
-__all__ = ["Parsed", "ToolCall", "parse_tool_calls", "parse_react"]
+__all__ = ["Parsed", "ToolCall", "parse_tool_calls"]
 
 
 def parse_tool_calls(text: str, names: set[str]) -> Parsed | None:
@@ -17,7 +18,3 @@ def parse_tool_calls(text: str, names: set[str]) -> Parsed | None:
         if found is not None:
             return found
     return None
-
-
-def parse_react(text: str, names: set[str], arg_names: dict[str, set[str]] | None = None) -> Parsed | None:
-    return react.parse(text, names, arg_names)

@@ -49,6 +49,10 @@ class ToolDef(Lenient):
     type: Literal["function"] = "function"
     function: FunctionDef
 
+    @property
+    def name(self) -> str:  # what a legacy FunctionDef has too: prompt.py filters both by one rule
+        return self.function.name
+
 
 class FunctionName(Lenient):
     name: str
@@ -57,6 +61,10 @@ class FunctionName(Lenient):
 class NamedToolChoice(Lenient):
     type: Literal["function"] = "function"
     function: FunctionName
+
+    @property
+    def name(self) -> str:  # what a legacy FunctionName has too: prompt.py matches both by one rule
+        return self.function.name
 
 
 class StreamOptions(Lenient):
@@ -71,7 +79,7 @@ class ChatCompletionRequest(Lenient):
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     seed: int | None = Field(None, ge=-INT64, lt=INT64)
-    # The documented limits below are checked in api_prompt.py, where a violation gets a 400 that names
+    # The documented limits below are checked in server/prompt.py, where a violation gets a 400 that names
     # the rule, as OpenAI answers it; the schema only tells clients (and fuzzers) what is valid.
     stop: str | list[str] | None = Field(None, json_schema_extra={"maxItems": 4})
     n: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": 1})

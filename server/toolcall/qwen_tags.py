@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from toolcall.common import Parsed, calls_from_json, leftover, loads_lenient
+from server.toolcall.common import Parsed, calls_from_json, leftover, loads_lenient
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # The closing tag may be missing when the model ends its turn right after the JSON.

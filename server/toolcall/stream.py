@@ -2,8 +2,8 @@
 and decide at the end of the answer. Non-streamed answers use the same classes, fed once."""
 from __future__ import annotations
 
-from toolcall import parse_react, parse_tool_calls
-from toolcall.common import ToolCall
+from server.toolcall import parse_tool_calls, react
+from server.toolcall.common import Parsed, ToolCall
 
 TRIGGERS = ("<tool_call>", "```")
 
@@ -52,9 +52,12 @@ class ToolStream(PlainStream):
         self.sent += len(out)
         return out
 
+    def parse(self, text: str) -> Parsed | None:
+        return parse_tool_calls(text, self.names)
+
     def finish(self) -> tuple[str, list[ToolCall]]:
         rest = self.text[self.sent:]
-        found = parse_tool_calls(rest, self.names)
+        found = self.parse(rest)
         if found is None:
             return rest, []
         return found.content or "", found.calls
@@ -63,7 +66,7 @@ class ToolStream(PlainStream):
 class ReactStream(ToolStream):
     """Legacy `functions`: the reasoning is never shown; the final answer streams once it starts."""
 
-    MARK = "Final Answer:"
+    MARK = react.FINAL
 
     def __init__(self, names: set[str], arg_names: dict[str, set[str]] | None = None) -> None:
         super().__init__(names)
@@ -81,10 +84,10 @@ class ReactStream(ToolStream):
         self.sent = len(self.text) if out else self.sent
         return out
 
+    def parse(self, text: str) -> Parsed | None:
+        return react.parse(text, self.names, self.arg_names)
+
     def finish(self) -> tuple[str, list[ToolCall]]:
         if self.MARK in self.text:
             return self.feed(""), []
-        found = parse_react(self.text, self.names, self.arg_names)
-        if found is None:
-            return self.text, []
-        return found.content or "", found.calls
+        return super().finish()  # nothing was sent: the whole text is parsed

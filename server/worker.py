@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from api_errors import APIError
-from inference import PromptTooLongError, SamplingParams
+from inference import Inference, PromptTooLongError, SamplingParams
+from server.errors import APIError
 
 log = logging.getLogger("api")
 DONE = object()  # the last event of every job
@@ -36,7 +36,7 @@ class Job:
 
 
 class Worker:
-    def __init__(self, inference: Any, max_queue: int, max_input_length: int) -> None:
+    def __init__(self, inference: Inference, max_queue: int, max_input_length: int) -> None:
         self.inference = inference
         self.max_input_length = max_input_length
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
