@@ -43,7 +43,7 @@ async def _next_event(job: Job, request: Request) -> Any:
 def create_app(inference: Inference, model_name: str, api_key: str | None = None, max_queue: int = 64,
                max_body_bytes: int = 1 << 20) -> FastAPI:
     config = inference.config
-    worker = Worker(inference, max_queue, config.max_input_length)
+    worker = Worker(inference, max_queue, config.generation.max_input_length)
     base = SamplingParams.from_config(config)
     started = int(time.time())
 
@@ -89,7 +89,7 @@ def create_app(inference: Inference, model_name: str, api_key: str | None = None
         if req.model is not None and req.model != model_name:
             raise APIError(404, f"The model '{req.model}' does not exist; this server serves '{model_name}'.",
                            code="model_not_found", param="model")
-        p = plan(req, base, config.max_output_length)
+        p = plan(req, base, config.generation.max_output_length)
         job = Job(p.messages, p.mode.tools, p.params, asyncio.get_running_loop())
         worker.submit(job)
         try:

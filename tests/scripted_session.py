@@ -63,7 +63,7 @@ def reply_to(role: str, content: str) -> str:
 class ScriptedSession(Session):
     def __init__(self, config: InferenceConfig) -> None:
         super().__init__(config)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.hf_model_dir, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.session.hf_model_dir, local_files_only=True)
         self.header = self.tokenizer.encode(IM_START + "assistant\n", add_special_tokens=False)
         self.end = self.tokenizer.convert_tokens_to_ids(IM_END)
         self.ids: list[int] = []  # what the cache holds
@@ -73,7 +73,7 @@ class ScriptedSession(Session):
 
     @property
     def kv_len(self) -> int:
-        return self.config.kv_cache_length
+        return self.config.session.kv_cache_length
 
     @property
     def length(self) -> int:
@@ -89,7 +89,7 @@ class ScriptedSession(Session):
             self.step_s = SLOW_STEP_S if text == SLOW else 0.0
         if self.step_s:
             time.sleep(self.step_s)
-        logits = np.zeros((n_logits, self.config.vocab_size), np.float32)
+        logits = np.zeros((n_logits, self.config.shape.vocab_size), np.float32)
         for row, end in zip(logits, range(len(self.ids) - n_logits + 1, len(self.ids) + 1)):
             row[self._next_token(end)] = STEER
         return logits
@@ -115,6 +115,6 @@ class ScriptedSession(Session):
 def scripted_inference(model_dir: str, max_input_length: int = 2048) -> Inference:
     """The real Inference on a ScriptedSession, with room for the SLOW reply's first 4096 tokens."""
     # The session is given, so the session type only has to pass the config's validation.
-    config = InferenceConfig(hf_model_dir=model_dir, session_type="pytorch", max_input_length=max_input_length,
-                             max_output_length=4096, kv_cache_length=8192, sampling_method="greedy")
+    config = InferenceConfig.create(model_dir, session_type="pytorch", max_input_length=max_input_length,
+                                    max_output_length=4096, kv_cache_length=8192, sampling_method="greedy")
     return Inference(config, session=ScriptedSession(config))
