@@ -11,10 +11,10 @@ from typing import Iterator
 import numpy as np
 
 from config import ConfigError, InferenceConfig, config_from_args
+from engine.sampling import SamplingParams, sample
+from engine.speculative import Drafter, speculative_tokens
 from kvcache import common_prefix
-from sampling import SamplingParams, sample
 from session import Session
-from speculative import Drafter, speculative_tokens
 
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 

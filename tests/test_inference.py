@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from config import InferenceConfig
-from inference import Inference, PromptTooLongError, SamplingParams, sample
+from engine.sampling import sample
+from inference import Inference, PromptTooLongError, SamplingParams
 from session import Session
 
 GREEDY = dict(method="greedy", temperature=0.0)

@@ -1,4 +1,4 @@
-"""Speculative decoding (speculative.py): the answer must be the target model's own, whatever the draft.
+"""Speculative decoding (engine/speculative.py): the answer must be the target's own, whatever the draft.
 
 Greedy text equals plain decoding's with a perfect, a quantized and an unrelated draft model. Sampling
 follows the target's distribution, not the draft's. The cache stays right across turns, stop strings
@@ -15,10 +15,10 @@ from cli_chat import main as cli_main
 from cli_chat import parse_args
 from config import ConfigError, InferenceConfig
 from conftest import DEFAULT_KV_CACHE_LENGTH, KV_LEN
+from engine.speculative import Drafter
 from export.quantize_onnx import main as quantize_main
 from inference import Inference, SamplingParams, load_inference
 from session import Session
-from speculative import Drafter
 
 GREEDY = dict(method="greedy", temperature=0.0)
 QUESTION = "Write a python function that checks whether a number is prime."
