@@ -161,10 +161,11 @@ class Inference:
                 finish = "stop"
                 break
             if n >= params.max_new_tokens or len(self._cached_ids) >= self.session.kv_len:
-                # What waited for a stop string or for the rest of a character will not get it now.
-                if rest := stops.held + detokenizer.pending:
-                    yield Delta(rest, None)
                 break
+        # Unless a stop string ended the answer, what waited for the rest of a stop string or of a
+        # character will not get it now: it is answer text.
+        if stops.stop is None and (rest := stops.held + detokenizer.pending):
+            yield Delta(rest, None)
         tokens.close()
         yield Delta("", None, finish_reason=finish,
                     stats=self._stats(len(prompt_ids), n, reused, start, first_token_at, drafted))

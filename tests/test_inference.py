@@ -171,3 +171,18 @@ def test_failing_graph_call_resets_the_cache(tiny_model_dir):
     with pytest.raises(IndexError):
         list(stream)
     assert engine.session.length == 0 and engine._cached_ids == []
+
+
+@pytest.mark.parametrize("answer, stop", [("a ST", ["STOP"]), ("ok\n", ["\n\n"]), ("a STaR", ["STOP"])])
+def test_held_back_text_is_released_when_the_answer_ends(tiny_model_dir, answer, stop):
+    """A possible start of a stop string that the end of the answer leaves incomplete is answer text."""
+    engine, ids = scripted(tiny_model_dir, answer)
+    text, last = collect(engine.stream([5, 6], SamplingParams(64, stop=stop, **GREEDY)))
+    assert text == answer == engine.tokenizer.decode(ids) and last.finish_reason == "stop"
+
+
+def test_half_character_before_the_end_is_released_as_decoded(tiny_model_dir):
+    engine, ids = scripted(tiny_model_dir, "ok 龘")
+    engine.session.script = ids[:-1] + engine.session.script[-1:]  # the answer ends inside 龘
+    text, last = collect(engine.stream([5, 6], SamplingParams(64, **GREEDY)))
+    assert text == engine.tokenizer.decode(ids[:-1]) and text.endswith("\ufffd") and last.finish_reason == "stop"
