@@ -20,8 +20,11 @@ RUN grep -vE '^(torch|onnx|onnxruntime|onnxscript|onnxslim|gguf|pytest|schemathe
       > requirements-npu.txt \
  && python3 -m pip install --no-cache-dir -r requirements-npu.txt
 
-COPY config.py kvcache.py session.py session_acl.py inference.py sampling.py speculative.py ./
-COPY api.py ./
+# The runtime's top-level modules and its packages (the exporter, torch and onnx stay out of the image).
+COPY api.py config.py inference.py kvcache.py session.py ./
+COPY core ./core
+COPY backends ./backends
+COPY engine ./engine
 COPY server ./server
 COPY download/${MODEL_NAME} ./download/${MODEL_NAME}
 COPY output/model/${OM_NAME} ./output/model/${OM_NAME}

@@ -1,10 +1,12 @@
-"""From messages to streamed text: chat template, sampling, stop rules and KV-cache reuse across turns."""
+"""From messages to streamed text: chat template, the generation loop, stop rules and KV-cache reuse across
+turns. The parts that know nothing of chat live in engine/: sampling, speculative decoding, the text layer."""
 from __future__ import annotations
 
 import argparse
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -12,10 +14,11 @@ import numpy as np
 
 from config import InferenceConfig
 from core.errors import UserError
+from engine.sampling import SamplingParams, sample
+from engine.speculative import Drafter, speculative_tokens
+from engine.text import Detokenizer, StopMatcher
 from kvcache import common_prefix
-from sampling import SamplingParams, sample
 from session import Session, open_session
-from speculative import Drafter, speculative_tokens
 
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
@@ -41,17 +44,6 @@ class Delta:
     token_id: int | None
     finish_reason: str | None = None
     stats: GenerationStats | None = None
-
-
-def stop_holdback(text: str, stops: list[str]) -> int:
-    """How many trailing characters might be the start of a stop string, and so must wait."""
-    hold = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), hold, -1):
-            if text.endswith(s[:n]):
-                hold = n
-                break
-    return hold
 
 
 class Inference:
@@ -157,49 +149,44 @@ class Inference:
         logits, reused = self._prefill(prompt_ids)
         tokens = self._tokens(logits, params, rng)
         drafted = (self.drafter.judged, self.drafter.accepted) if self.drafter else None
-        generated: list[int] = []
-        sent, first_token_at, finish = 0, 0.0, "length"
-        # Tokens up to the last complete character decode to text that never changes: only the tail
-        # after them is decoded each step, so a step's cost does not grow with the answer.
-        settled, settled_text = 0, ""
+        detokenizer = Detokenizer(partial(self.tokenizer.decode, skip_special_tokens=True))
+        stops = StopMatcher(params.stop)
+        n, first_token_at, finish = 0, 0.0, "length"
         for token in tokens:
-            if not generated:
+            if not n:
                 first_token_at = time.perf_counter()
             if token in self.eos_token_ids:
                 finish = "stop"
                 break
-            generated.append(token)
-            tail = self.tokenizer.decode(generated[settled:], skip_special_tokens=True)
-            text = settled_text + tail
-            # A trailing U+FFFD is half of a multi-byte character: wait for the rest of it.
-            complete = not tail.endswith("\ufffd")
-            if complete:
-                settled, settled_text = len(generated), text
-            hit = min((i for i in (text.find(s) for s in params.stop if s) if i >= 0), default=-1)
-            if hit >= 0:
-                if hit > sent:
-                    yield Delta(text[sent:hit], token)
+            n += 1
+            text = stops.feed(detokenizer.add(token), detokenizer.pending)
+            if text:
+                yield Delta(text, token)
+            if stops.stop is not None:
                 finish = "stop"
                 break
-            ready = len(text) - stop_holdback(text, params.stop) if complete else sent
-            if ready > sent:
-                yield Delta(text[sent:ready], token)
-                sent = ready
-            if len(generated) >= params.max_new_tokens or len(self._cached_ids) >= self.session.kv_len:
-                if len(text) > sent:  # what a possible stop string's start or a half character held back
-                    yield Delta(text[sent:], None)
+            if n >= params.max_new_tokens or len(self._cached_ids) >= self.session.kv_len:
                 break
+        # Unless a stop string ended the answer, what waited for the rest of a stop string or of a
+        # character will not get it now: it is answer text.
+        if stops.stop is None and (rest := stops.held + detokenizer.pending):
+            yield Delta(rest, None)
         tokens.close()
+        yield Delta("", None, finish_reason=finish,
+                    stats=self._stats(len(prompt_ids), n, reused, start, first_token_at, drafted))
+
+    def _stats(self, prompt_tokens: int, n: int, reused: int, start: float, first_token_at: float,
+               drafted: tuple[int, int] | None) -> GenerationStats:
+        """Counts and speeds of one answer; `drafted` is the drafter's (judged, accepted) before it."""
         end = time.perf_counter()
-        n = len(generated)
         stats = GenerationStats(
-            prompt_tokens=len(prompt_ids), completion_tokens=n, reused_tokens=reused,
+            prompt_tokens=prompt_tokens, completion_tokens=n, reused_tokens=reused,
             first_token_s=first_token_at - start,
             decode_tok_s=(n - 1) / (end - first_token_at) if n > 1 and end > first_token_at else 0.0,
             total_tok_s=n / (end - start) if end > start else 0.0)
         if drafted and self.drafter.judged > drafted[0]:
             stats.draft_acceptance = (self.drafter.accepted - drafted[1]) / (self.drafter.judged - drafted[0])
-        yield Delta("", None, finish_reason=finish, stats=stats)
+        return stats
 
 
 def load_inference(args: argparse.Namespace) -> Inference:

@@ -72,8 +72,8 @@ def run_ours(a: argparse.Namespace, ids: list[int]) -> tuple[list[int], float, f
 def speculative_greedy(a: argparse.Namespace, cfg, session, ids: list[int]) -> tuple[list[int], float, float]:
     """Our session with a draft model: the first token comes from the prompt alone, as without one; the
     draft reads the prompt in the first round, so its prefill counts as decode time."""
-    from sampling import SamplingParams
-    from speculative import Drafter, speculative_tokens
+    from engine.sampling import SamplingParams
+    from engine.speculative import Drafter, speculative_tokens
 
     drafter = Drafter.from_config(cfg)
     greedy = SamplingParams(a.new_tokens, method="greedy", temperature=0.0)

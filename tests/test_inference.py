@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from config import InferenceConfig
-from inference import Inference, PromptTooLongError, SamplingParams, sample
+from engine.sampling import sample
+from inference import Inference, PromptTooLongError, SamplingParams
 from session import Session
 
 GREEDY = dict(method="greedy", temperature=0.0)
@@ -18,14 +19,14 @@ class ScriptedSession(Session):
 
     def __init__(self, config, script):
         super().__init__(config)
-        self.kv_len, self.length, self.script, self.fed = config.kv_cache_length, 0, list(script), []
+        self.kv_len, self.length, self.script, self.fed = config.session.kv_cache_length, 0, list(script), []
 
     def _forward(self, input_ids, n_logits):
         self.length += input_ids.shape[1]
         self.fed += input_ids[0].tolist()
         if not n_logits:
             return None
-        logits = np.zeros((n_logits, self.config.vocab_size), np.float32)
+        logits = np.zeros((n_logits, self.config.shape.vocab_size), np.float32)
         for row in logits:
             row[self.script.pop(0)] = 10.0
         return logits
@@ -37,7 +38,7 @@ class ScriptedSession(Session):
 
 def config_for(model_dir, **kw):
     base = dict(hf_model_dir=str(model_dir), session_type="pytorch", kv_cache_length=256, max_input_length=200)
-    return InferenceConfig(**{**base, **kw})
+    return InferenceConfig.create(**{**base, **kw})
 
 
 def scripted(model_dir, text_or_ids, **kw):
@@ -170,3 +171,18 @@ def test_failing_graph_call_resets_the_cache(tiny_model_dir):
     with pytest.raises(IndexError):
         list(stream)
     assert engine.session.length == 0 and engine._cached_ids == []
+
+
+@pytest.mark.parametrize("answer, stop", [("a ST", ["STOP"]), ("ok\n", ["\n\n"]), ("a STaR", ["STOP"])])
+def test_held_back_text_is_released_when_the_answer_ends(tiny_model_dir, answer, stop):
+    """A possible start of a stop string that the end of the answer leaves incomplete is answer text."""
+    engine, ids = scripted(tiny_model_dir, answer)
+    text, last = collect(engine.stream([5, 6], SamplingParams(64, stop=stop, **GREEDY)))
+    assert text == answer == engine.tokenizer.decode(ids) and last.finish_reason == "stop"
+
+
+def test_half_character_before_the_end_is_released_as_decoded(tiny_model_dir):
+    engine, ids = scripted(tiny_model_dir, "ok 龘")
+    engine.session.script = ids[:-1] + engine.session.script[-1:]  # the answer ends inside 龘
+    text, last = collect(engine.stream([5, 6], SamplingParams(64, **GREEDY)))
+    assert text == engine.tokenizer.decode(ids[:-1]) and text.endswith("\ufffd") and last.finish_reason == "stop"

@@ -1,4 +1,4 @@
-"""Speculative decoding (speculative.py): the answer must be the target model's own, whatever the draft.
+"""Speculative decoding (engine/speculative.py): the answer must be the target's own, whatever the draft.
 
 Greedy text equals plain decoding's with a perfect, a quantized and an unrelated draft model. Sampling
 follows the target's distribution, not the draft's. The cache stays right across turns, stop strings
@@ -13,12 +13,13 @@ import pytest
 
 from cli_chat import main as cli_main
 from cli_chat import parse_args
-from config import ConfigError, InferenceConfig
+from config import InferenceConfig
+from core.errors import UserError
 from conftest import DEFAULT_KV_CACHE_LENGTH, KV_LEN
+from engine.speculative import Drafter
 from export.quantize_onnx import main as quantize_main
 from inference import Inference, SamplingParams, load_inference
-from session import Session
-from speculative import Drafter
+from session import Session, open_session
 
 GREEDY = dict(method="greedy", temperature=0.0)
 QUESTION = "Write a python function that checks whether a number is prime."
@@ -38,7 +39,7 @@ def engine_for(tiny: dict, draft: str | None, **kw) -> Inference:
     base = dict(hf_model_dir=str(tiny["dir"]), onnx_model_path=str(tiny["fp32"]), kv_cache_length=KV_LEN,
                 max_input_length=100, max_prefill_length=8, cpu_thread=1,
                 draft_onnx_model_path=str(tiny[draft]) if draft else None)
-    return Inference(InferenceConfig(**{**base, **kw}))
+    return Inference(InferenceConfig.create(**{**base, **kw}))
 
 
 def answer(engine: Inference, content: str, params: SamplingParams) -> tuple[str, list[int], object]:
@@ -50,15 +51,15 @@ def answer(engine: Inference, content: str, params: SamplingParams) -> tuple[str
 @pytest.mark.parametrize("session_kind", ["cpu graph", "npu graph", "pytorch"])
 def test_logits_of_several_tokens_equal_one_at_a_time(tiny, tiny_onnx_of, session_kind):
     onnx = {"cpu graph": tiny["fp32"], "npu graph": tiny_onnx_of(tiny["dir"], KV_LEN), "pytorch": None}[session_kind]
-    cfg = InferenceConfig(hf_model_dir=str(tiny["dir"]), kv_cache_length=KV_LEN, max_input_length=100,
+    cfg = InferenceConfig.create(hf_model_dir=str(tiny["dir"]), kv_cache_length=KV_LEN, max_input_length=100,
                           max_prefill_length=4, kv_cache_method="basic", cpu_thread=1,
                           session_type="pytorch" if onnx is None else "onnx",
                           onnx_model_path=str(onnx) if onnx else None)
-    s = Session.fromConfig(cfg)
-    ids = np.random.default_rng(3).integers(3, cfg.vocab_size, (1, 17))
+    s = open_session(cfg)
+    ids = np.random.default_rng(3).integers(3, cfg.shape.vocab_size, (1, 17))
     s.run(ids[:, :11])
     rows = s.run_all(ids[:, 11:])
-    assert rows.shape == (6, cfg.vocab_size) and s.length == 17
+    assert rows.shape == (6, cfg.shape.vocab_size) and s.length == 17
     s.truncate(11)
     one_by_one = np.stack([s.run(ids[:, i:i + 1]) for i in range(11, 17)])
     # float32 either way; a row off by one position differs by ~1e-1.
@@ -114,7 +115,7 @@ class ConstantSession(Session):
 
     def __init__(self, config: InferenceConfig, logits: np.ndarray):
         super().__init__(config)
-        self.kv_len, self.length, self.row = config.kv_cache_length, 0, logits.astype(np.float32)
+        self.kv_len, self.length, self.row = config.session.kv_cache_length, 0, logits.astype(np.float32)
 
     def _forward(self, input_ids, n_logits):
         self.length += input_ids.shape[1]
@@ -125,10 +126,10 @@ class ConstantSession(Session):
 
 
 def test_sampling_follows_the_target_distribution_not_the_drafts(tiny_model_dir):
-    cfg = InferenceConfig(hf_model_dir=str(tiny_model_dir), session_type="pytorch", kv_cache_length=8192,
+    cfg = InferenceConfig.create(hf_model_dir=str(tiny_model_dir), session_type="pytorch", kv_cache_length=8192,
                           max_input_length=100)
     tokens = np.arange(40, 46)  # the letters K..P: whole characters, no end of sequence among them
-    target, draft = np.full(cfg.vocab_size, -30.0), np.full(cfg.vocab_size, -30.0)
+    target, draft = np.full(cfg.shape.vocab_size, -30.0), np.full(cfg.shape.vocab_size, -30.0)
     target[tokens] = [2.0, 1.5, 1.0, 0.5, 0.0, -0.5]
     draft[tokens] = [1.0, 2.0, 0.5, 1.5, 0.0, 2.5]  # another order, and token 45 (outside the target's top 4) most
     engine = Inference(cfg, session=ConstantSession(cfg, target))
@@ -158,7 +159,7 @@ def test_bad_draft_settings_are_one_line_errors(tiny, make_tiny, cpu_onnx_of, tm
              (["--draft_tokens", "0"], "--draft_tokens 0"),
              (["--draft_onnx_model_path", str(wrong_shape)], str(wrong_shape))]
     for extra, message in cases:
-        with pytest.raises(ConfigError, match=message) as err:
+        with pytest.raises(UserError, match=message) as err:
             load_inference(args_for(tiny, *extra))
         assert "\n" not in str(err.value)
     capsys.readouterr()
@@ -181,8 +182,8 @@ def test_default_model_int4_draft_keeps_the_fp32_greedy_answer(default_model_dir
     base = dict(hf_model_dir=str(default_model_dir), onnx_model_path=str(default_cpu_onnx),
                 kv_cache_length=DEFAULT_KV_CACHE_LENGTH, max_input_length=128, max_prefill_length=16)
     params = SamplingParams(48, **GREEDY)
-    plain = answer(Inference(InferenceConfig(**base)), QUESTION, params)
-    engine = Inference(InferenceConfig(**base, draft_onnx_model_path=str(default_cpu_int4)))
+    plain = answer(Inference(InferenceConfig.create(**base)), QUESTION, params)
+    engine = Inference(InferenceConfig.create(**base, draft_onnx_model_path=str(default_cpu_int4)))
     spec = answer(engine, QUESTION, params)
     assert spec[:2] == plain[:2] and plain[2].stats.completion_tokens == 48
     # A useful draft: the int4 model agrees with fp32 on most tokens (measured 0.6-0.75 of guesses kept).

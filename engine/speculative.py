@@ -14,8 +14,8 @@ from typing import Iterator
 import numpy as np
 
 from config import InferenceConfig
+from engine.sampling import SamplingParams, is_greedy, sample, token_probs
 from kvcache import common_prefix
-from sampling import SamplingParams, is_greedy, sample, token_probs
 from session import Session, open_session
 
 
