@@ -34,11 +34,12 @@ help:
 setup: $(STAMP)
 
 # The project itself goes into the venv in editable mode (pyproject.toml): scripts, tests and benchmarks
-# then import its modules by name from any directory.
+# then import its modules by name from any directory. "compat" puts the repository root on the path, so a
+# package added later needs no reinstall.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -r requirements.txt
-	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PIP) install --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 	touch $@
 
 model: setup $(DEFAULT_MODEL_DIR)/config.json
