@@ -53,16 +53,16 @@ def test_greedy_tokens_match_onnx_session_across_half_cache(emu, tiny_model_dir,
     mark = len(harness.trace())
     try:
         assert two_turns(acl_session) == two_turns(ref)
-        profiles = [e[1] for e in harness.trace()[mark:] if e[0] == "execute"]
+        executes = [e for e in harness.trace()[mark:] if e[0] == "execute"]
     finally:
         acl_session.close()
     if mpl == 1:
-        assert set(profiles) == {()}  # static shapes: no profile is ever selected
+        assert {e[2] for e in executes} == {None}  # static shapes: no gear is ever selected
     else:
-        kvs = [p[3] for p in profiles]
+        kvs = [e[1]["past_key_values"][1] for e in executes]
         first_full = kvs.index(KV)
         assert set(kvs[:first_full]) == {KV // 2} and first_full > 0
-        assert max(p[0] for p in profiles) == mpl
+        assert max(e[1]["input_ids"][1] for e in executes) == mpl
         assert set(kvs[first_full:]) == {KV}  # the second turn resumes at 30 + 9 > 32
 
 
@@ -75,7 +75,7 @@ def test_logits_leave_the_device_only_for_the_last_chunk(emu, tiny_model_dir, ti
     finally:
         s.close()
     executes = [e for e in events if e[0] == "execute"]
-    assert [e[1][0] for e in executes] == [8, 4, 1]
+    assert [e[1]["input_ids"][1] for e in executes] == [8, 4, 1]
     to_host = [e for e in events if e[0] == "memcpy" and e[1] == "host-pinned"]
     assert len(to_host) == 1 and to_host[0][3] == 2              # one D2H copy: the last row of logits
     appends = [e for e in events if e[0] == "memcpy" and e[1] == e[2] == "device" and e[3] == 3]
