@@ -25,6 +25,7 @@ RUN_MODE_DEVICE = 0
 ACL_DTYPES = {0: np.float32, 1: np.float16}
 DYNAMIC_INPUT = "ascend_mbatch_shape_data"   # the input that carries the selected --dynamic_dims profile
 INPUTS = ("input_ids", "attention_mask", "position_ids", "past_key_values")
+RANKS = {"input_ids": 2, "attention_mask": 2, "position_ids": 2, "past_key_values": 4}
 DEVICE_ID = 0
 UPLOAD_CHUNK = 64 * 1024 * 1024
 
@@ -161,7 +162,7 @@ class AclSession(Session):
         Dimensions a profile chooses are not read here: their reported value is documented as -1
         only for dynamic batch/resolution, so nothing below depends on it."""
         c, shapes = self.config, {}
-        for name, rank in zip(INPUTS, (2, 2, 2, 4)):
+        for name, rank in RANKS.items():
             dims, ret = self.acl.mdl.get_input_dims(self.desc, self.index[name])
             self._call(ret, f"acl.mdl.get_input_dims ({name})")
             shapes[name] = [int(d) for d in dims["dims"][:dims["dimCount"]]]
@@ -199,17 +200,16 @@ class AclSession(Session):
                               "(built with another kind of dynamic shape?)")
         dims_out, ret = acl.mdl.get_input_dynamic_dims(self.desc, -1, count)
         self._call(ret, "acl.mdl.get_input_dynamic_dims")
-        ranks = {"input_ids": 2, "attention_mask": 2, "position_ids": 2, "past_key_values": 4}
         gears = []
         for gear in dims_out:
             values = [int(d) for d in gear["dims"][:gear["dimCount"]]]
-            if len(values) != sum(ranks.values()):
+            if len(values) != sum(RANKS.values()):
                 raise ConfigError(f"{c.om_model_path}: a dynamic-dims gear has {len(values)} dims, expected "
-                                  f"{sum(ranks.values())} (every dimension of the four inputs)")
+                                  f"{sum(RANKS.values())} (every dimension of the four inputs)")
             shapes, at = {}, 0
             for name in self.order:
-                shapes[name] = values[at:at + ranks[name]]
-                at += ranks[name]
+                shapes[name] = values[at:at + RANKS[name]]
+                at += RANKS[name]
             gears.append(shapes)
         self.gear_dims = {tuple(self._dims_of(g)) for g in gears}
         return gears

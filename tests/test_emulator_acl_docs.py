@@ -36,7 +36,8 @@ def doc_graph(path: Path) -> None:
               helper.make_tensor_value_info("label", TensorProto.FLOAT, [1, "l"]),
               helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["m0", "m1"])]
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("data_out", "label_out", "mask_out")]
-    consts = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("one", 1.0), ("two", 2.0), ("three", 3.0))]
+    consts = [helper.make_tensor(n, TensorProto.FLOAT, [], [v])
+              for n, v in (("one", 1.0), ("two", 2.0), ("three", 3.0))]
     nodes = [helper.make_node("Add", ["data", "one"], ["data_out"]),
              helper.make_node("Mul", ["label", "two"], ["label_out"]),
              helper.make_node("Sub", ["mask", "three"], ["mask_out"])]
@@ -249,7 +250,7 @@ def test_init_once_per_process_paired_with_finalize():
 
 
 def test_device_and_context_lifecycle(acl):
-    """aclpythondevg_01_0060 (set_device / reset_device), 01_0071 (create_context), 01_0074
+    """aclpythondevg_01_0058 (set_device), 01_0060 (reset_device), 01_0071 (create_context), 01_0074
     (set_context), 01_0073 (destroy_context): create_context returns (context, ret), the others ret;
     a context is current in the thread that created it, another thread sets it; explicitly created
     contexts are destroyed before reset_device."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import mmap
 import os
+import tempfile
 import threading
 from dataclasses import dataclass, field
 
@@ -28,6 +30,9 @@ DEVICE, HOST, PINNED = "device", "host-bytes", "host-pinned"
 _BASES = {DEVICE: 0x1000_0000_0000, PINNED: 0x2000_0000_0000, HOST: 0x3000_0000_0000}
 _GAP = 4096  # keeps allocations apart so an overrun never lands in a neighbour
 STALE = 0xFF
+# Allocations this large (a whole .om) live in a temporary file mapped into memory rather than in
+# anonymous RAM: the kernel can write them out, so a 2 GB model does not hold 2 GB of the test machine.
+_FILE_BACKED = 64 * 1024 * 1024
 
 
 @dataclass
@@ -71,8 +76,8 @@ class State:
         base = self.next_base[kind]
         self.next_base[kind] = base + ((size + _GAP - 1) // _GAP + 1) * _GAP
         ctx = self.current_context()
-        region = Region(base, data if data is not None else bytearray([STALE]) * size, kind,
-                        ctx.handle if ctx else None, writable)
+        region = Region(base, data if data is not None else _fresh(size), kind, ctx.handle if ctx else None,
+                        writable)
         self.regions[base] = region
         bisect.insort(self.bases, base)
         return base
@@ -150,6 +155,20 @@ class State:
         message = getattr(self.local, "error", None)
         self.local.error = None
         return message
+
+
+def _fresh(size: int) -> bytearray | mmap.mmap:
+    """size stale bytes, in RAM or, when large, in a mapped temporary file."""
+    if size < _FILE_BACKED:
+        return bytearray([STALE]) * size
+    with tempfile.TemporaryFile(prefix="emu_acl_") as f:
+        f.truncate(size)
+        data = mmap.mmap(f.fileno(), size)   # the mapping keeps the (already unlinked) file alive
+    chunk = bytes([STALE]) * min(size, 16 * 1024 * 1024)
+    for at in range(0, size, len(chunk)):
+        n = min(len(chunk), size - at)
+        data[at:at + n] = chunk[:n]
+    return data
 
 
 _STATE: State | None = None
