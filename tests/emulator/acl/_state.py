@@ -38,7 +38,7 @@ _FILE_BACKED = 64 * 1024 * 1024
 @dataclass
 class Region:
     base: int
-    data: bytearray | memoryview
+    data: bytearray | memoryview | mmap.mmap
     kind: str
     context: int | None = None
     writable: bool = True
