@@ -25,6 +25,7 @@ RUN_MODE_DEVICE = 0
 ACL_DTYPES = {0: np.float32, 1: np.float16}
 DYNAMIC_INPUT = "ascend_mbatch_shape_data"   # the input that carries the selected --dynamic_dims profile
 INPUTS = ("input_ids", "attention_mask", "position_ids", "past_key_values")
+RANKS = {"input_ids": 2, "attention_mask": 2, "position_ids": 2, "past_key_values": 4}
 DEVICE_ID = 0
 UPLOAD_CHUNK = 64 * 1024 * 1024
 
@@ -132,6 +133,7 @@ class AclSession(Session):
             self.index[name], ret = acl.mdl.get_input_index_by_name(self.desc, name)
             if ret != 0:
                 raise ConfigError(f"{c.om_model_path}: the model has no input {name!r} (not built by onnx2om.py?)")
+        self.order = sorted(INPUTS, key=self.index.__getitem__)   # a gear lists the inputs in model order
         self.dynamic_index, ret = acl.mdl.get_input_index_by_name(self.desc, DYNAMIC_INPUT)
         self.dynamic = ret == 0
         self.in_sizes = [acl.mdl.get_input_size_by_index(self.desc, i)
@@ -145,33 +147,119 @@ class AclSession(Session):
                                                for i in (0, 1))
         if self.logits_dtype is None or self.cache_dtype is None:
             raise ConfigError(f"{c.om_model_path}: outputs are neither float32 nor float16")
-        self.row_bytes = (c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim
-                          * np.dtype(self.cache_dtype).itemsize)
-        self.kv_len = self.in_sizes[self.index["past_key_values"]] // self.row_bytes
+        self._read_layout()
+        self.row_bytes = self.width * self.head_dim * np.dtype(self.cache_dtype).itemsize
+        self.gears = self._read_gears()
+        self.kv_len = max(g["past_key_values"][1] for g in self.gears) if self.dynamic else self.static_kv
         if self.kv_len != c.kv_cache_length:
             raise ConfigError(f"{c.om_model_path} was compiled for kv_cache_length {self.kv_len}, this run asks for "
                               f"{c.kv_cache_length}: pass --kv_cache_length {self.kv_len}")
         self._check_profiles()
-        longest = c.max_prefill_length if self.dynamic else 1
-        if self.out_sizes[0] < longest * c.vocab_size * np.dtype(self.logits_dtype).itemsize:
-            raise ConfigError(f"{c.om_model_path}: its logits are smaller than vocab {c.vocab_size}: "
-                              "--hf_model_dir does not belong to this model")
+        self._check_sizes()
+
+    def _read_layout(self) -> None:
+        """Batch and the fixed dimensions, from the model's own input dims (acl.mdl.get_input_dims).
+        Dimensions a profile chooses are not read here: their reported value is documented as -1
+        only for dynamic batch/resolution, so nothing below depends on it."""
+        c, shapes = self.config, {}
+        for name, rank in RANKS.items():
+            dims, ret = self.acl.mdl.get_input_dims(self.desc, self.index[name])
+            self._call(ret, f"acl.mdl.get_input_dims ({name})")
+            shapes[name] = [int(d) for d in dims["dims"][:dims["dimCount"]]]
+            if len(shapes[name]) != rank:
+                raise ConfigError(f"{c.om_model_path}: input {name} has dims {shapes[name]}, expected rank {rank} "
+                                  "(not built by onnx2om.py?)")
+        batches = {shape[0] for shape in shapes.values()}
+        if any(b < 1 for b in batches):
+            raise ConfigError(f"{c.om_model_path}: its batch dimension is not a fixed number (built with "
+                              "onnx2om.py --max_batch > 1?); a batch range together with --dynamic_dims is not "
+                              "documented for pyACL, so this session refuses it: rebuild with --max_batch 1")
+        if batches != {1}:
+            raise ConfigError(f"{c.om_model_path}: compiled for batch {sorted(batches)}, this session runs batch 1: "
+                              "rebuild with --max_batch 1")
+        self.width, self.head_dim = shapes["past_key_values"][2:]
+        want = (c.num_hidden_layers * 2 * c.num_key_value_heads, c.head_dim)
+        if (self.width, self.head_dim) != want:
+            raise ConfigError(f"{c.om_model_path}: its cache rows are {self.width} x {self.head_dim}, the model in "
+                              f"--hf_model_dir needs {want[0]} x {want[1]}: --hf_model_dir does not belong to it")
+        self.static_kv = shapes["past_key_values"][1]
+
+    def _read_gears(self) -> list[dict[str, list[int]]]:
+        """The compiled --dynamic_dims gears, read back from the model (acl.mdl.get_input_dynamic_gear_count
+        and get_input_dynamic_dims), each split into one shape per input; none for a static model."""
+        acl, c = self.acl, self.config
+        count, ret = acl.mdl.get_input_dynamic_gear_count(self.desc, -1)
+        self._call(ret, "acl.mdl.get_input_dynamic_gear_count")
+        if not self.dynamic:
+            if count:
+                raise ConfigError(f"{c.om_model_path}: reports {count} dynamic-dims gears but no {DYNAMIC_INPUT} "
+                                  "input (not built by onnx2om.py?)")
+            return []
+        if not count:
+            raise ConfigError(f"{c.om_model_path}: has an {DYNAMIC_INPUT} input but no dynamic-dims gears "
+                              "(built with another kind of dynamic shape?)")
+        dims_out, ret = acl.mdl.get_input_dynamic_dims(self.desc, -1, count)
+        self._call(ret, "acl.mdl.get_input_dynamic_dims")
+        gears = []
+        for gear in dims_out:
+            values = [int(d) for d in gear["dims"][:gear["dimCount"]]]
+            if len(values) != sum(RANKS.values()):
+                raise ConfigError(f"{c.om_model_path}: a dynamic-dims gear has {len(values)} dims, expected "
+                                  f"{sum(RANKS.values())} (every dimension of the four inputs)")
+            shapes, at = {}, 0
+            for name in self.order:
+                shapes[name] = values[at:at + RANKS[name]]
+                at += RANKS[name]
+            gears.append(shapes)
+        self.gear_dims = {tuple(self._dims_of(g)) for g in gears}
+        return gears
+
+    def _dims_of(self, shapes: dict[str, list[int]]) -> list[int]:
+        return [d for name in self.order for d in shapes[name]]
+
+    def _shapes(self, n: int, kv: int) -> dict[str, list[int]]:
+        """The four inputs' full shapes for an n-token chunk against the first kv cache rows."""
+        return {"input_ids": [1, n], "attention_mask": [1, kv + n], "position_ids": [1, n],
+                "past_key_values": [1, kv, self.width, self.head_dim]}
 
     def _check_profiles(self) -> None:
-        """The .om knows its profiles; the chunking here must ask for exactly those."""
+        """Every (chunk length, cache size) this run can ask for must be a compiled gear: checked once
+        here, so a mismatch is one clear error at load time instead of a failed call mid-answer."""
         c = self.config
         if not self.dynamic:
             if c.max_prefill_length != 1:
                 raise ConfigError(f"{c.om_model_path} has static shapes (built with --max_prefill_length 1): "
                                   "pass --max_prefill_length 1")
             return
-        count, ret = self.acl.mdl.get_input_dynamic_gear_count(self.desc, -1)
-        self._call(ret, "acl.mdl.get_input_dynamic_gear_count")
-        want = 2 * c.max_prefill_length.bit_length()   # onnx2om: every power of two up to max, for 2 cache sizes
-        if count != want:
-            built = f"--max_prefill_length {1 << (count // 2 - 1)}" if count % 2 == 0 and count >= 4 else "?"
-            raise ConfigError(f"{c.om_model_path} has {count} profiles (built with {built}), but this run uses "
-                              f"--max_prefill_length {c.max_prefill_length}: pass the value given to onnx2om.py")
+        built = max(g["input_ids"][1] for g in self.gears)
+        for n in (1 << i for i in range(c.max_prefill_length.bit_length())):   # the chunk lengths Session.run uses
+            for kv in (self.kv_len // 2, self.kv_len):
+                if kv < self.kv_len and n > kv:
+                    continue  # a chunk longer than the half cache always runs on the full one
+                dims = self._dims_of(self._shapes(n, kv))
+                if tuple(dims) not in self.gear_dims:
+                    raise ConfigError(f"{c.om_model_path} has no profile for a {n}-token chunk on a {kv}-row cache "
+                                      f"(dims {dims}); it was built with --max_prefill_length {built}: pass that "
+                                      f"value, or rebuild with --max_prefill_length {c.max_prefill_length}")
+
+    def _check_sizes(self) -> None:
+        """Buffers are sized from get_input_size_by_index, documented as the largest gear's size for
+        dynamic batch/resolution; fail loudly if that reading does not hold for this model."""
+        c = self.config
+        longest = c.max_prefill_length if self.dynamic else 1
+        largest = self._shapes(longest, self.kv_len)
+        for name, shape in largest.items():
+            item = np.dtype(self.cache_dtype if name == "past_key_values" else np.int64).itemsize
+            need, have = int(np.prod(shape)) * item, self.in_sizes[self.index[name]]
+            if have < need:
+                raise ConfigError(f"{c.om_model_path}: the runtime reports {have} bytes for input {name}, its largest "
+                                  f"shape {shape} needs {need}")
+        if self.dynamic and self.in_sizes[self.dynamic_index] <= 0:
+            raise ConfigError(f"{c.om_model_path}: the runtime reports no size for {DYNAMIC_INPUT}; its size and "
+                              "format are not documented, so this session does not guess one")
+        if self.out_sizes[0] < longest * c.vocab_size * np.dtype(self.logits_dtype).itemsize:
+            raise ConfigError(f"{c.om_model_path}: its logits are smaller than vocab {c.vocab_size}: "
+                              "--hf_model_dir does not belong to this model")
 
     def _allocate(self) -> None:
         """Device buffers for every input and output (sized for the largest profile), the logits row on
@@ -227,8 +315,10 @@ class AclSession(Session):
         self._upload("attention_mask", mask)
         self._upload("position_ids", np.arange(start, start + n, dtype=np.int64)[None])
         if self.dynamic:
-            dims = {"dimCount": 4, "name": "", "dims": [n, kv + n, n, kv]}
-            self._call(acl.mdl.set_input_dynamic_dims(self.model_id, self.in_ds, self.dynamic_index, dims),
+            # pyACL's documented form: every dimension of every input, in the model's input order.
+            dims = self._dims_of(self._shapes(n, kv))
+            self._call(acl.mdl.set_input_dynamic_dims(self.model_id, self.in_ds, self.dynamic_index,
+                                                      {"dimCount": len(dims), "name": "", "dims": dims}),
                        f"acl.mdl.set_input_dynamic_dims (seq {n}, kv {kv})")
         self._call(acl.mdl.execute(self.model_id, self.in_ds, self.out_ds), "acl.mdl.execute")
         offset = start * self.row_bytes

@@ -108,17 +108,30 @@ def test_model_description_reports_largest_profile_sizes(model):
     assert acl.mdl.get_input_size_by_index(desc, 1) == (KV + 2) * 8
     assert acl.mdl.get_input_dynamic_gear_count(desc, -1) == (4, 0)
     assert acl.mdl.get_output_data_type(desc, 0) == 0          # ACL_FLOAT
+    gears, ret = acl.mdl.get_input_dynamic_dims(desc, -1, 4)
+    assert ret == 0 and gears[0]["dimCount"] == 10             # 2 + 2 + 2 + 4 dimensions
+    assert gears[0]["dims"] == [1, 1, 1, 9, 1, 1, 1, 8, WIDTH, D]
+    assert gears[3]["dims"] == [1, 2, 1, 18, 1, 2, 1, 16, WIDTH, D]
+    assert acl.mdl.get_input_dims(desc, 3) == ({"name": "past_key_values", "dimCount": 4,
+                                                "dims": [1, -1, WIDTH, D]}, 0)
+
+
+def full(seq: int, kv: int) -> dict:
+    """The documented set_input_dynamic_dims form for this graph: every input's whole shape."""
+    dims = [1, seq, 1, kv + seq, 1, seq, 1, kv, WIDTH, D]
+    return {"dimCount": len(dims), "name": "", "dims": dims}
 
 
 def test_execute_needs_a_compiled_profile(model):
     acl, model_id, _, (ins, outs), _ = model
-    assert acl.mdl.execute(model_id, ins, outs) != 0           # no profile selected yet
-    bad = {"dimCount": 4, "name": "", "dims": [3, 11, 3, 8]}
-    assert acl.mdl.set_input_dynamic_dims(model_id, ins, 4, bad) != 0
-    assert "matches no compiled profile" in acl.get_recent_err_msg()
-    good = {"dimCount": 4, "name": "", "dims": [1, 9, 1, 8]}
-    assert acl.mdl.set_input_dynamic_dims(model_id, ins, 3, good) != 0   # wrong input index
-    assert acl.mdl.set_input_dynamic_dims(model_id, ins, 4, good) == 0
+    assert acl.mdl.execute(model_id, ins, outs) != 0           # no gear selected yet
+    assert acl.mdl.set_input_dynamic_dims(model_id, ins, 4, full(3, 8)) != 0
+    assert "matches no compiled gear" in acl.get_recent_err_msg()
+    old_form = {"dimCount": 4, "name": "", "dims": [1, 9, 1, 8]}   # only the -1 values: not a gear
+    assert acl.mdl.set_input_dynamic_dims(model_id, ins, 4, old_form) != 0
+    assert "every dimension of every input" in acl.get_recent_err_msg()
+    assert acl.mdl.set_input_dynamic_dims(model_id, ins, 3, full(1, 8)) != 0   # wrong input index
+    assert acl.mdl.set_input_dynamic_dims(model_id, ins, 4, full(1, 8)) == 0
     assert acl.mdl.execute(model_id, ins, outs) == 0
 
 

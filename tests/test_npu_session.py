@@ -2,6 +2,8 @@
 cache bookkeeping (kv/2 profile, D2D appends, logits only for the last chunk) and ordered release."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -53,16 +55,16 @@ def test_greedy_tokens_match_onnx_session_across_half_cache(emu, tiny_model_dir,
     mark = len(harness.trace())
     try:
         assert two_turns(acl_session) == two_turns(ref)
-        profiles = [e[1] for e in harness.trace()[mark:] if e[0] == "execute"]
+        executes = [e for e in harness.trace()[mark:] if e[0] == "execute"]
     finally:
         acl_session.close()
     if mpl == 1:
-        assert set(profiles) == {()}  # static shapes: no profile is ever selected
+        assert {e[2] for e in executes} == {None}  # static shapes: no gear is ever selected
     else:
-        kvs = [p[3] for p in profiles]
+        kvs = [e[1]["past_key_values"][1] for e in executes]
         first_full = kvs.index(KV)
         assert set(kvs[:first_full]) == {KV // 2} and first_full > 0
-        assert max(p[0] for p in profiles) == mpl
+        assert max(e[1]["input_ids"][1] for e in executes) == mpl
         assert set(kvs[first_full:]) == {KV}  # the second turn resumes at 30 + 9 > 32
 
 
@@ -75,7 +77,7 @@ def test_logits_leave_the_device_only_for_the_last_chunk(emu, tiny_model_dir, ti
     finally:
         s.close()
     executes = [e for e in events if e[0] == "execute"]
-    assert [e[1][0] for e in executes] == [8, 4, 1]
+    assert [e[1]["input_ids"][1] for e in executes] == [8, 4, 1]
     to_host = [e for e in events if e[0] == "memcpy" and e[1] == "host-pinned"]
     assert len(to_host) == 1 and to_host[0][3] == 2              # one D2H copy: the last row of logits
     appends = [e for e in events if e[0] == "memcpy" and e[1] == e[2] == "device" and e[3] == 3]
@@ -189,3 +191,105 @@ def test_api_serves_the_acl_session_like_the_onnx_one(emu, tiny_model_dir, tmp_p
         assert r.status_code == 200, r.text
         answers.append(r.json()["choices"][0]["message"]["content"])
     assert answers[0] == answers[1] and answers[1]
+
+
+def test_each_call_selects_its_gear_in_the_documented_full_form(emu, monkeypatch, tiny_model_dir, tiny_oms):
+    """set_input_dynamic_dims gets every dimension of every input in input order (pyACL reference
+    aclpythondevg_01_0159): for a chunk of n tokens against kv cache rows, input_ids [1, n],
+    attention_mask [1, kv + n], position_ids [1, n], past_key_values [1, kv, 8, 16]."""
+    import acl
+
+    calls = []
+    real = acl.mdl.set_input_dynamic_dims
+
+    def spy(model_id, dataset, index, dims):
+        calls.append((index, dict(dims)))
+        return real(model_id, dataset, index, dims)
+
+    monkeypatch.setattr(acl.mdl, "set_input_dynamic_dims", spy)
+    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
+    try:
+        s.run(np.arange(3, 16, dtype=np.int64)[None])            # 13 tokens -> chunks 8, 4, 1 on the half cache
+        s.run(np.arange(3, 24, dtype=np.int64)[None])            # 21 more: 8, 8 fit in 32 rows, 4 and 1 do not
+    finally:
+        s.close()
+    half, width = KV // 2, 2 * 2 * 2
+    chunks = [(8, half), (4, half), (1, half), (8, half), (8, half), (4, KV), (1, KV)]
+    assert {index for index, _ in calls} == {4}                  # ascend_mbatch_shape_data
+    assert [d["dims"] for _, d in calls] == [[1, n, 1, kv + n, 1, n, 1, kv, width, 16] for n, kv in chunks]
+    assert all(d["dimCount"] == 10 and d["name"] == "" for _, d in calls)
+
+
+def test_memcpy_kinds_name_the_real_direction(emu, monkeypatch, tiny_model_dir, tiny_oms):
+    """The runtime ignores memcpy's kind (aclpythondevg_01_0120: reserved), but each of ours still says
+    where the bytes go: 0 host-to-host, 1 host-to-device, 2 device-to-host, 3 device-to-device."""
+    expect = {("host-pinned", "host-bytes"): 0, ("device", "host-bytes"): 1, ("host-pinned", "device"): 2,
+              ("device", "device"): 3}
+    for mode in ("device", "host"):
+        monkeypatch.setenv("EMU_ACL_RUN_MODE", mode)
+        mark = len(harness.trace())
+        s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[4], mpl=4))
+        try:
+            s.run(np.arange(3, 9, dtype=np.int64)[None])
+        finally:
+            s.close()
+        copies = [e for e in harness.trace()[mark:] if e[0] == "memcpy"]
+        assert {expect[(e[1], e[2])] for e in copies} == ({1, 2, 3} if mode == "device" else {0, 1, 2, 3})
+        assert all(e[3] == expect[(e[1], e[2])] for e in copies)
+
+
+def test_acl_is_initialised_once_and_finalised_once_at_exit(tiny_model_dir, tiny_oms):
+    """acl.init once per process and acl.finalize paired with it (aclpythondevg_01_0004 / 01_0006),
+    even with two sessions one after the other; finalize runs at exit, after both closed."""
+    script = (
+        "import atexit\n"
+        "from acl._state import state\n"
+        "atexit.register(lambda: print([e[0] for e in state().trace if e[0] in ('init', 'finalize', 'unload')]))\n"
+        "import numpy as np\n"
+        "from config import InferenceConfig\n"
+        "from session import Session\n"
+        "for _ in range(2):\n"
+        f"    s = Session.fromConfig(InferenceConfig(hf_model_dir={str(tiny_model_dir)!r}, session_type='acl', "
+        f"om_model_path={str(tiny_oms[1])!r}, kv_cache_length={KV}, max_input_length={KV // 2}, "
+        "max_prefill_length=1))\n"
+        "    s.run(np.array([[5]], dtype=np.int64))\n"
+        "    s.close()\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=harness.ROOT, env=harness.subprocess_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "['init', 'unload', 'unload', 'finalize']"
+
+
+def test_a_batch_range_model_is_refused_as_undocumented(emu, monkeypatch, tiny_model_dir, tiny_onnx, tmp_path):
+    """onnx2om --max_batch 2 gives a 1~2 batch range next to --dynamic_dims (allowed by atc off the
+    310/310B chips); how pyACL selects a gear then is not documented, so the session refuses it."""
+    om = harness.compile_om(tiny_onnx, tmp_path / "batch2", 8, "--max_batch", "2", "--soc_version", "Ascend910B1")
+    monkeypatch.setenv("EMU_ACL_SOC", "Ascend910B1")
+    with pytest.raises(ConfigError, match="batch range together with --dynamic_dims is not documented") as e:
+        Session.fromConfig(config(tiny_model_dir, "acl", om))
+    assert "\n" not in str(e.value) and "--max_batch 1" in str(e.value)
+    assert harness.live() == {}
+
+
+def test_no_size_for_the_mbatch_input_fails_loudly(emu, monkeypatch, tiny_model_dir, tiny_oms):
+    """The size and format of ascend_mbatch_shape_data are not documented: the session allocates what the
+    runtime reports and refuses a model that reports nothing, rather than guessing a size."""
+    import acl
+
+    real = acl.mdl.get_input_size_by_index
+    monkeypatch.setattr(acl.mdl, "get_input_size_by_index", lambda desc, i: 0 if i == 4 else real(desc, i))
+    with pytest.raises(ConfigError, match="not documented, so this session does not guess"):
+        Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
+    assert harness.live() == {}
+
+
+def test_a_missing_profile_is_one_line_naming_it_and_the_flag(emu, tiny_model_dir, tiny_oms):
+    """The gears are read back at load time; a run that needs one the model lacks stops there."""
+    with pytest.raises(ConfigError) as e:
+        Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[4], mpl=8))
+    message = str(e.value)
+    assert "\n" not in message
+    assert f"no profile for a 8-token chunk on a {KV // 2}-row cache" in message
+    assert "built with --max_prefill_length 4" in message
+    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8], mpl=4))   # a subset of the gears is fine
+    s.close()

@@ -46,11 +46,16 @@ def get_soc_name() -> str | None:
     return s.soc_name()
 
 
-def get_recent_err_msg() -> str:
-    return state().last_error
+def get_recent_err_msg() -> str | None:
+    """The calling thread's latest failure message, cleared by reading it; None when there is none."""
+    return state().take_error()
 
 
 def create_data_buffer(data: int, size: int) -> int:
+    """An aclDataBuffer handle, or 0 (NULL) on failure. data 0 means an empty buffer, whose size
+    must then be 0."""
+    if (data == 0 and size != 0) or size < 0:
+        return 0
     return state().new_handle(DataBuffer(data, size))
 
 

@@ -2,13 +2,18 @@
 
 Memory is an emulated address space: every allocation gets a distinct integer base address and a
 bytearray behind it, so pointer arithmetic works as on the chip (base + offset) and every access is
-checked against the allocation it falls in. The current context is per thread, as in CANN.
+checked against the allocation it falls in. The current context and the recent error message are
+per thread, as in CANN. Fresh allocations hold stale bytes (0xFF: NaN as a float, -1 as an integer),
+because the docs say malloc/malloc_host do not initialise memory: code that reads before it writes
+or forgets a memset fails here too.
 """
 from __future__ import annotations
 
 import bisect
 import itertools
+import mmap
 import os
+import tempfile
 import threading
 from dataclasses import dataclass, field
 
@@ -24,12 +29,16 @@ CONTEXT_MISSING = 107002  # emulator's code for "no current context in this thre
 DEVICE, HOST, PINNED = "device", "host-bytes", "host-pinned"
 _BASES = {DEVICE: 0x1000_0000_0000, PINNED: 0x2000_0000_0000, HOST: 0x3000_0000_0000}
 _GAP = 4096  # keeps allocations apart so an overrun never lands in a neighbour
+STALE = 0xFF
+# Allocations this large (a whole .om) live in a temporary file mapped into memory rather than in
+# anonymous RAM: the kernel can write them out, so a 2 GB model does not hold 2 GB of the test machine.
+_FILE_BACKED = 64 * 1024 * 1024
 
 
 @dataclass
 class Region:
     base: int
-    data: bytearray | memoryview
+    data: bytearray | memoryview | mmap.mmap
     kind: str
     context: int | None = None
     writable: bool = True
@@ -53,7 +62,6 @@ class State:
     handles: dict[int, object] = field(default_factory=dict)
     host_refs: list[int] = field(default_factory=list)      # bytes_to_ptr regions, oldest first
     trace: list[tuple] = field(default_factory=list)
-    last_error: str = ""
     local: threading.local = field(default_factory=threading.local)
     counter: itertools.count = field(default_factory=lambda: itertools.count(0x5000_0000))
 
@@ -68,8 +76,8 @@ class State:
         base = self.next_base[kind]
         self.next_base[kind] = base + ((size + _GAP - 1) // _GAP + 1) * _GAP
         ctx = self.current_context()
-        region = Region(base, data if data is not None else bytearray(size), kind,
-                        ctx.handle if ctx else None, writable)
+        region = Region(base, data if data is not None else _fresh(size), kind, ctx.handle if ctx else None,
+                        writable)
         self.regions[base] = region
         bisect.insort(self.bases, base)
         return base
@@ -136,6 +144,31 @@ class State:
 
     def record(self, *event) -> None:
         self.trace.append(event)
+
+    # ---- error messages (per thread, read-and-clear like aclGetRecentErrMsg) ---------------------
+    def fail(self, code: int, message: str) -> int:
+        self.local.error = message
+        self.record("error", message)
+        return code
+
+    def take_error(self) -> str | None:
+        message = getattr(self.local, "error", None)
+        self.local.error = None
+        return message
+
+
+def _fresh(size: int) -> bytearray | mmap.mmap:
+    """size stale bytes, in RAM or, when large, in a mapped temporary file."""
+    if size < _FILE_BACKED:
+        return bytearray([STALE]) * size
+    with tempfile.TemporaryFile(prefix="emu_acl_") as f:
+        f.truncate(size)
+        data = mmap.mmap(f.fileno(), size)   # the mapping keeps the (already unlinked) file alive
+    chunk = bytes([STALE]) * min(size, 16 * 1024 * 1024)
+    for at in range(0, size, len(chunk)):
+        n = min(len(chunk), size - at)
+        data[at:at + n] = chunk[:n]
+    return data
 
 
 _STATE: State | None = None

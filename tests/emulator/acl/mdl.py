@@ -1,7 +1,13 @@
 """Emulated `acl.mdl`: loading an emulated .om from memory, model descriptions, datasets, dynamic
-dims and execution. `execute` runs onnxruntime at exactly the static shapes of the profile the
-caller selected, reading and writing the device buffers it was given, so a wrong buffer size,
-an unselected profile or a mask that does not match the cache size fails as on the chip."""
+dims and execution. `execute` runs onnxruntime at exactly the static shapes of the gear the caller
+selected, reading and writing the device buffers it was given, so a wrong buffer size, an
+unselected gear or a mask that does not match the cache size fails as on the chip.
+
+Dynamic dims follow the pyACL reference (set_input_dynamic_dims, get_input_dynamic_dims): the .om
+header keeps atc's --input_shape (with -1) and --dynamic_dims (the -1 values of each profile); at
+load time every profile is expanded into its gear, the concatenation of ALL dimensions of ALL
+inputs in input order, and only that full form is accepted or returned.
+"""
 from __future__ import annotations
 
 import math
@@ -18,6 +24,10 @@ from . import _state as s
 from ._buffers import DataBuffer
 from ._state import state
 
+# What set_input_dynamic_dims writes into the ascend_mbatch_shape_data buffer is not documented.
+# The emulator stores the selected gear there as int64 values, and reports the size that takes.
+_GEAR_ITEM = np.dtype(np.int64)
+
 
 @dataclass
 class Model:
@@ -25,18 +35,32 @@ class Model:
     session: object
     context: int
     inputs: list[dict]
-    profiles: list[tuple[int, ...]]
+    gears: list[tuple[int, ...]]
     input_sizes: list[int]
     output_sizes: list[int]
     output_dtypes: list[str]
 
     @property
     def dynamic(self) -> bool:
-        return bool(self.profiles)
+        return bool(self.gears)
 
     @property
     def names(self) -> list[str]:
         return [i["name"] for i in self.inputs] + ([emu_om.MBATCH_INPUT] if self.dynamic else [])
+
+    @property
+    def dim_count(self) -> int:
+        """dimCount of a gear: the sum of the ranks of all inputs."""
+        return sum(len(spec["shape"]) for spec in self.inputs)
+
+    def shapes(self, gear: tuple[int, ...]) -> list[list[int]]:
+        """Split a gear back into one shape per input."""
+        out, at = [], 0
+        for spec in self.inputs:
+            rank = len(spec["shape"])
+            out.append(list(gear[at:at + rank]))
+            at += rank
+        return out
 
 
 @dataclass
@@ -50,9 +74,7 @@ class Dataset:
 
 
 def _fail(code: int, message: str) -> int:
-    state().last_error = message
-    state().record("error", message)
-    return code
+    return state().fail(code, message)
 
 
 def _nbytes(shape: list[int], dtype: str) -> int:
@@ -72,6 +94,11 @@ def _session(header: dict, data: memoryview, start: int):
         path = emu_om.extract_blobs(data, header, start, Path(tmp))
         # Weights are read into the session here; the temporary files can go afterwards.
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _gears(inputs: list[dict], profiles: list[list[int]]) -> list[tuple[int, ...]]:
+    """Each --dynamic_dims profile as its documented gear: every input's full shape, concatenated."""
+    return [tuple(d for shape in emu_om.static_shapes(inputs, p) for d in shape) for p in profiles]
 
 
 def load_from_mem(model: int, model_size: int) -> tuple[int, int]:
@@ -96,11 +123,11 @@ def load_from_mem(model: int, model_size: int) -> tuple[int, int]:
         return 0, _fail(s.INVALID_PARAM, f"load_from_mem: the model was compiled for {header['soc_version']}, "
                                          f"this device is {s.soc_name()}")
     inputs = header["inputs"]
-    profiles = [tuple(p) for p in header["profiles"]]
+    gears = _gears(inputs, header["profiles"])
     maxed = emu_om.max_dims(inputs, header["profiles"])
     sizes = [_nbytes(shape, spec["dtype"]) for shape, spec in zip(maxed, inputs)]
-    if profiles:
-        sizes.append(8 * len(profiles[0]))
+    if gears:
+        sizes.append(len(gears[0]) * _GEAR_ITEM.itemsize)
     out_dtypes = [o["dtype"] for o in header["outputs"]]
     out_sizes = [max(_nbytes(shapes[i], out_dtypes[i]) for shapes in header["profile_outputs"])
                  for i in range(len(out_dtypes))]
@@ -108,7 +135,7 @@ def load_from_mem(model: int, model_size: int) -> tuple[int, int]:
         session = _session(header, data, start)
     except Exception as e:  # onnxruntime's own exception types
         return 0, _fail(s.PARSE_FILE, f"load_from_mem: the graph inside the .om does not load: {e}")
-    m = Model(header, session, st.current_context().handle, inputs, profiles, sizes, out_sizes, out_dtypes)
+    m = Model(header, session, st.current_context().handle, inputs, gears, sizes, out_sizes, out_dtypes)
     model_id = st.new_handle(m)
     st.record("load_from_mem", model_size)
     return model_id, s.SUCCESS
@@ -176,6 +203,20 @@ def get_output_data_type(model_desc: int, index: int) -> int:
     return emu_om.NUMPY_TO_ACL.get(m.output_dtypes[index], -1)
 
 
+def get_input_dims(model_desc: int, index: int) -> tuple[dict, int]:
+    """The input's aclmdlIODims. A dimension that is not one fixed number (a -1 matched by
+    --dynamic_dims, or a shape range) is reported as -1, as the docs show for dynamic batch; for
+    ascend_mbatch_shape_data, whose layout is not documented, the emulator's own [dimCount]."""
+    m = _model_of(model_desc)
+    if m is None or not 0 <= index < len(m.names):
+        return {"name": "", "dimCount": 0, "dims": []}, _fail(s.INVALID_PARAM, f"get_input_dims: no input {index}")
+    if index == len(m.inputs):
+        dims = [m.dim_count]
+    else:
+        dims = [d if isinstance(d, int) else -1 for d in m.inputs[index]["shape"]]
+    return {"name": m.names[index], "dimCount": len(dims), "dims": dims}, s.SUCCESS
+
+
 def get_input_index_by_name(model_desc: int, name: str) -> tuple[int, int]:
     m = _model_of(model_desc)
     if m is None or name not in m.names:
@@ -184,10 +225,25 @@ def get_input_index_by_name(model_desc: int, name: str) -> tuple[int, int]:
 
 
 def get_input_dynamic_gear_count(model_desc: int, index: int) -> tuple[int, int]:
+    """Number of --dynamic_dims gears; 0 for a model built without them. index is reserved: -1."""
     m = _model_of(model_desc)
     if m is None or index != -1:
         return 0, s.INVALID_PARAM
-    return len(m.profiles), s.SUCCESS
+    return len(m.gears), s.SUCCESS
+
+
+def get_input_dynamic_dims(model_desc: int, index: int, gear_count: int) -> tuple[list[dict], int]:
+    """One aclmdlIODims per gear: dimCount is the sum of the ranks of all inputs, dims every
+    dimension of every input in input order. Only for models built with --dynamic_dims."""
+    m = _model_of(model_desc)
+    if m is None or index != -1:
+        return [], _fail(s.INVALID_PARAM, "get_input_dynamic_dims: unknown model description, or index is not -1")
+    if not m.dynamic:
+        return [], _fail(s.INVALID_PARAM, "get_input_dynamic_dims: the model was built without --dynamic_dims")
+    if gear_count != len(m.gears):
+        return [], _fail(s.INVALID_PARAM, f"get_input_dynamic_dims: gear_count {gear_count}, the model has "
+                                          f"{len(m.gears)} (ask get_input_dynamic_gear_count)")
+    return [{"name": "", "dimCount": len(g), "dims": list(g)} for g in m.gears], s.SUCCESS
 
 
 def create_dataset() -> int:
@@ -219,6 +275,9 @@ def _buffer(ds: Dataset, index: int) -> DataBuffer | None:
 
 
 def set_input_dynamic_dims(model_id: int, dataset_in: int, index: int, dims: dict) -> int:
+    """Select one compiled gear. dims is {'dimCount': N, 'name': '', 'dims': [...]} with every
+    dimension of every input (pyACL reference: data(1,1,40,20)+label(1,20)+mask(1,1) is dimCount 8,
+    dims [1,1,40,20,1,20,1,1]); the -1 values alone are not a gear."""
     st = state()
     m, ds = st.get(model_id, Model), st.get(dataset_in, Dataset)
     if m is None or ds is None:
@@ -228,31 +287,32 @@ def set_input_dynamic_dims(model_id: int, dataset_in: int, index: int, dims: dic
     if not isinstance(dims, dict) or not {"dimCount", "dims", "name"} <= set(dims):
         return _fail(s.INVALID_PARAM, "set_input_dynamic_dims: dims must be a dict with name, dimCount, dims")
     values = tuple(int(v) for v in dims["dims"])
-    if dims["dimCount"] != len(values) or len(values) != len(m.profiles[0]):
-        return _fail(s.INVALID_PARAM, f"set_input_dynamic_dims: {dims['dimCount']} dims, the model has "
-                                      f"{len(m.profiles[0])} dynamic dims")
-    if values not in m.profiles:
-        return _fail(s.INVALID_PARAM, f"set_input_dynamic_dims: {list(values)} matches no compiled profile")
+    if dims["dimCount"] != len(values) or len(values) != m.dim_count:
+        return _fail(s.INVALID_PARAM, f"set_input_dynamic_dims: dimCount {dims['dimCount']} with {len(values)} "
+                                      f"dims; a gear of this model is every dimension of every input, "
+                                      f"{m.dim_count} values")
+    if values not in m.gears:
+        return _fail(s.INVALID_PARAM, f"set_input_dynamic_dims: {list(values)} matches no compiled gear")
+    need = len(values) * _GEAR_ITEM.itemsize
     buf = _buffer(ds, index)
-    where = st.locate(buf.ptr, 8 * len(values)) if buf and buf.size >= 8 * len(values) else None
+    where = st.locate(buf.ptr, need) if buf and buf.size >= need else None
     if where is None:
-        return _fail(s.INVALID_PARAM, "set_input_dynamic_dims: the dynamic-dims input buffer is too small")
+        return _fail(s.INVALID_PARAM, f"set_input_dynamic_dims: the {emu_om.MBATCH_INPUT} buffer holds fewer "
+                                      f"than the {need} bytes get_input_size_by_index reports")
     region, off = where
-    region.data[off:off + 8 * len(values)] = np.asarray(values, dtype=np.int64).tobytes()
+    region.data[off:off + need] = np.asarray(values, dtype=_GEAR_ITEM).tobytes()
     return s.SUCCESS
 
 
-def _read_profile(m: Model, ds: Dataset) -> tuple[int, ...] | None:
-    if not m.dynamic:
-        return ()
+def _selected_gear(m: Model, ds: Dataset) -> tuple[int, ...] | None:
     buf = _buffer(ds, len(m.inputs))
-    count = len(m.profiles[0])
-    where = state().locate(buf.ptr, 8 * count) if buf else None
+    need = m.dim_count * _GEAR_ITEM.itemsize
+    where = state().locate(buf.ptr, need) if buf and buf.size >= need else None
     if where is None:
         return None
     region, off = where
-    values = tuple(int(v) for v in np.frombuffer(bytes(region.data[off:off + 8 * count]), dtype=np.int64))
-    return values if values in m.profiles else None
+    values = tuple(int(v) for v in np.frombuffer(bytes(region.data[off:off + need]), dtype=_GEAR_ITEM))
+    return values if values in m.gears else None
 
 
 def execute(model_id: int, input: int, output: int) -> int:  # noqa: A002  (pyACL's parameter name)
@@ -266,21 +326,25 @@ def execute(model_id: int, input: int, output: int) -> int:  # noqa: A002  (pyAC
     if len(ins.buffers) != len(m.names) or len(outs.buffers) != len(m.output_sizes):
         return _fail(s.INVALID_PARAM, f"execute: datasets hold {len(ins.buffers)} inputs/{len(outs.buffers)} "
                                       f"outputs, the model has {len(m.names)}/{len(m.output_sizes)}")
-    profile = _read_profile(m, ins)
-    if profile is None:
-        return _fail(s.INVALID_PARAM, "execute: no valid profile selected (call set_input_dynamic_dims)")
+    if m.dynamic:
+        gear = _selected_gear(m, ins)
+        if gear is None:
+            return _fail(s.INVALID_PARAM, "execute: no compiled gear selected (call set_input_dynamic_dims)")
+        shapes = m.shapes(gear)
+    else:
+        gear, shapes = None, emu_om.static_shapes(m.inputs, [])
     feeds = {}
-    for i, (spec, shape) in enumerate(zip(m.inputs, emu_om.static_shapes(m.inputs, list(profile)))):
+    for i, (spec, shape) in enumerate(zip(m.inputs, shapes)):
         need, buf = _nbytes(shape, spec["dtype"]), _buffer(ins, i)
         where = st.locate(buf.ptr, need) if buf and buf.size >= need else None
         if where is None:
-            return _fail(s.INVALID_PARAM, f"execute: input {spec['name']} needs {need} bytes at profile {profile}")
+            return _fail(s.INVALID_PARAM, f"execute: input {spec['name']} needs {need} bytes at shape {shape}")
         region, off = where
         feeds[spec["name"]] = np.frombuffer(bytes(region.data[off:off + need]), dtype=spec["dtype"]).reshape(shape)
     try:
         results = m.session.run(None, feeds)
     except Exception as e:  # onnxruntime's own exception types
-        return _fail(500000, f"execute: the graph failed at profile {profile}: {e}")
+        return _fail(500000, f"execute: the graph failed at shapes {shapes}: {e}")
     for i, result in enumerate(results):
         blob = np.ascontiguousarray(result, dtype=m.output_dtypes[i]).tobytes()
         buf = _buffer(outs, i)
@@ -289,5 +353,6 @@ def execute(model_id: int, input: int, output: int) -> int:  # noqa: A002  (pyAC
             return _fail(s.INVALID_PARAM, f"execute: output {i} needs {len(blob)} bytes")
         region, off = where
         region.data[off:off + len(blob)] = blob
-    st.record("execute", profile)
+    st.record("execute", {spec["name"]: tuple(shape) for spec, shape in zip(m.inputs, shapes)},
+              None if gear is None else m.gears.index(gear))
     return s.SUCCESS

@@ -7,12 +7,15 @@ from ._state import state
 _KEEP = 64  # bytes_to_ptr registrations kept alive; the caller must keep the object alive meanwhile
 
 
-def bytes_to_ptr(data: bytes | bytearray) -> int:
-    """A pointer to `data`'s buffer. Read-only for `bytes` (writing into an immutable object is a
-    bug a real pointer would hide), writable for `bytearray`."""
+def bytes_to_ptr(data: bytes) -> int:
+    """A pointer to the buffer of a `bytes` object (the only type the docs accept; pyACL raises
+    ValueError for others). Read-only: writing into an immutable object is a bug a real pointer
+    would hide."""
+    if not isinstance(data, bytes):
+        raise ValueError(f"acl.util.bytes_to_ptr takes bytes, got {type(data).__name__}")
     st = state()
     view = memoryview(data)
-    ptr = st.allocate(len(view), s.HOST, data=view, writable=isinstance(data, bytearray))
+    ptr = st.allocate(len(view), s.HOST, data=view, writable=False)
     st.host_refs.append(ptr)
     while len(st.host_refs) > _KEEP:
         st.release(st.host_refs.pop(0))
