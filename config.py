@@ -21,6 +21,12 @@ from core.flags import add_flags, from_args, option
 SESSION_TYPES = ("onnx", "pytorch", "acl")
 SAMPLING_METHODS = ("greedy", "top_k", "top_p")
 DEFAULT_KV_CACHE_LENGTH = 1024
+# api.py's --max_batch on the CPU (onnx, pytorch). One decode step for 4 rows of the cpu graph gives
+# 3.1x the tokens/s of 1 row at fp32 and 1.9x at int4 on 2 cores, each answer still at 0.5-0.8x its
+# speed alone; 8 rows add less and halve each answer's speed (bench/batch_ratio.py, README).
+CPU_SERVER_MAX_BATCH = 4
+# --max_input_length when not given: this share of the cache, the rest is room for the answer.
+INPUT_SHARE = 0.75
 
 
 @dataclass
@@ -37,7 +43,10 @@ class SessionOptions:
                                help="dtype of the pytorch session (default float32); the onnx and acl sessions "
                                     "run the dtype their model was exported with")
     cpu_thread: int | None = option(None, help="CPU threads for onnxruntime/torch (default: all cores)")
-    max_batch: int = option(1, help="conversations run at once; every session runs batch 1 today")
+    max_batch: int | None = option(
+        None, help="conversations served at once, each in its own rows of the KV cache; decoding runs them in one "
+                   "graph call. For acl it must equal the value given to onnx2om.py (default: 1; api.py on the "
+                   f"CPU: {CPU_SERVER_MAX_BATCH})")
     max_prefill_length: int = option(
         8, help="longest chunk, a power of two, that one prefill call processes: a 12-token prompt with 8 "
                 "runs as 8+4. For acl it must equal the value given to onnx2om.py")
@@ -66,8 +75,9 @@ class SessionOptions:
 
 @dataclass
 class GenerationOptions:
-    max_input_length: int = option(512, help="most prompt tokens per request; older chat turns are dropped "
-                                             "beyond it")
+    max_input_length: int | None = option(
+        None, help="most prompt tokens per request; older chat turns are dropped beyond it (default: "
+                   f"{INPUT_SHARE:.0%} of --kv_cache_length, the rest is room for the answer)")
     max_output_length: int = option(1024, help="most new tokens per answer")
     sampling_method: str = option("top_p", choices=SAMPLING_METHODS,
                                   help="greedy: always the likeliest token; top_k / top_p: sample")
@@ -124,6 +134,10 @@ class InferenceConfig:
             session = replace(session, kv_cache_length=_recorded_kv_length(session) or DEFAULT_KV_CACHE_LENGTH)
         if session.draft_onnx_model_path:
             session = replace(session, threads_shared=True)
+        if session.max_batch is None:
+            session = replace(session, max_batch=1)
+        if generation.max_input_length is None:
+            generation = replace(generation, max_input_length=max(1, int(session.kv_cache_length * INPUT_SHARE)))
         if generation.max_input_length >= session.kv_cache_length:
             generation = replace(generation, max_input_length=session.kv_cache_length - 1)
         config = cls(session, generation, shape)
@@ -142,15 +156,14 @@ class InferenceConfig:
                 raise UserError(f"--{name} {value}: must be at least 1")
         if s.cpu_thread is not None and s.cpu_thread < 1:
             raise UserError(f"--cpu_thread {s.cpu_thread}: must be at least 1")
-        if s.max_batch != 1:
-            raise UserError(f"--max_batch {s.max_batch}: the sessions run one conversation at a time (batch 1)")
         if g.temperature < 0:
             raise UserError(f"--temperature {g.temperature}: must not be negative")
 
     def draft(self) -> "InferenceConfig":
         """The draft model's settings: the same model and cache, another ONNX file."""
         s = replace(self.session, session_type="onnx", onnx_model_path=self.session.draft_onnx_model_path,
-                    draft_onnx_model_path=None, threads_shared=True, dtype=None, kv_cache_method=None)
+                    draft_onnx_model_path=None, threads_shared=True, dtype=None, kv_cache_method=None,
+                    max_batch=1)
         return replace(self, session=s)
 
 

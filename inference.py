@@ -1,5 +1,11 @@
-"""From messages to streamed text: chat template, the generation loop, stop rules and KV-cache reuse across
-turns. The parts that know nothing of chat live in engine/: sampling, speculative decoding, the text layer."""
+"""From messages to streamed text: chat template, each answer's text layer (end tokens, stop strings,
+limits, stats) and the engine that runs the answers. The parts that know nothing of chat live in engine/:
+the scheduler (slots, KV-cache reuse across turns, continuous batching), sampling, speculative decoding,
+the text layer.
+
+One Inference serves `--max_batch` conversations at once: `start` queues an answer, `step` advances every
+running answer (the server's model thread loops on it), `stream` drives one answer from the caller's
+thread (the terminal chat: the same engine with one slot)."""
 from __future__ import annotations
 
 import argparse
@@ -8,16 +14,15 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-import numpy as np
 
 from config import InferenceConfig
 from core.errors import UserError
-from engine.sampling import SamplingParams, sample
-from engine.speculative import Drafter, speculative_tokens
+from engine.sampling import SamplingParams
+from engine.scheduler import Request, Scheduler
+from engine.speculative import Drafter
 from engine.text import Detokenizer, StopMatcher
-from kvcache import common_prefix
 from session import Session, open_session
 
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -57,9 +62,17 @@ class Inference:
             raise UserError(f"--hf_model_dir {config.session.hf_model_dir}: no usable tokenizer there "
                             f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
         self.session = session or open_session(config)
-        self.drafter = Drafter.from_config(config) if config.session.draft_onnx_model_path else None
+        drafter = Drafter.from_config(config) if config.session.draft_onnx_model_path else None
+        self.scheduler = Scheduler(self.session, drafter)
         self.eos_token_ids = self._eos_ids(Path(config.session.hf_model_dir))
-        self._cached_ids: list[int] = []
+
+    @property
+    def drafter(self) -> Drafter | None:
+        return self.scheduler.drafter
+
+    @drafter.setter
+    def drafter(self, drafter: Drafter | None) -> None:
+        self.scheduler.drafter = drafter
 
     def _eos_ids(self, model_dir: Path) -> set[int]:
         ids = set()
@@ -98,95 +111,103 @@ class Inference:
         return self.stream(self.apply_chat_template(messages, tools), params)
 
     def reset(self) -> None:
-        self.session.reset()
-        self._cached_ids = []
-        if self.drafter:
-            self.drafter.reset()
+        """Forget every cached conversation (nothing may be running)."""
+        self.scheduler.reset()
 
-    def _prefill(self, prompt_ids: list[int]) -> tuple[np.ndarray, int]:
-        """Run only the tokens past what the cache already holds; returns last logits and reused count."""
-        reuse = min(common_prefix(self._cached_ids, prompt_ids), len(prompt_ids) - 1)
-        self.session.truncate(reuse)
-        self._cached_ids = self._cached_ids[:reuse]
-        logits = self.session.run(np.array([prompt_ids[reuse:]], dtype=np.int64))
-        self._cached_ids = list(prompt_ids)
-        return logits, reuse
+    @property
+    def _cached_ids(self) -> list[int]:
+        """The tokens slot 0's cache holds (the only slot of a one-conversation engine)."""
+        return self.scheduler.slots[0].ids
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
-        """Generate after prompt_ids. The last Delta carries finish_reason and stats."""
+    def start(self, prompt_ids: list[int], params: SamplingParams) -> "Generation":
+        """Queue a generation after prompt_ids; `step` runs it, its Deltas collect in `take()`."""
         kv_len = self.session.kv_len
         if not prompt_ids:
             raise PromptTooLongError("the prompt is empty")
         if len(prompt_ids) >= kv_len:
             raise PromptTooLongError(f"the prompt is {len(prompt_ids)} tokens; the KV cache holds {kv_len} "
                                      "and the answer needs at least one more")
+        generation = Generation(prompt_ids, params, partial(self.tokenizer.decode, skip_special_tokens=True),
+                                self.eos_token_ids)
+        self.scheduler.submit(generation)
+        return generation
+
+    def step(self) -> None:
+        """One scheduler step for every running generation (engine/scheduler.py)."""
+        self.scheduler.step()
+
+    def cancel(self, generation: "Generation") -> None:
+        self.scheduler.cancel(generation)
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
+        """Generate after prompt_ids, driving the engine from this thread. The last Delta carries
+        finish_reason and stats. Closing the stream early cancels the generation; its slot keeps the
+        tokens its cache holds, so the next turn can still reuse them."""
+        generation = self.start(prompt_ids, params)
         try:
-            yield from self._generate(prompt_ids, params)
-        except GeneratorExit:
-            # Closed by the consumer (a client left): that happens only at a yield, where the cache's
-            # first len(_cached_ids) slots hold _cached_ids, so the next turn can still reuse them.
-            raise
-        except BaseException:
-            # A failure inside a graph call may leave the cache half-written: forget it rather than reuse it.
-            self.reset()
-            raise
+            while True:
+                while not generation.deltas and not generation.finished:
+                    self.scheduler.step()
+                yield from generation.take()
+                if generation.finished and not generation.deltas:
+                    if generation.error is not None:
+                        raise generation.error
+                    return
+        finally:
+            self.scheduler.cancel(generation)
 
-    def _tokens(self, logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> Iterator[int]:
-        """The generated tokens, one per step, after the prefill's last logits. When one is yielded,
-        _cached_ids lists the tokens before it; the cache may run ahead of that, never behind."""
-        if self.drafter:
-            yield from speculative_tokens(self.session, self.drafter, self._cached_ids, logits, params, rng)
-            return
-        while True:
-            token = sample(logits, params, rng)
-            yield token
-            logits = self.session.run(np.array([[token]], dtype=np.int64))
-            self._cached_ids.append(token)
 
-    def _generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
-        rng = np.random.default_rng(params.seed)
-        start = time.perf_counter()
-        logits, reused = self._prefill(prompt_ids)
-        tokens = self._tokens(logits, params, rng)
-        drafted = (self.drafter.judged, self.drafter.accepted) if self.drafter else None
-        detokenizer = Detokenizer(partial(self.tokenizer.decode, skip_special_tokens=True))
-        stops = StopMatcher(params.stop)
-        n, first_token_at, finish = 0, 0.0, "length"
-        for token in tokens:
-            if not n:
-                first_token_at = time.perf_counter()
-            if token in self.eos_token_ids:
-                finish = "stop"
-                break
-            n += 1
-            text = stops.feed(detokenizer.add(token), detokenizer.pending)
-            if text:
-                yield Delta(text, token)
-            if stops.stop is not None:
-                finish = "stop"
-                break
-            if n >= params.max_new_tokens or len(self._cached_ids) >= self.session.kv_len:
-                break
+class Generation(Request):
+    """One answer: the text layer over the scheduler's tokens (end tokens, stop strings, limits), and the
+    Deltas waiting for the consumer."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, decode: Callable[[list[int]], str],
+                 eos_token_ids: set[int]):
+        super().__init__(prompt_ids, params)
+        self.eos_token_ids = eos_token_ids
+        self.deltas: list[Delta] = []
+        self.detokenizer = Detokenizer(decode)
+        self.stops = StopMatcher(params.stop)
+        self.n, self.finish = 0, "length"
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    def take(self) -> list[Delta]:
+        """The Deltas produced since the last call."""
+        out, self.deltas = self.deltas, []
+        return out
+
+    def accept(self, token: int, cache_full: bool) -> bool:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if token in self.eos_token_ids:
+            self.finish = "stop"
+            return False
+        self.n += 1
+        text = self.stops.feed(self.detokenizer.add(token), self.detokenizer.pending)
+        if text:
+            self.deltas.append(Delta(text, token))
+        if self.stops.stop is not None:
+            self.finish = "stop"
+            return False
+        return self.n < self.params.max_new_tokens and not cache_full
+
+    def end(self) -> None:
         # Unless a stop string ended the answer, what waited for the rest of a stop string or of a
         # character will not get it now: it is answer text.
-        if stops.stop is None and (rest := stops.held + detokenizer.pending):
-            yield Delta(rest, None)
-        tokens.close()
-        yield Delta("", None, finish_reason=finish,
-                    stats=self._stats(len(prompt_ids), n, reused, start, first_token_at, drafted))
+        if self.stops.stop is None and (rest := self.stops.held + self.detokenizer.pending):
+            self.deltas.append(Delta(rest, None))
+        self.deltas.append(Delta("", None, finish_reason=self.finish, stats=self.stats()))
 
-    def _stats(self, prompt_tokens: int, n: int, reused: int, start: float, first_token_at: float,
-               drafted: tuple[int, int] | None) -> GenerationStats:
-        """Counts and speeds of one answer; `drafted` is the drafter's (judged, accepted) before it."""
-        end = time.perf_counter()
-        stats = GenerationStats(
-            prompt_tokens=prompt_tokens, completion_tokens=n, reused_tokens=reused,
-            first_token_s=first_token_at - start,
-            decode_tok_s=(n - 1) / (end - first_token_at) if n > 1 and end > first_token_at else 0.0,
-            total_tok_s=n / (end - start) if end > start else 0.0)
-        if drafted and self.drafter.judged > drafted[0]:
-            stats.draft_acceptance = (self.drafter.accepted - drafted[1]) / (self.drafter.judged - drafted[0])
-        return stats
+    def stats(self) -> GenerationStats:
+        end, n = time.perf_counter(), self.n
+        first = self.first_token_at if self.first_token_at is not None else end
+        return GenerationStats(
+            prompt_tokens=len(self.prompt_ids), completion_tokens=n, reused_tokens=self.reused,
+            first_token_s=first - self.started,
+            decode_tok_s=(n - 1) / (end - first) if n > 1 and end > first else 0.0,
+            total_tok_s=n / (end - self.started) if end > self.started else 0.0,
+            draft_acceptance=self.accepted / self.judged if self.judged else None)
 
 
 def load_inference(args: argparse.Namespace) -> Inference:

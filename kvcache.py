@@ -9,56 +9,89 @@ class CacheFullError(RuntimeError):
 
 
 class KVCache:
-    """Buffer [1, kv_len, layers*2*kv_heads, head_dim]; token i of the conversation lives in slot i,
-    so a token's slot is also its position id.
+    """Buffer [rows, kv_len, layers*2*kv_heads, head_dim]: one row per conversation, and token i of a
+    conversation lives in slot i of its row, so a token's slot is also its position id.
 
-    method "fixsize" hands the whole buffer to every call (static shapes, as the NPU needs);
-    "basic" hands only the filled slots (less attention work on a CPU)."""
+    method "fixsize" hands a row's whole buffer to every call (static shapes, as the NPU needs);
+    "basic" hands only the filled slots (less attention work on a CPU). A decode step for several rows
+    always hands their whole rows (one contiguous block), masked row by row.
+
+    The methods take a row (default 0); `length` and `free` are row 0's."""
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, kv_len: int,
-                 dtype: np.dtype = np.float32, method: str = "fixsize"):
+                 dtype: np.dtype = np.float32, method: str = "fixsize", rows: int = 1):
         if method not in ("fixsize", "basic"):
             raise ValueError(f"unknown kv cache method {method!r}")
-        self.kv_len, self.method, self.length = kv_len, method, 0
-        self.buffer = np.zeros((1, kv_len, num_layers * 2 * num_kv_heads, head_dim), dtype=dtype)
+        self.kv_len, self.method = kv_len, method
+        self.lengths = [0] * rows  # mutated in place, never rebound: sessions share this list
+        self.buffer = np.zeros((rows, kv_len, num_layers * 2 * num_kv_heads, head_dim), dtype=dtype)
+
+    @property
+    def length(self) -> int:
+        return self.lengths[0]
 
     @property
     def free(self) -> int:
-        return self.kv_len - self.length
+        return self.kv_len - self.lengths[0]
 
-    def step_inputs(self, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """attention_mask, position_ids and past_key_values for a call adding seq_len tokens."""
-        if seq_len > self.free:
-            raise CacheFullError(f"{seq_len} new tokens do not fit: {self.length} of {self.kv_len} cache slots used")
-        slots = self.kv_len if self.method == "fixsize" else self.length
+    def _check(self, n: int, row: int) -> None:
+        if n > self.kv_len - self.lengths[row]:
+            raise CacheFullError(f"{n} new tokens do not fit: {self.lengths[row]} of {self.kv_len} cache slots used")
+
+    def step_inputs(self, seq_len: int, row: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """attention_mask, position_ids and past_key_values for a call adding seq_len tokens to one row."""
+        self._check(seq_len, row)
+        length = self.lengths[row]
+        slots = self.kv_len if self.method == "fixsize" else length
         mask = np.zeros((1, slots + seq_len), dtype=np.int64)
-        mask[0, :self.length] = 1
+        mask[0, :length] = 1
         mask[0, slots:] = 1
-        positions = np.arange(self.length, self.length + seq_len, dtype=np.int64)[None]
-        return mask, positions, self.buffer[:, :slots]
+        positions = np.arange(length, length + seq_len, dtype=np.int64)[None]
+        return mask, positions, self.buffer[row:row + 1, :slots]
 
-    def append(self, new_kv: np.ndarray) -> None:
-        self.next_slots(new_kv.shape[1])[...] = new_kv
-        self.commit(new_kv.shape[1])
+    def decode_inputs(self, rows: list[int]) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """For one token on each of `rows`: the first row of the block handed over, and the block's
+        attention_mask [b, kv_len + 1], position_ids [b, 1] and past_key_values [b, kv_len, ...], b the rows
+        from the lowest listed to the highest. A row in between that is not listed sees only its new token;
+        its output is dropped."""
+        for r in rows:
+            self._check(1, r)
+        lo, hi = min(rows), max(rows)
+        mask = np.zeros((hi - lo + 1, self.kv_len + 1), dtype=np.int64)
+        mask[:, self.kv_len] = 1
+        positions = np.zeros((hi - lo + 1, 1), dtype=np.int64)
+        for r in rows:
+            mask[r - lo, :self.lengths[r]] = 1
+            positions[r - lo, 0] = self.lengths[r]
+        return lo, mask, positions, self.buffer[lo:hi + 1]
 
-    def next_slots(self, n: int) -> np.ndarray:
-        """The contiguous view of the n slots after the stored tokens, for a runtime to write the new keys
-        and values into directly (no copy); `commit(n)` then counts them as stored."""
-        if n > self.free:
-            raise CacheFullError(f"{n} new tokens do not fit: {self.length} of {self.kv_len} cache slots used")
-        return self.buffer[:, self.length:self.length + n]
+    def store(self, rows: list[int], lo: int, new_kv: np.ndarray) -> None:
+        """Append row r's new keys/values, new_kv[r - lo] [1, width, head_dim], to each of `rows`."""
+        for r in rows:
+            self.buffer[r, self.lengths[r]] = new_kv[r - lo, 0]
+            self.lengths[r] += 1
 
-    def commit(self, n: int) -> None:
-        if n > self.free:
-            raise CacheFullError(f"{n} new tokens do not fit: {self.length} of {self.kv_len} cache slots used")
-        self.length += n
+    def append(self, new_kv: np.ndarray, row: int = 0) -> None:
+        self.next_slots(new_kv.shape[1], row)[...] = new_kv
+        self.commit(new_kv.shape[1], row)
 
-    def truncate(self, n: int) -> None:
-        """Forget every token after the first n; stale slots need no clearing, the mask hides them."""
-        self.length = max(0, min(n, self.length))
+    def next_slots(self, n: int, row: int = 0) -> np.ndarray:
+        """The contiguous view of the n slots after a row's stored tokens, for a runtime to write the new
+        keys and values into directly (no copy); `commit(n, row)` then counts them as stored."""
+        self._check(n, row)
+        return self.buffer[row:row + 1, self.lengths[row]:self.lengths[row] + n]
+
+    def commit(self, n: int, row: int = 0) -> None:
+        self._check(n, row)
+        self.lengths[row] += n
+
+    def truncate(self, n: int, row: int = 0) -> None:
+        """Forget every token of a row after the first n; stale slots need no clearing, the mask hides them."""
+        self.lengths[row] = max(0, min(n, self.lengths[row]))
 
     def reset(self) -> None:
-        self.truncate(0)
+        for r in range(len(self.lengths)):
+            self.truncate(0, r)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -1,7 +1,13 @@
 """The Session interface every backend implements: one call adds tokens to the KV cache and returns logits.
 
-Every backend shares `Session.run`, the recursive power-of-two prefill, and implements only
-`_forward` (one graph call on one chunk), `truncate` and `reset`.
+A Session is one conversation's view of the cache: `run` (the recursive power-of-two prefill, shared by
+every backend), `run_all`, `truncate` and `reset`; a backend implements only `_forward` (one graph call
+on one chunk) and `truncate`.
+
+A backend whose cache holds several conversations (`--max_batch` rows) derives from MultiRowSession:
+`row_session(i)` is row i as a Session of its own, and `decode` runs one token for several rows in one
+graph call. The session's own Session methods act on row 0, so a one-row session is used exactly like
+a plain one.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ def prefill_chunks(n: int, max_prefill_length: int) -> list[int]:
 class Session:
     kv_len: int
     length: int
+    rows = 1  # conversations the cache holds
 
     def __init__(self, config: InferenceConfig):
         self.config = config
@@ -42,6 +49,17 @@ class Session:
             logits = self._forward(input_ids[:, start:start + size], 1 if i == len(chunks) - 1 else 0)
             start += size
         return logits[-1]
+
+    def feed(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
+        """One prefill chunk, input_ids [1, n] with n a power of two no longer than --max_prefill_length, in
+        one graph call; the float32 logits of its last token when wanted, else None. What lets a scheduler
+        interleave the chunks of a long prompt with other work."""
+        n = input_ids.shape[1]
+        self._check_room(n)
+        if n > self.config.session.max_prefill_length or n & (n - 1):
+            raise ValueError(f"a prefill chunk of {n} tokens: not a power of two up to --max_prefill_length")
+        logits = self._forward(input_ids, 1 if want_logits else 0)
+        return logits[-1] if want_logits else None
 
     def run_all(self, input_ids: np.ndarray) -> np.ndarray:
         """Feed input_ids [1, n] in one graph call and return the float32 logits of every one of them,
@@ -66,6 +84,91 @@ class Session:
 
     def reset(self) -> None:
         self.truncate(0)
+
+    def row_session(self, i: int) -> "Session":
+        """Row i of the cache as a Session of its own; a one-row session is its own row 0."""
+        if i != 0:
+            raise IndexError(f"row {i}: this session has one row")
+        return self
+
+    def decode(self, rows: list[int], tokens: list[int]) -> np.ndarray:
+        """One token for each of `rows` (distinct), and the float32 logits after each, [len(rows), vocab].
+        Here one call per row; a backend with several rows runs them in one graph call."""
+        return np.stack([self.row_session(r).run(np.array([[t]], np.int64)) for r, t in zip(rows, tokens)])
+
+
+class MultiRowSession(Session):
+    """A cache of `--max_batch` rows, one conversation each. A backend implements `_forward_row` (one
+    chunk on one row alone) and `_decode` (one token for each of two or more rows, in one graph call)."""
+
+    def __init__(self, config: InferenceConfig, lengths: list[int] | None = None):
+        super().__init__(config)
+        self.rows = config.session.max_batch
+        # Tokens each row holds. A subclass may hand in the list its cache keeps (never rebound).
+        self.lengths = lengths if lengths is not None else [0] * self.rows
+        self._views = [Row(self, i) for i in range(self.rows)]
+
+    @property
+    def length(self) -> int:
+        return self.lengths[0]
+
+    def row_session(self, i: int) -> "Row":
+        return self._views[i]
+
+    def _forward(self, input_ids: np.ndarray, n_logits: int) -> np.ndarray | None:
+        return self._forward_row(input_ids, n_logits, 0)
+
+    def truncate(self, n: int) -> None:
+        self.truncate_row(n, 0)
+
+    def truncate_row(self, n: int, row: int) -> None:
+        # Slots past a row's length are never read (masked, or past its seqlens): forgetting is shortening.
+        self.lengths[row] = max(0, min(n, self.lengths[row]))
+
+    def reset(self) -> None:
+        """Forget every row."""
+        for i in range(self.rows):
+            self.row_session(i).reset()
+
+    def decode(self, rows: list[int], tokens: list[int]) -> np.ndarray:
+        if len(set(rows)) != len(rows) or len(rows) != len(tokens):
+            raise ValueError(f"decode needs distinct rows and one token each: rows {rows}, tokens {tokens}")
+        if len(rows) == 1:  # one row runs alone: idle rows cost nothing then
+            return self.row_session(rows[0]).run(np.array([tokens], np.int64))[None]
+        for r in rows:
+            self.row_session(r)._check_room(1)
+        return self._decode(list(rows), np.array(tokens, np.int64))
+
+    def _forward_row(self, input_ids: np.ndarray, n_logits: int, row: int) -> np.ndarray | None:
+        """One graph call on one chunk of one row; as Session._forward."""
+        raise NotImplementedError
+
+    def _decode(self, rows: list[int], tokens: np.ndarray) -> np.ndarray:
+        """One graph call that adds tokens[i] to row rows[i]; the float32 logits [len(rows), vocab]. Rows
+        not listed keep what they hold (at most their last slot may be given up, see onnx_cpu_graph.py)."""
+        raise NotImplementedError
+
+
+class Row(Session):
+    """Row `index` of a MultiRowSession, as a one-conversation Session."""
+
+    def __init__(self, batch: MultiRowSession, index: int):
+        super().__init__(batch.config)
+        self.batch, self.index = batch, index
+
+    @property
+    def kv_len(self) -> int:
+        return self.batch.kv_len
+
+    @property
+    def length(self) -> int:
+        return self.batch.lengths[self.index]
+
+    def _forward(self, input_ids: np.ndarray, n_logits: int) -> np.ndarray | None:
+        return self.batch._forward_row(input_ids, n_logits, self.index)
+
+    def truncate(self, n: int) -> None:
+        self.batch.truncate_row(n, self.index)
 
 
 def refuse(config: InferenceConfig, backend: str, **unsupported: str) -> None:

@@ -3,27 +3,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.base import Session
+from backends.base import MultiRowSession
 from config import InferenceConfig
 from kvcache import KVCache
 
 NP_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-class HostCacheSession(Session):
+class HostCacheSession(MultiRowSession):
     def __init__(self, config: InferenceConfig, dtype: str):
-        super().__init__(config)
         shape, s = config.shape, config.session
         self.cache = KVCache(shape.num_hidden_layers, shape.num_key_value_heads, shape.head_dim,
-                             s.kv_cache_length, NP_DTYPES[dtype], s.kv_cache_method or "fixsize")
+                             s.kv_cache_length, NP_DTYPES[dtype], s.kv_cache_method or "fixsize", s.max_batch)
+        super().__init__(config, self.cache.lengths)
 
     @property
     def kv_len(self) -> int:
         return self.cache.kv_len
-
-    @property
-    def length(self) -> int:
-        return self.cache.length
-
-    def truncate(self, n: int) -> None:
-        self.cache.truncate(n)

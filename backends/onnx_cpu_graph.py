@@ -1,16 +1,54 @@
 """OnnxCpuGraphSession: the --target cpu graph. GroupQueryAttention reads and writes each layer's KV
-buffer in place, so everything but the new token ids and two lengths is bound once, here, and never again."""
+buffer in place, so everything but the new token ids and the lengths is bound once per set of rows and
+never again.
+
+The cache holds --max_batch rows. A prefill chunk (or a lone decode step) runs on its row alone, that row's
+slice of the cache bound as a batch of one; a decode step for several rows runs the block of rows from the
+lowest to the highest in one call, each with its own length (`seqlens_k`)."""
 from __future__ import annotations
 
 import numpy as np
 
-from backends.base import Session, refuse
+from backends.base import MultiRowSession, refuse
 from backends.ort_cache import bind, cpu_session
 from config import InferenceConfig
 from core.errors import UserError
 
 
-class OnnxCpuGraphSession(Session):
+class _Bound:
+    """One io_binding over rows [lo, hi] of the cache, with its own small input and output buffers."""
+
+    def __init__(self, session: "OnnxCpuGraphSession", lo: int, hi: int):
+        shape, b = session.config.shape, hi - lo + 1
+        self.binding = session.ort.io_binding()
+        for i in range(shape.num_hidden_layers):
+            for j, kind in enumerate(("key", "value")):
+                block = session.cache[i, j, lo:hi + 1]
+                bind(self.binding, f"past_{kind}_{i}", block)
+                bind(self.binding, f"present_{kind}_{i}", block, output=True)
+        self.seqlens_k = np.zeros(b, np.int32)
+        self.total = np.zeros((), np.int32)
+        self.tokens = np.zeros((b, 1), np.int64)
+        self.num_logits = np.ones(1, np.int64)
+        self.logits = np.zeros((b, 1, shape.vocab_size), np.float32)
+        for name, arr in (("seqlens_k", self.seqlens_k), ("total_sequence_length", self.total),
+                          ("input_ids", self.tokens), ("num_logits", self.num_logits)):
+            bind(self.binding, name, arr)
+        bind(self.binding, "logits", self.logits, output=True)
+        self.bound_ids, self.bound_logits = self.tokens, self.logits
+
+    def bind_ids(self, ids: np.ndarray) -> None:
+        if ids is not self.bound_ids:
+            bind(self.binding, "input_ids", ids)
+            self.bound_ids = ids
+
+    def bind_logits(self, logits: np.ndarray) -> None:
+        if logits is not self.bound_logits:
+            bind(self.binding, "logits", logits, output=True)
+            self.bound_logits = logits
+
+
+class OnnxCpuGraphSession(MultiRowSession):
     def __init__(self, config: InferenceConfig, meta: dict[str, str]):
         super().__init__(config)
         s, shape = config.session, config.shape
@@ -21,52 +59,58 @@ class OnnxCpuGraphSession(Session):
         if "num_logits" not in {i.name for i in self.ort.get_inputs()}:
             raise UserError(f"{s.onnx_model_path}: a cpu graph from an older export (no num_logits "
                             "input); export it again with export_onnx.py --target cpu")
-        self.kv_len, self.length = s.kv_cache_length, 0
-        # [layer, key/value, batch, kv_heads, slot, head_dim]: each layer's key and value blocks are
-        # contiguous, as GroupQueryAttention's BNSH layout needs.
-        self.cache = np.zeros((shape.num_hidden_layers, 2, 1, shape.num_key_value_heads, s.kv_cache_length,
-                               shape.head_dim), np.float32)
-        self.seqlens_k = np.zeros(1, np.int32)
-        self.total = np.zeros((), np.int32)
-        self.one_token = np.zeros((1, 1), np.int64)
-        self.num_logits = np.ones(1, np.int64)
-        self.logits = np.zeros((1, 1, shape.vocab_size), np.float32)
-        self.binding = self.ort.io_binding()
-        for i in range(shape.num_hidden_layers):
-            for j, kind in enumerate(("key", "value")):
-                bind(self.binding, f"past_{kind}_{i}", self.cache[i, j])
-                bind(self.binding, f"present_{kind}_{i}", self.cache[i, j], output=True)
-        for name, arr in (("seqlens_k", self.seqlens_k), ("total_sequence_length", self.total),
-                          ("input_ids", self.one_token), ("num_logits", self.num_logits)):
-            bind(self.binding, name, arr)
-        self.bound_ids = self.one_token
-        self.bound_logits = self.logits
-        bind(self.binding, "logits", self.logits, output=True)
+        self.kv_len = s.kv_cache_length
+        # [layer, key/value, row, kv_heads, slot, head_dim]: each layer's key and value blocks are
+        # contiguous for any run of rows, as GroupQueryAttention's BNSH layout needs. np.zeros maps pages
+        # lazily: a row costs memory only for the slots it has filled.
+        self.cache = np.zeros((shape.num_hidden_layers, 2, self.rows, shape.num_key_value_heads,
+                               s.kv_cache_length, shape.head_dim), np.float32)
+        self._bound: dict[tuple[int, int], _Bound] = {}
 
-    def _forward(self, input_ids: np.ndarray, n_logits: int) -> np.ndarray | None:
-        seq = input_ids.shape[1]
+    def _binding(self, lo: int, hi: int) -> _Bound:
+        """Rows [lo, hi] bound once and kept: at most rows * (rows + 1) / 2 small bindings."""
+        if (lo, hi) not in self._bound:
+            self._bound[lo, hi] = _Bound(self, lo, hi)
+        return self._bound[lo, hi]
+
+    def _forward_row(self, input_ids: np.ndarray, n_logits: int, row: int) -> np.ndarray | None:
+        b = self._binding(row, row)
+        seq, length = input_ids.shape[1], self.lengths[row]
         if seq == 1:
-            self.one_token[...] = input_ids
-            ids = self.one_token
+            b.tokens[...] = input_ids
+            ids = b.tokens
         else:
             ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         # A decode step only rewrites bound buffers; a longer chunk binds its own ids (and logits rows,
         # when it wants several), and the next decode step binds the one-row buffers back.
-        if ids is not self.bound_ids:
-            bind(self.binding, "input_ids", ids)
-            self.bound_ids = ids
+        b.bind_ids(ids)
         rows = max(1, n_logits)
-        logits = self.logits if rows == 1 else np.empty((1, rows, self.config.shape.vocab_size), np.float32)
-        if logits is not self.bound_logits:
-            bind(self.binding, "logits", logits, output=True)
-            self.bound_logits = logits
-        self.num_logits[0] = rows
-        self.total[...] = self.length + seq
-        self.seqlens_k[0] = self.length + seq - 1
-        self.ort.run_with_iobinding(self.binding)
-        self.length += seq
+        logits = b.logits if rows == 1 else np.empty((1, rows, self.config.shape.vocab_size), np.float32)
+        b.bind_logits(logits)
+        b.num_logits[0] = rows
+        b.total[...] = length + seq
+        b.seqlens_k[0] = length + seq - 1
+        self.ort.run_with_iobinding(b.binding)
+        self.lengths[row] = length + seq
         return logits[0].copy() if n_logits else None
 
-    def truncate(self, n: int) -> None:
-        # Slots past seqlens_k are never read: forgetting tokens is only a shorter length.
-        self.length = max(0, min(n, self.length))
+    def _decode(self, rows: list[int], tokens: np.ndarray) -> np.ndarray:
+        lo, hi = min(rows), max(rows)
+        b = self._binding(lo, hi)
+        b.bind_ids(b.tokens)
+        b.bind_logits(b.logits)
+        b.num_logits[0] = 1
+        b.tokens[:, 0] = 0
+        # Every row of the block writes one new entry at slot seqlens_k. An idle row writes it past what it
+        # holds, so its conversation stays reusable; one whose row is full gives up its last slot for it.
+        for r in range(lo, hi + 1):
+            if r not in rows and self.lengths[r] >= self.kv_len:
+                self.lengths[r] = self.kv_len - 1
+            b.seqlens_k[r - lo] = self.lengths[r]
+        at = [r - lo for r in rows]
+        b.tokens[at, 0] = tokens
+        b.total[...] = int(b.seqlens_k.max()) + 1
+        self.ort.run_with_iobinding(b.binding)
+        for r in rows:
+            self.lengths[r] += 1
+        return b.logits[at, 0].copy()

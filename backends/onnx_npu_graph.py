@@ -24,20 +24,34 @@ class OnnxSession(HostCacheSession):
         # so a long chunk's [seq, vocab] block does not stay resident.
         self.decode_logits = np.empty((1, 1, config.shape.vocab_size), self.cache.buffer.dtype)
 
-    def _forward(self, input_ids: np.ndarray, n_logits: int) -> np.ndarray | None:
-        seq = input_ids.shape[1]
-        mask, positions, past = self.cache.step_inputs(seq)
-        # The new keys/values are written straight into their cache slots. With "fixsize" those slots are
-        # also part of the input, but masked: softmax gives them exactly zero weight, whatever they hold.
-        new_kv = self.cache.next_slots(seq)
-        vocab = self.config.shape.vocab_size
-        logits = self.decode_logits if seq == 1 else np.empty((1, seq, vocab), new_kv.dtype)
-        input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        for name, arr in (("input_ids", input_ids), ("attention_mask", mask), ("position_ids", positions),
-                          ("past_key_values", past)):
+    def _run(self, input_ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: np.ndarray,
+             logits: np.ndarray, new_kv: np.ndarray) -> None:
+        for name, arr in (("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64)), ("attention_mask", mask),
+                          ("position_ids", positions), ("past_key_values", past)):
             bind(self.binding, name, arr)
         bind(self.binding, "logits", logits, output=True)
         bind(self.binding, "out_key_values", new_kv, output=True)
         self.ort.run_with_iobinding(self.binding)
-        self.cache.commit(seq)
+
+    def _forward_row(self, input_ids: np.ndarray, n_logits: int, row: int) -> np.ndarray | None:
+        seq = input_ids.shape[1]
+        mask, positions, past = self.cache.step_inputs(seq, row)
+        # The new keys/values are written straight into their cache slots. With "fixsize" those slots are
+        # also part of the input, but masked: softmax gives them exactly zero weight, whatever they hold.
+        new_kv = self.cache.next_slots(seq, row)
+        vocab = self.config.shape.vocab_size
+        logits = self.decode_logits if seq == 1 else np.empty((1, seq, vocab), new_kv.dtype)
+        self._run(input_ids, mask, positions, past, logits, new_kv)
+        self.cache.commit(seq, row)
         return logits[0, seq - n_logits:].astype(np.float32) if n_logits else None
+
+    def _decode(self, rows: list[int], tokens: np.ndarray) -> np.ndarray:
+        lo, mask, positions, past = self.cache.decode_inputs(rows)
+        ids = np.zeros((past.shape[0], 1), np.int64)
+        ids[[r - lo for r in rows], 0] = tokens
+        # Each row's new entry goes to another slot: they come out in one block and are copied over.
+        new_kv = np.empty((past.shape[0], 1) + past.shape[2:], past.dtype)
+        logits = np.empty((past.shape[0], 1, self.config.shape.vocab_size), past.dtype)
+        self._run(ids, mask, positions, past, logits, new_kv)
+        self.cache.store(rows, lo, new_kv)
+        return logits[[r - lo for r in rows], 0].astype(np.float32)

@@ -89,8 +89,16 @@ def speculative_tokens(target: Session, drafter: Drafter, cached: list[int], log
     already hold a few more (guesses being checked). Only the first len(cached) slots count: the next
     prefill truncates to a prefix of `cached`."""
     pending = sample(logits, params, rng)
+    yield pending
+    yield from speculative_after(target, drafter, cached, pending, params, rng)
+
+
+def speculative_after(target: Session, drafter: Drafter, cached: list[int], pending: int,
+                      params: SamplingParams, rng: np.random.Generator) -> Iterator[int]:
+    """The tokens after `pending`, a token already yielded but not yet in the cache, which holds exactly
+    `cached`; as speculative_tokens. A caller may stop at any yield and go on with plain decoding from
+    the token just yielded, once it has truncated the target to len(cached)."""
     while True:
-        yield pending
         room = target.kv_len - len(cached) - 1
         guesses, dists = drafter.propose(cached + [pending], min(drafter.tokens, room), params, rng) \
             if room > 0 else ([], [])
@@ -107,3 +115,4 @@ def speculative_tokens(target: Session, drafter: Drafter, cached: list[int], log
         else:
             pending = sample(rows[len(guesses)], params, rng)
         target.truncate(len(cached))
+        yield pending

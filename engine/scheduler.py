@@ -1,0 +1,246 @@
+"""Continuous batching: up to --max_batch requests share one session, each in its own row of the KV cache
+(a slot), and each decode step runs all of them in one graph call.
+
+- Admission: a request takes the free slot whose cached tokens share the longest prefix with its prompt
+  (so a user's next turn finds their own cache), else the least recently used free slot; it prefills
+  only the tokens past that prefix. Without a free slot it waits.
+- Prefill: the prompt runs in its power-of-two chunks on its row alone, one chunk per step, between
+  decode steps: a long prompt delays the others by one chunk at a time, not by the whole prompt.
+- Decode: every step feeds each generating request its last token, all rows in one call, and samples
+  each row's next token with the request's own sampling settings and random generator, so a request's
+  tokens do not depend on what else runs. A request joins after its last prefill chunk and leaves the
+  moment it ends (end token, stop string, length, cancel): its slot is free at once, its cache kept.
+- Speculative decoding (a draft model) runs while exactly one request is generating; when a second
+  one joins, the first goes on with plain batched decoding from the token it is at.
+
+The scheduler knows tokens only: a Request subclass turns them into text and decides when to stop.
+Everything runs on the caller's thread; nothing here is thread-safe.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterator
+
+import numpy as np
+
+from backends.base import Session, prefill_chunks
+from engine.sampling import SamplingParams, sample
+from engine.speculative import Drafter, speculative_after
+from kvcache import common_prefix
+
+
+class Request:
+    """One generation, as the scheduler sees it. `accept` gets each new token; `end` is called once when it
+    finishes normally (not when cancelled or failed). After it leaves, `finished` is set and `error` holds
+    what failed it, if anything."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams):
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+        self.slot: Slot | None = None
+        self.reused = 0  # prompt tokens found in the slot's cache
+        self.judged = self.accepted = 0  # draft guesses judged and kept for this request
+        self.finished = False
+        self.error: BaseException | None = None
+        self.todo: list[int] = []  # prompt tokens still to prefill
+        self.pending: int | None = None  # accepted, not yet fed to the model
+        self.spec: Iterator[int] | None = None  # its speculative decoding, while it runs
+
+    def accept(self, token: int, cache_full: bool) -> bool:
+        """The next generated token; return False to end here (the token is then not fed to the model).
+        cache_full: no slot is left to feed it."""
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """The request finished normally."""
+
+
+class Slot:
+    """A row of the cache and the tokens it holds (for prefix reuse), or is given to a request."""
+
+    def __init__(self, index: int, row: Session):
+        self.index, self.row = index, row
+        self.ids: list[int] = []
+        self.request: Request | None = None
+        self.used_at = 0
+
+    def held(self) -> list[int]:
+        """The tokens the row really holds: a row can give up its last slot while idle (backends/base.py)."""
+        return self.ids[:self.row.length]
+
+
+class Scheduler:
+    def __init__(self, session: Session, drafter: Drafter | None = None):
+        self.session, self.drafter = session, drafter
+        self.max_prefill_length = session.config.session.max_prefill_length
+        self.slots = [Slot(i, session.row_session(i)) for i in range(session.rows)]
+        self.waiting: deque[Request] = deque()
+        self.prefilling: list[Request] = []  # oldest first: its chunks run first
+        self.decoding: list[Request] = []
+        self._clock = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.prefilling) + len(self.decoding)
+
+    def free_slots(self) -> int:
+        """Slots a new request would get now."""
+        return sum(s.request is None for s in self.slots) - len(self.waiting)
+
+    def submit(self, request: Request) -> None:
+        self.waiting.append(request)
+        self._admit()
+
+    def cancel(self, request: Request) -> None:
+        """Take the request out at once; its slot keeps the tokens it holds, for reuse."""
+        if request.finished:
+            return
+        if request in self.waiting:
+            self.waiting.remove(request)
+            request.finished = True
+            return
+        self._leave(request)
+
+    def reset(self) -> None:
+        """Forget every slot's cache (and the draft model's); only while nothing runs."""
+        if self.active or self.waiting:
+            raise RuntimeError("reset while requests run")
+        self.session.reset()
+        for s in self.slots:
+            s.ids = []
+        if self.drafter:
+            self.drafter.reset()
+
+    def step(self) -> None:
+        """Admit what fits, run one prefill chunk, then one decode step for every generating request.
+        A failing graph call fails the requests it ran for (their rows are forgotten); anything else that
+        fails fails every running request. Errors are stored on the requests; only interrupts propagate."""
+        try:
+            self._admit()
+            if self.prefilling:
+                self._prefill_chunk(self.prefilling[0])
+            if self.decoding:
+                self._decode()
+        except BaseException as e:
+            for request in self.prefilling + self.decoding:
+                self._fail(request, e)
+            if not isinstance(e, Exception):
+                raise
+
+    # ---- admission and prefill ---------------------------------------------------------------------
+    def _admit(self) -> None:
+        while self.waiting:
+            free = [s for s in self.slots if s.request is None]
+            if not free:
+                return
+            request = self.waiting.popleft()
+            slot = self._choose(free, request.prompt_ids)
+            prompt = request.prompt_ids
+            reuse = min(common_prefix(slot.held(), prompt), len(prompt) - 1)
+            slot.row.truncate(reuse)
+            slot.ids = prompt[:reuse]
+            slot.request, request.slot = request, slot
+            request.reused, request.todo = reuse, prompt[reuse:]
+            self._clock += 1
+            slot.used_at = self._clock
+            self.prefilling.append(request)
+
+    @staticmethod
+    def _choose(free: list[Slot], prompt: list[int]) -> Slot:
+        """The longest shared prefix; among equals (none shared, say), the least recently used."""
+        return max(free, key=lambda s: (common_prefix(s.held(), prompt), -s.used_at))
+
+    def _prefill_chunk(self, request: Request) -> None:
+        size = prefill_chunks(len(request.todo), self.max_prefill_length)[0]
+        chunk, last = request.todo[:size], size == len(request.todo)
+        try:
+            logits = request.slot.row.feed(np.array([chunk], np.int64), want_logits=last)
+        except Exception as e:
+            self._fail(request, e)
+            return
+        request.slot.ids += chunk
+        request.todo = request.todo[size:]
+        if last:
+            self.prefilling.remove(request)
+            self._deliver(request, sample(logits, request.params, request.rng))
+
+    # ---- decoding ---------------------------------------------------------------------------------
+    def _deliver(self, request: Request, token: int) -> None:
+        """Hand the request its next token; it is fed at the next decode step unless the request ends."""
+        if request.accept(token, len(request.slot.ids) >= request.slot.row.kv_len):
+            request.pending = token
+            if request not in self.decoding:
+                self.decoding.append(request)
+        else:
+            self._leave(request, finished=True)
+
+    def _decode(self) -> None:
+        if self.drafter and len(self.decoding) == 1:
+            self._speculate(self.decoding[0])
+            return
+        running = list(self.decoding)
+        for request in running:
+            self._stop_speculating(request)
+        try:
+            logits = self.session.decode([r.slot.index for r in running], [r.pending for r in running])
+        except Exception as e:
+            for request in running:
+                self._fail(request, e)
+            return
+        for request, row_logits in zip(running, logits):
+            request.slot.ids.append(request.pending)
+            request.pending = None
+            self._deliver(request, sample(row_logits, request.params, request.rng))
+
+    def _speculate(self, request: Request) -> None:
+        """The next token of the only generating request, by speculative decoding: one draft-and-check
+        round yields several tokens, handed out one per step so that a joining request waits for none."""
+        if request.spec is None:
+            request.spec = speculative_after(request.slot.row, self.drafter, request.slot.ids, request.pending,
+                                             request.params, request.rng)
+        judged, accepted = self.drafter.judged, self.drafter.accepted
+        try:
+            token = next(request.spec)
+        except Exception as e:
+            self._fail(request, e)
+            return
+        request.judged += self.drafter.judged - judged
+        request.accepted += self.drafter.accepted - accepted
+        request.pending = None
+        self._deliver(request, token)
+
+    def _stop_speculating(self, request: Request) -> None:
+        """From here on plain decoding: the target may hold guesses past the tokens that count."""
+        if request.spec is not None:
+            request.spec.close()
+            request.spec = None
+            request.slot.row.truncate(len(request.slot.ids))
+
+    # ---- leaving ----------------------------------------------------------------------------------
+    def _leave(self, request: Request, finished: bool = False) -> None:
+        self._stop_speculating(request)
+        for queue in (self.prefilling, self.decoding):
+            if request in queue:
+                queue.remove(request)
+        slot = request.slot
+        slot.request = None
+        self._clock += 1
+        slot.used_at = self._clock
+        request.finished = True
+        if finished:
+            request.end()
+
+    def _fail(self, request: Request, error: BaseException) -> None:
+        """A graph call failed for the request: its row may be half-written, so it is forgotten."""
+        if request.finished:
+            return
+        if request.spec is not None:
+            request.spec.close()
+            request.spec = None
+            if self.drafter:
+                self.drafter.reset()
+        request.slot.row.reset()
+        request.slot.ids = []
+        request.error = error
+        self._leave(request)
