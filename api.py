@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from config import ServerOptions, add_model_args
+from config import CPU_SERVER_MAX_BATCH, ServerOptions, add_model_args
 from core.errors import run_main
 from core.flags import ArgumentParser, add_flags, from_args
 
@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     server = from_args(ServerOptions, args)
+    if args.max_batch is None and args.session_type != "acl":
+        # A CPU serves several conversations at once for little more than one (README: Slots and batching);
+        # an .om runs the batch it was compiled for, so acl keeps 1 unless told.
+        args.max_batch = CPU_SERVER_MAX_BATCH
     from inference import load_inference
 
     inference = load_inference(args)

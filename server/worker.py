@@ -1,6 +1,7 @@
-"""One thread owns the model; requests wait in a bounded queue and are served one at a time.
-Results travel back to the event loop through an asyncio.Queue fed with call_soon_threadsafe, so the
-loop never blocks on the model, and a cancel flag set by the loop stops a generation between tokens."""
+"""One thread owns the model and runs every admitted request together (continuous batching, one slot of
+the KV cache each: engine/scheduler.py); requests beyond the slots wait in a bounded queue, and beyond that
+get 429. Results travel back to the event loop through an asyncio.Queue fed with call_soon_threadsafe, so
+the loop never blocks on the model, and a cancel flag set by the loop takes a request out between steps."""
 from __future__ import annotations
 
 import asyncio
@@ -11,14 +12,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference import Inference, PromptTooLongError, SamplingParams
+from inference import Generation, Inference, PromptTooLongError, SamplingParams
 from server.errors import APIError
 
 log = logging.getLogger("api")
 DONE = object()  # the last event of every job
 
 
-@dataclass
+@dataclass(eq=False)  # each job is its own key in the worker's table of running jobs
 class Job:
     messages: list[dict]
     tools: list[dict] | None
@@ -39,18 +40,20 @@ class Worker:
     def __init__(self, inference: Inference, max_queue: int, max_input_length: int) -> None:
         self.inference = inference
         self.max_input_length = max_input_length
+        self.slots = len(inference.scheduler.slots)
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
-        self._current: Job | None = None
+        self._running: dict[Job, Generation] = {}
+        self._stopping = threading.Event()
         self.served = 0
         self.cancelled = 0
+        self.peak_busy = 0  # the most requests that ran at once
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        if self._current is not None:
-            self._current.cancel.set()
+        self._stopping.set()  # the model thread cancels what runs
         while True:  # drop waiting jobs so the sentinel fits in a full queue
             try:
                 job = self._jobs.get_nowait()
@@ -70,21 +73,69 @@ class Worker:
                                 "Retry shortly.", code="rate_limit_exceeded") from None
 
     def status(self) -> dict:
-        return {"queued": self._jobs.qsize(), "busy": self._current is not None,
-                "served": self.served, "cancelled": self.cancelled}
+        busy = len(self._running)
+        return {"queued": self._jobs.qsize(), "busy": busy > 0, "slots": self.slots, "busy_slots": busy,
+                "free_slots": self.slots - busy, "peak_busy_slots": self.peak_busy, "served": self.served,
+                "cancelled": self.cancelled}
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if job.cancel.is_set():
-                self.cancelled += 1  # the client left while waiting
+        while True:
+            if self._stopping.is_set():
+                for job in list(self._running):
+                    self._cancel(job)
+            # Take waiting jobs while a slot is free; with nothing running, wait for one.
+            while len(self._running) < self.slots:
+                try:
+                    job = self._jobs.get(block=not self._running)
+                except queue.Empty:
+                    break
+                if job is None:
+                    for running in list(self._running):
+                        self._cancel(running)
+                    return
+                self._admit(job)
+            for job in [j for j in self._running if j.cancel.is_set()]:
+                self._cancel(job)  # the client left
+            if self._running:
+                self._step()
+
+    def _admit(self, job: Job) -> None:
+        if job.cancel.is_set():
+            self.cancelled += 1  # the client left while waiting
+            job.emit(DONE)
+            return
+        ids = self._prompt(job)
+        if ids is None:
+            job.emit(DONE)
+            return
+        try:
+            self._running[job] = self.inference.start(ids, job.params)
+            self.peak_busy = max(self.peak_busy, len(self._running))
+        except PromptTooLongError as e:
+            job.emit(APIError(400, str(e), code="context_length_exceeded", param="messages"))
+            job.emit(DONE)
+
+    def _step(self) -> None:
+        try:
+            self.inference.step()
+        except BaseException:
+            log.exception("the engine failed")  # requests it ran for carry the error; reported below
+        for job, generation in list(self._running.items()):
+            for delta in generation.take():
+                job.emit(delta)
+            if generation.finished:
+                del self._running[job]
+                if generation.error is not None:
+                    log.error("generation failed", exc_info=generation.error)
+                    job.emit(APIError(500, "The model failed while generating.", type="server_error"))
+                else:
+                    self.served += 1
                 job.emit(DONE)
-                continue
-            self._current = job
-            try:
-                self._serve(job)
-            finally:
-                self._current = None
-                job.emit(DONE)
+
+    def _cancel(self, job: Job) -> None:
+        self.inference.cancel(self._running.pop(job))
+        self.cancelled += 1
+        job.emit(DONE)
 
     def _prompt(self, job: Job) -> list[int] | None:
         try:
@@ -99,23 +150,3 @@ class Worker:
                               code="context_length_exceeded", param="messages"))
             return None
         return ids
-
-    def _serve(self, job: Job) -> None:
-        ids = self._prompt(job)
-        if ids is None:
-            return
-        gen = self.inference.stream(ids, job.params)
-        try:
-            for delta in gen:
-                job.emit(delta)
-                if job.cancel.is_set():
-                    self.cancelled += 1
-                    return
-            self.served += 1
-        except PromptTooLongError as e:
-            job.emit(APIError(400, str(e), code="context_length_exceeded", param="messages"))
-        except Exception:
-            log.exception("generation failed")
-            job.emit(APIError(500, "The model failed while generating.", type="server_error"))
-        finally:
-            gen.close()  # stops the generator at once; Inference then forgets the half-written cache

@@ -1,0 +1,221 @@
+"""Slots and continuous batching (engine/scheduler.py) at the engine level, on every CPU backend: requests
+that arrive at different times, with prompts of different lengths, one cancelled, each get exactly the
+tokens they get alone; conversations that take turns reuse their own slot's cache; a long prompt is
+prefilled between decode steps; speculative decoding hands over to batched decoding and back."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DEFAULT_KV_CACHE_LENGTH, KV_LEN
+from backends.base import Row
+from config import InferenceConfig
+from core.errors import UserError
+from inference import Generation, Inference, SamplingParams
+
+GREEDY = dict(method="greedy", temperature=0.0)
+KINDS = ["cpu graph", "npu graph", "npu graph basic", "pytorch"]
+
+
+@pytest.fixture(autouse=True)
+def seen_tokens(monkeypatch):
+    """Every Generation records the tokens the engine hands it (end tokens included): Deltas carry text,
+    and a token that only starts a character carries none."""
+    accept = Generation.accept
+
+    def recording(self, token, cache_full):
+        self.__dict__.setdefault("seen", []).append(token)
+        return accept(self, token, cache_full)
+
+    monkeypatch.setattr(Generation, "accept", recording)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir, tiny_onnx_of, cpu_onnx_of) -> dict:
+    return {"dir": tiny_model_dir, "cpu graph": cpu_onnx_of(tiny_model_dir),
+            "npu graph": tiny_onnx_of(tiny_model_dir, KV_LEN)}
+
+
+def engine_for(models: dict, kind: str, max_batch: int, **kw) -> Inference:
+    onnx = models.get(kind.removesuffix(" basic"))
+    base = dict(hf_model_dir=str(models["dir"]), kv_cache_length=KV_LEN, max_input_length=100,
+                max_prefill_length=4, cpu_thread=1, max_batch=max_batch,
+                session_type="pytorch" if onnx is None else "onnx", onnx_model_path=str(onnx) if onnx else None,
+                kv_cache_method="basic" if kind.endswith("basic") else None)
+    return Inference(InferenceConfig.create(**{**base, **kw}))
+
+
+def prompt(seed: int, n: int) -> list[int]:
+    return np.random.default_rng(seed).integers(3, 400, n).tolist()
+
+
+def alone(engine: Inference, ids: list[int], params: SamplingParams) -> list[int]:
+    engine.reset()
+    generation = engine.start(ids, params)
+    while not generation.finished:
+        engine.step()
+    assert generation.error is None
+    return generation.seen
+
+
+def schedule(engine: Inference, arrivals: list[tuple[int, list[int], SamplingParams, int | None]]) -> list:
+    """Start request i at step arrivals[i][0]; cancel it once it has arrivals[i][3] tokens (None: never).
+    Returns the Generations, after every one has finished."""
+    started: dict[int, Generation] = {}
+    step = 0
+    while len(started) < len(arrivals) or not all(g.finished for g in started.values()):
+        for i, (at, ids, params, _) in enumerate(arrivals):
+            if at == step:
+                started[i] = engine.start(ids, params)
+        engine.step()
+        for i, g in started.items():
+            cancel_after = arrivals[i][3]
+            if cancel_after and not g.finished and len(getattr(g, "seen", [])) >= cancel_after:
+                engine.cancel(g)
+        step += 1
+        assert step < 2000
+    return [started[i] for i in range(len(arrivals))]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_concurrent_requests_get_the_tokens_they_get_alone(models, kind, monkeypatch):
+    engine = engine_for(models, kind, max_batch=4)
+    batched: list[list[int]] = []  # the rows of every decode call that ran several
+    real = type(engine.session)._decode
+    monkeypatch.setattr(type(engine.session), "_decode",
+                        lambda self, rows, tokens: batched.append(rows) or real(self, rows, tokens))
+    lengths, arrive, new = [5, 23, 9, 17], [0, 2, 3, 5], [30, 16, 24, 14]
+    requests = [(arrive[i], prompt(i, lengths[i]), SamplingParams(new[i], **GREEDY), None) for i in range(4)]
+    ref = [alone(engine, ids, params) for _, ids, params, _ in requests]
+    assert all(len(r) == n for r, n in zip(ref, new))  # no early end token: every step is compared
+    for n in range(2, 5):
+        engine.reset()
+        # Request 1 is cancelled after 10 tokens: the others go on in the rows around its idle one.
+        got = schedule(engine, [(a, ids, p, 10 if i == 1 else None) for i, (a, ids, p, _) in enumerate(requests[:n])])
+        assert [g.error for g in got] == [None] * n
+        assert max(len(rows) for rows in batched) == n
+        assert n < 3 or any(1 not in rows and max(rows) > 1 for rows in batched)  # around the idle row 1
+        batched.clear()
+        assert got[1].seen == ref[1][:len(got[1].seen)] and 10 <= len(got[1].seen) < len(ref[1])
+        for i in [0] + list(range(2, n)):
+            assert got[i].seen == ref[i], f"request {i} of {n}"
+            assert got[i].take()[-1].finish_reason == "length"
+
+
+@pytest.mark.parametrize("kind", ["cpu graph", "npu graph"])
+def test_sampled_requests_keep_their_own_seeded_tokens(models, kind):
+    engine = engine_for(models, kind, max_batch=3)
+    requests = [(i, prompt(10 + i, 6 + 5 * i), SamplingParams(10, method="top_p", value=0.95, temperature=1.0,
+                                                               seed=i), None) for i in range(3)]
+    ref = [alone(engine, ids, params) for _, ids, params, _ in requests]
+    engine.reset()
+    assert [g.seen for g in schedule(engine, requests)] == ref
+    assert len({tuple(r) for r in ref}) == 3
+
+
+@pytest.mark.parametrize("kind", ["cpu graph", "npu graph"])
+def test_conversations_taking_turns_reuse_their_own_slot(models, kind):
+    """Three conversations on three slots: A ends early and waits idle between B's and C's rows while they
+    decode; then A, B and C each send a second turn and find their first turn in their slot."""
+    engine = engine_for(models, kind, max_batch=3)
+    turn1 = {"B": prompt(20, 11), "A": prompt(21, 13), "C": prompt(22, 7)}
+    first = schedule(engine, [(0, ids, SamplingParams(3 if name == "A" else 12, **GREEDY), None)
+                              for name, ids in turn1.items()])
+    assert [g.slot.index for g in first] == [0, 1, 2]
+    turn2 = {name: ids + g.seen + prompt(30 + i, 5) for i, ((name, ids), g) in enumerate(zip(turn1.items(), first))}
+    second = schedule(engine, [(i, ids, SamplingParams(6, **GREEDY), None)
+                               for i, ids in enumerate(turn2[name] for name in ("A", "C", "B"))])
+    for name, g in zip(("A", "C", "B"), second):
+        assert g.reused >= len(turn1[name]) + len(first[list(turn1).index(name)].seen) - 1, name
+        assert g.slot.index == list(turn1).index(name)
+    fresh = engine_for(models, kind, max_batch=1)
+    assert [g.seen for g in second] == [alone(fresh, turn2[name], SamplingParams(6, **GREEDY))
+                                        for name in ("A", "C", "B")]
+
+
+def test_a_request_without_a_free_slot_waits_then_takes_the_least_recently_used(models):
+    engine = engine_for(models, "cpu graph", max_batch=2)
+    a, b, c = (engine.start(prompt(40 + i, 6), SamplingParams(4 + 4 * i, **GREEDY)) for i in range(3))
+    assert engine.scheduler.free_slots() == -1 and c.slot is None
+    while not a.finished:
+        engine.step()
+    assert c.slot is None  # admitted at the next step
+    engine.step()
+    assert c.slot is not None and c.slot.index == a.slot.index and c.reused == 0
+    while not (b.finished and c.finished):
+        engine.step()
+    assert engine.scheduler.free_slots() == 2
+
+
+def test_a_long_prompt_is_prefilled_between_decode_steps(models, monkeypatch):
+    """A 40-token prompt in chunks of 4 while another request decodes: the decoding request gets a token
+    after every chunk instead of waiting for the whole prompt."""
+    engine = engine_for(models, "cpu graph", max_batch=2)
+    calls: list[str] = []
+    real_feed, real_decode = Row.feed, engine.session.decode
+
+    def feed(self, ids, want_logits):
+        calls.append("chunk")
+        return real_feed(self, ids, want_logits)
+
+    def decode(rows, tokens):
+        calls.append(f"decode {len(rows)}")
+        return real_decode(rows, tokens)
+
+    monkeypatch.setattr(Row, "feed", feed)
+    monkeypatch.setattr(engine.session, "decode", decode)
+    got = schedule(engine, [(0, prompt(51, 5), SamplingParams(20, **GREEDY), None),
+                            (3, prompt(50, 40), SamplingParams(3, **GREEDY), None)])
+    long_chunks = [i for i, c in enumerate(calls) if c == "chunk"][2:]  # the short prompt's 4 + 1 come first
+    assert len(long_chunks) == 10
+    between = calls[long_chunks[0]:long_chunks[-1]]
+    assert between.count("decode 1") == 9 and "decode 2" not in between  # one step after each chunk
+    assert calls[long_chunks[-1] + 1] == "decode 2"  # it joins the batch at once
+    assert [g.error for g in got] == [None, None]
+
+
+def test_speculative_decoding_hands_over_to_batched_decoding_and_back(models, tmp_path):
+    from export.quantize_onnx import main as quantize_main
+
+    int4 = tmp_path / "int4.onnx"
+    assert quantize_main(["--input_model_path", str(models["cpu graph"]), "--output_model_path", str(int4),
+                          "--bits", "4"]) == 0
+    plain = engine_for(models, "cpu graph", max_batch=1)
+    engine = engine_for(models, "cpu graph", max_batch=3, draft_onnx_model_path=str(int4), draft_tokens=3)
+    requests = [(0, prompt(60, 9), SamplingParams(24, **GREEDY), None),
+                (6, prompt(61, 14), SamplingParams(6, **GREEDY), None),
+                (8, prompt(62, 5), SamplingParams(5, **GREEDY), 2)]
+    ref = [alone(plain, ids, params) for _, ids, params, _ in requests]
+    got = schedule(engine, requests)
+    assert got[0].seen == ref[0] and got[1].seen == ref[1] and got[2].seen == ref[2][:len(got[2].seen)]
+    # Request 0 ran alone before 1 came and after 1 and 2 left: the draft judged guesses both times.
+    assert got[0].judged > 0 and got[1].judged == got[2].judged == 0
+
+
+def test_a_failing_decode_step_fails_the_requests_in_it_and_forgets_their_rows(models):
+    engine = engine_for(models, "npu graph", max_batch=2)
+    a, b = (engine.start(prompt(70 + i, 6), SamplingParams(10, **GREEDY)) for i in range(2))
+    while not (a.pending is not None and b.pending is not None):
+        engine.step()
+    engine.session.decode = lambda rows, tokens: (_ for _ in ()).throw(RuntimeError("graph failed"))
+    engine.step()
+    assert isinstance(a.error, RuntimeError) and isinstance(b.error, RuntimeError) and a.finished and b.finished
+    assert [s.ids for s in engine.scheduler.slots] == [[], []] and engine.session.lengths == [0, 0]
+
+
+def test_max_batch_must_be_positive(models):
+    with pytest.raises(UserError, match="--max_batch 0"):
+        engine_for(models, "cpu graph", max_batch=0)
+
+
+def test_default_model_three_concurrent_requests_match_alone(default_model_dir, default_cpu_onnx):
+    """The real model's cpu graph, kept short: three prompts, the second arriving mid-answer."""
+    base = dict(hf_model_dir=str(default_model_dir), onnx_model_path=str(default_cpu_onnx),
+                kv_cache_length=DEFAULT_KV_CACHE_LENGTH, max_input_length=128, max_prefill_length=16)
+    engine = Inference(InferenceConfig.create(**base, max_batch=3))
+    questions = ["Write a python function that adds two numbers.", "What is a linked list?", "Say hi."]
+    ids = [engine.apply_chat_template([{"role": "user", "content": q}]) for q in questions]
+    requests = [(at, p, SamplingParams(12, **GREEDY), None) for at, p in zip((0, 5, 6), ids)]
+    ref = [alone(engine, p, params) for _, p, params, _ in requests]
+    engine.reset()
+    assert [g.seen for g in schedule(engine, requests)] == ref
