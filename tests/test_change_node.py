@@ -126,6 +126,17 @@ def test_each_simplifier_keeps_the_graph_outputs(tool, make_tiny, tiny_onnx_of, 
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("tool", SIMPLIFIERS)
+def test_a_patched_graph_is_simplified_as_patched(tool, tmp_path):
+    """Here the patch changes the graph, so onnxsim reads it from a temporary copy, not from the input."""
+    src, dst = tmp_path / "m.onnx", tmp_path / "out" / "m.onnx"
+    onnx.save(trilu_graph(upper=1, k=1), str(src))
+    assert change_main(["--input_model_path", str(src), "--output_model_path", str(dst), "--simplify", tool]) == 0
+    assert all(len(n.input) == 1 for n in onnx.load(str(dst)).graph.node if n.op_type == "Trilu")
+    np.testing.assert_array_equal(run(dst), np.triu(X, 1))
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["m.onnx"]
+
+
 def test_simplify_flag_parsing(capsys):
     base = ["--input_model_path", "a.onnx", "--output_model_path", "b.onnx"]
     assert parse_args(base).simplify is None
