@@ -82,7 +82,7 @@ def run_graph(onnx_path: Path, ids: list[int], decode_steps: int, out_npz: Path,
     No timings: with onnxruntime's optimizations off they say nothing about a real run."""
     import onnxruntime as ort
 
-    from export.onnx_meta import read_meta
+    from core.contract import read_meta
     from kvcache import KVCache
 
     meta = read_meta(onnx_path)
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"simplify_compare.py: error: no such graph: {', '.join(missing)}", file=sys.stderr)
         return 2
-    from export.onnx_meta import read_meta
+    from core.contract import read_meta
 
     ids = prompt_ids(Path(a.hf_model_dir))
     for g in graphs:

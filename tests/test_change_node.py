@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.change_node import DEFAULT_SIMPLIFIER, SIMPLIFIERS, parse_args
 from export.change_node import main as change_main
-from export.onnx_meta import read_meta
+from core.contract import read_meta
 from kvcache import KVCache
 
 X = np.arange(1, 26, dtype=np.float32).reshape(5, 5)
