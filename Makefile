@@ -33,7 +33,7 @@ AXE := tests/web/node_modules/axe-core/axe.min.js
 .PHONY: help setup model onnx demo test web-test-deps serve bench lint-docker
 
 help:
-	@echo "targets: setup model onnx demo test serve bench lint-docker"
+	@echo "targets: setup model onnx demo test web-test-deps serve bench lint-docker"
 	@echo "variables: MODEL_DIR=$(MODEL_DIR) ONNX_NAME=$(ONNX_NAME) KV_CACHE_LENGTH=$(KV_CACHE_LENGTH)"
 
 setup: $(STAMP)
