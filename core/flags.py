@@ -52,9 +52,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = No
         if has_default and meta["show_default"] and f.default is not None:
             help_text += f" (default {f.default})"
         kwargs: dict[str, Any] = {"help": help_text, "dest": f.name}
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["default"] = f.default if has_default else False
+        if kind is bool:  # an on-switch: a bool field defaults to off
+            kwargs["action"] = "store_true"
         else:
             kwargs["type"] = kind
             if meta["choices"]:
