@@ -25,10 +25,15 @@ ONNX2 := output/onnx2/$(ONNX_NAME)
 ONNX_CPU := output/onnx_cpu/$(ONNX_NAME)
 ONNX_CPU_INT4 := output/onnx_cpu_int4/$(ONNX_NAME)
 
-.PHONY: help setup model onnx demo test serve bench lint-docker
+# The chat page's tests (tests/test_web_ui.py) drive Debian's Chromium and run axe-core inside it.
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+AXE := tests/web/node_modules/axe-core/axe.min.js
+
+.PHONY: help setup model onnx demo test web-test-deps serve bench lint-docker
 
 help:
-	@echo "targets: setup model onnx demo test serve bench lint-docker"
+	@echo "targets: setup model onnx demo test web-test-deps serve bench lint-docker"
 	@echo "variables: MODEL_DIR=$(MODEL_DIR) ONNX_NAME=$(ONNX_NAME) KV_CACHE_LENGTH=$(KV_CACHE_LENGTH)"
 
 setup: $(STAMP)
@@ -80,8 +85,21 @@ demo: onnx
 	$(PY) cli_chat.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX_CPU) \
 	  --draft_onnx_model_path $(ONNX_CPU_INT4) --max_prefill_length 64
 
-test: model
+test: model web-test-deps
 	$(PY) -m pytest -q tests
+
+# A missing browser fails here, before the suite starts: the web tests never skip.
+web-test-deps: $(AXE)
+	@for f in $(CHROMIUM) $(CHROMEDRIVER); do \
+	  test -x $$f || { echo "make test: $$f is missing: the chat page's tests need Debian's Chromium;" \
+	    "install it with: apt-get install -y chromium chromium-driver (.ci/run does)"; exit 1; }; \
+	done
+
+# npm ci installs exactly what tests/web/package-lock.json pins (it rebuilds tests/web/node_modules, which
+# holds nothing else).
+$(AXE): tests/web/package.json tests/web/package-lock.json
+	npm ci --prefix tests/web --no-audit --no-fund
+	touch $@
 
 serve: onnx
 	$(PY) api.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX_CPU) \

@@ -37,7 +37,7 @@ def serve(args: argparse.Namespace) -> int:
 
     name = server.served_model_name or Path(inference.config.session.hf_model_dir.rstrip("/")).name
     app = create_app(inference, name, api_key=server.api_key, max_queue=server.max_queue,
-                     max_body_bytes=int(server.max_request_mb * (1 << 20)))
+                     max_body_bytes=int(server.max_request_mb * (1 << 20)), web_ui=not server.no_web_ui)
     uvicorn.run(app, host=server.host, port=server.port)
     return 0
 

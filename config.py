@@ -95,6 +95,7 @@ class ServerOptions:
         None, help="model id clients see and send (default: the model directory's name)")
     max_queue: int = option(64, help="requests that may wait for the model; more get 429")
     max_request_mb: float = option(1.0, help="largest request body accepted, in MiB; larger gets 413")
+    no_web_ui: bool = option(False, help="do not serve the chat page at / (the API alone)")
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

@@ -49,12 +49,11 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = No
         kind = _base_type(f.type)
         help_text = meta["help"]
         has_default = f.default is not dataclasses.MISSING
-        if has_default and meta["show_default"] and f.default is not None:
+        if has_default and meta["show_default"] and f.default is not None and kind is not bool:
             help_text += f" (default {f.default})"
         kwargs: dict[str, Any] = {"help": help_text, "dest": f.name}
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["default"] = f.default if has_default else False
+        if kind is bool:  # an on-switch: a bool field defaults to off
+            kwargs["action"] = "store_true"
         else:
             kwargs["type"] = kind
             if meta["choices"]:

@@ -5,7 +5,8 @@
 - Trilu with a k input: atc accepts only the k-less form. triu(x, 1) becomes x - tril(x); tril(x, 0)
   and triu(x, 0) lose their k. Other k values cannot be rewritten exactly and are reported.
 - Cast to INT8 becomes AscendQuant(scale=1, offset=0), the Ascend op that does that cast.
-- --simplify runs onnxslim on the result.
+- --simplify [onnxsim|onnxslim] also simplifies the result (constant folding, shape ops removed); a bare
+  --simplify uses onnxsim (bench/simplify_compare.py measured both on the default model).
 - Ops outside CANN's documented ONNX op list are listed (export/check_ops.py).
 Our own exporter emits neither op; the rewrites serve graphs from other exporters.
 """
@@ -13,17 +14,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-from onnx import helper, numpy_helper  # noqa: E402
-
-from config import ArgumentParser  # noqa: E402
-from export.check_ops import unlisted_ops  # noqa: E402
-from export.export_onnx import save  # noqa: E402
+from core.errors import UserError, run_main
+from core.flags import ArgumentParser
+from export.check_ops import unlisted_ops
+from export.export_onnx import save
 
 
 def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
@@ -80,41 +81,81 @@ def patch(model: onnx.ModelProto) -> list[str]:
     return report
 
 
-def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxslim
-    return onnxslim.slim(model)
+SIMPLIFIERS = ("onnxsim", "onnxslim")
+# onnxsim: on the default model's fp32 graph it peaked at half of onnxslim's memory (5.7 against 11.0 GB),
+# for ~10 % more time; greedy tokens equal to the input graph's for both (bench/simplify_compare.json).
+DEFAULT_SIMPLIFIER = "onnxsim"
+
+
+class SimplifyError(Exception):
+    """The simplifier rejected the graph or gave up on it."""
+
+
+def simplify(model: onnx.ModelProto, tool: str, saved_as: Path | None, scratch: Path) -> onnx.ModelProto:
+    """`model` simplified by `tool` ("onnxsim" or "onnxslim"). `saved_as` is a file already holding
+    `model` with its weights (None: it is written to a temporary directory under `scratch` first)."""
+    if tool == "onnxslim":
+        import onnxslim
+        return onnxslim.slim(model)
+    import onnxsim
+    # Given a path, onnxsim reads and writes the files itself: a >2 GB graph never becomes one serialized
+    # protobuf string. On the fp32 graph that took 23 s and 5.8 GB instead of 58 s and 8.3 GB (one run each).
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".simplify-") as tmp:
+        if saved_as is None:
+            saved_as = Path(tmp) / "patched.onnx"
+            save(model, saved_as)
+        out = Path(tmp) / "simplified.onnx"
+        _, checked = onnxsim.simplify(str(saved_as), output_path=str(out))
+        if not checked:
+            raise SimplifyError("onnx's checker rejects onnxsim's result")
+        return onnx.load(str(out))
+
+
+def one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description="Make an exported ONNX model acceptable to atc: rewrite Trilu nodes "
-                                            "with a k input and INT8 Casts, report what changed.")
+                                   "with a k input and INT8 Casts, report what changed.")
     p.add_argument("--input_model_path", required=True, help="the .onnx written by export_onnx.py")
     p.add_argument("--output_model_path", required=True,
                    help="where to write the patched .onnx (a different path; the input is never modified)")
-    p.add_argument("--simplify", action="store_true", help="also simplify the graph with onnxslim")
+    p.add_argument("--simplify", nargs="?", const=DEFAULT_SIMPLIFIER, choices=SIMPLIFIERS, default=None,
+                   help=f"also simplify the graph with onnxsim or onnxslim (bare --simplify: {DEFAULT_SIMPLIFIER})")
     return p.parse_args(argv)
-
-
-def fail(msg: str) -> int:
-    print(f"change_node.py: error: {msg}", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    return run_main("change_node.py", lambda: run(a))
+
+
+def run(a: argparse.Namespace) -> int:
     src, dst = Path(a.input_model_path), Path(a.output_model_path)
     if not src.is_file():
-        return fail(f"--input_model_path {src}: no such file")
+        raise UserError(f"--input_model_path {src}: no such file")
     if dst.resolve() == src.resolve():
-        return fail("--output_model_path must differ from --input_model_path (the input is kept as it is)")
+        raise UserError("--output_model_path must differ from --input_model_path (the input is kept as it is)")
     try:
         model = onnx.load(str(src))
     except Exception as e:  # protobuf raises several unrelated types for a non-ONNX file
-        return fail(f"--input_model_path {src}: not a readable ONNX model ({type(e).__name__})")
+        raise UserError(f"--input_model_path {src}: not a readable ONNX model ({type(e).__name__})") from None
     report = patch(model)
     if a.simplify:
-        model = simplify(model)
-        report.append("simplified with onnxslim")
+        changed = any(not line.startswith("KEPT") for line in report)
+        nodes_before = len(model.graph.node)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            model = simplify(model, a.simplify, src if not changed else None, dst.parent)
+        except ImportError as e:
+            raise UserError(f"--simplify {a.simplify}: {e.name or a.simplify} is not installed "
+                            "(pip install -r requirements.txt)") from None
+        except Exception as e:  # the simplifiers raise many unrelated types (RuntimeError from C++, IndexError, ...)
+            raise UserError(f"--simplify {a.simplify} failed on this graph, nothing written "
+                            f"(try the other simplifier, or none): {one_line(e)}", code=1) from None
+        report.append(f"simplified with {a.simplify}: {nodes_before} -> {len(model.graph.node)} nodes")
     save(model, dst)
     for line in report or ["nothing to change: no Trilu with k and no Cast to INT8"]:
         print(line)

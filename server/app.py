@@ -6,10 +6,12 @@ import json
 import secrets
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse
 
 from inference import Inference, SamplingParams
@@ -22,6 +24,16 @@ from server.worker import DONE, Job, Worker
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)}
 DISCONNECT_POLL_S = 0.5
+WEB_DIR = Path(__file__).resolve().parent / "web"
+# The chat page shows model output, which is untrusted: it renders it as text, and this policy is the second
+# line of defence (no inline script or style, no other origin, nothing may frame the page).
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 async def _next_event(job: Job, request: Request) -> Any:
@@ -41,7 +53,7 @@ async def _next_event(job: Job, request: Request) -> Any:
 
 
 def create_app(inference: Inference, model_name: str, api_key: str | None = None, max_queue: int = 64,
-               max_body_bytes: int = 1 << 20) -> FastAPI:
+               max_body_bytes: int = 1 << 20, web_ui: bool = True) -> FastAPI:
     config = inference.config
     worker = Worker(inference, max_queue, config.generation.max_input_length)
     base = SamplingParams.from_config(config)
@@ -57,6 +69,8 @@ def create_app(inference: Inference, model_name: str, api_key: str | None = None
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(app)
     app.state.worker = worker
+    if web_ui:
+        _add_web_ui(app)
 
     def authorize(request: Request) -> None:
         if api_key is None:
@@ -107,6 +121,23 @@ def create_app(inference: Inference, model_name: str, api_key: str | None = None
         return JSONResponse(await _collect(job, first, builder, p.mode.reader(), request))
 
     return app
+
+
+def _add_web_ui(app: FastAPI) -> None:
+    """GET / is the chat page (server/web/); its script and style are under /web/. Neither needs the API key:
+    the page holds no data, and each model call it makes sends the key like any other client."""
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/web", _WebFiles(directory=WEB_DIR), name="web")
+
+
+class _WebFiles(StaticFiles):
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(PAGE_HEADERS)
+        return response
 
 
 async def _collect(job: Job, event: Any, builder: Builder, reader: PlainStream, request: Request) -> dict:

@@ -16,6 +16,10 @@ from session import Session
 
 WEATHER_CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 SLOW = "tick " * 2000
+# What a page must show as text, never run: each piece would set window.__pwned if it were treated as HTML.
+HOSTILE = ('Look: <script>window.__pwned = 1</script>\n<img src=x onerror="window.__pwned = 2">\n'
+           "[click me](javascript:window.__pwned=3) and <a href=\"javascript:window.__pwned=4\">this</a>\n"
+           '<iframe srcdoc="<script>parent.__pwned = 5</script>"></iframe> **bold <b>tag</b>**')
 # (substring of "role: content" of the last message, reply); first match wins; {last} = that content
 RULES: list[tuple[str, str]] = [
     ("user: weather tags", f"<tool_call>\n{WEATHER_CALL}\n</tool_call>"),
@@ -32,6 +36,7 @@ RULES: list[tuple[str, str]] = [
     ("tool: ", "The tool says {last}"),
     ("user: code please", "Here:\n```python\nprint('hi')\n```\nDone."),
     ("user: slow", SLOW),
+    ("user: html please", HOSTILE),
     ("user: count", "one two three four five six seven eight nine ten"),
     ("user: chinese", "你好，世界！这是一个测试。"),
     ("", "You said: {last}"),

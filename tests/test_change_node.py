@@ -1,12 +1,18 @@
 """change_node.py rewrites what atc rejects and leaves everything else computing the same."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
+import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+from export.change_node import DEFAULT_SIMPLIFIER, SIMPLIFIERS, parse_args
 from export.change_node import main as change_main
+from core.contract import read_meta
+from kvcache import KVCache
 
 X = np.arange(1, 26, dtype=np.float32).reshape(5, 5)
 
@@ -86,3 +92,95 @@ def test_bad_paths_give_one_line(tmp_path, capsys):
     assert change_main(["--input_model_path", str(junk), "--output_model_path", str(tmp_path / "o.onnx")]) == 2
     assert change_main(["--input_model_path", str(junk), "--output_model_path", str(junk)]) == 2
     assert junk.read_text() == "not a model"
+
+
+def run_prefill_and_decode(path) -> list[np.ndarray]:
+    """logits and out_key_values of a 5-token prefill and one decode step, ORT's own rewrites off,
+    so the graph computes as written."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    meta = read_meta(path)
+    cache = KVCache(int(meta["num_hidden_layers"]), int(meta["num_key_value_heads"]), int(meta["head_dim"]),
+                    int(meta["kv_cache_length"]))
+    outputs = []
+    for ids in ([5, 17, 230, 9, 41], [77]):
+        mask, positions, past = cache.step_inputs(len(ids))
+        logits, new_kv = sess.run(None, {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": mask,
+                                         "position_ids": positions, "past_key_values": past})
+        cache.append(new_kv)
+        outputs += [logits, new_kv]
+    return outputs
+
+
+@pytest.mark.parametrize("tool", SIMPLIFIERS)
+def test_each_simplifier_keeps_the_graph_outputs(tool, make_tiny, tiny_onnx_of, tmp_path, capsys):
+    src = tiny_onnx_of(make_tiny(), 32)
+    dst = tmp_path / f"{tool}.onnx"
+    assert change_main(["--input_model_path", str(src), "--output_model_path", str(dst), "--simplify", tool]) == 0
+    assert f"simplified with {tool}" in capsys.readouterr().out
+    before, after = onnx.load(str(src)), onnx.load(str(dst))
+    assert len(after.graph.node) < len(before.graph.node)
+    assert read_meta(dst) | read_meta(src) == read_meta(dst)  # the export metadata the sessions check survives
+    for want, got in zip(run_prefill_and_decode(src), run_prefill_and_decode(dst), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("tool", SIMPLIFIERS)
+def test_a_patched_graph_is_simplified_as_patched(tool, tmp_path):
+    """Here the patch changes the graph, so onnxsim reads it from a temporary copy, not from the input."""
+    src, dst = tmp_path / "m.onnx", tmp_path / "out" / "m.onnx"
+    onnx.save(trilu_graph(upper=1, k=1), str(src))
+    assert change_main(["--input_model_path", str(src), "--output_model_path", str(dst), "--simplify", tool]) == 0
+    assert all(len(n.input) == 1 for n in onnx.load(str(dst)).graph.node if n.op_type == "Trilu")
+    np.testing.assert_array_equal(run(dst), np.triu(X, 1))
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["m.onnx"]
+
+
+def test_simplify_flag_parsing(capsys):
+    base = ["--input_model_path", "a.onnx", "--output_model_path", "b.onnx"]
+    assert parse_args(base).simplify is None
+    assert parse_args(base + ["--simplify"]).simplify == DEFAULT_SIMPLIFIER
+    assert parse_args(["--simplify"] + base).simplify == DEFAULT_SIMPLIFIER  # bare, then more flags
+    for tool in ("onnxsim", "onnxslim"):
+        assert parse_args(base + ["--simplify", tool]).simplify == tool
+    with pytest.raises(SystemExit) as e:
+        parse_args(base + ["--simplify", "onnxoptimizer"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "onnxoptimizer" in err
+
+
+def dangling_input_graph() -> onnx.ModelProto:
+    """An Add reading a tensor nothing produces: onnxsim refuses the graph."""
+    graph = helper.make_graph([helper.make_node("Add", ["x", "ghost"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 5])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def impossible_reshape_graph() -> onnx.ModelProto:
+    """25 values reshaped to [7]: onnxslim's shape handling fails on it."""
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 5])],
+                              initializer=[numpy_helper.from_array(np.array([7], dtype=np.int64), "shape")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.mark.parametrize("tool, broken", [("onnxsim", dangling_input_graph), ("onnxslim", impossible_reshape_graph)])
+def test_a_simplifier_failing_is_one_line_and_writes_nothing(tool, broken, tmp_path, capsys):
+    src, dst = tmp_path / "broken.onnx", tmp_path / "out" / "broken.onnx"
+    onnx.save(broken(), str(src))
+    assert change_main(["--input_model_path", str(src), "--output_model_path", str(dst), "--simplify", tool]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--simplify {tool} failed" in err
+    assert not dst.exists() and [p.name for p in dst.parent.iterdir()] == []  # no temporary files left either
+
+
+def test_a_missing_simplifier_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxsim", None)  # `import onnxsim` then fails as if it were not installed
+    src, dst = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(trilu_graph(upper=1, k=0), str(src))
+    code = change_main(["--input_model_path", str(src), "--output_model_path", str(dst), "--simplify", "onnxsim"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "onnxsim is not installed" in err and not dst.exists()

@@ -70,7 +70,7 @@ def acl(monkeypatch):
     """The emulated runtime, initialised (once per process), with device 0 set and an explicit
     context current; afterwards everything a test allocated must have been released."""
     harness.activate(monkeypatch)
-    import session_acl
+    from backends import acl as session_acl
 
     runtime = session_acl._runtime()
     assert runtime.rt.set_device(0) == 0

@@ -137,7 +137,7 @@ def test_the_image_file_set_runs_the_acl_path(monkeypatch, tiny_model_dir, tmp_p
         "import api, server.app, uvicorn\n"
         "from config import InferenceConfig\n"
         "from inference import Inference, SamplingParams\n"
-        f"e = Inference(InferenceConfig(hf_model_dir={str(tiny_model_dir)!r}, session_type='acl', "
+        f"e = Inference(InferenceConfig.create(hf_model_dir={str(tiny_model_dir)!r}, session_type='acl', "
         f"om_model_path={str(om)!r}, kv_cache_length=64, max_input_length=32))\n"
         "print(sum(d.token_id is not None for d in e.stream([5, 6, 7], SamplingParams(max_new_tokens=3, "
         "method='greedy'))))\n"

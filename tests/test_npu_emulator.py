@@ -62,7 +62,7 @@ def model(monkeypatch, tiny_onnx, tmp_path):
     """An emulated .om loaded through the pyACL calls, with datasets bound to device buffers."""
     harness.activate(monkeypatch)
     assert atc(tiny_onnx, tmp_path / "m").returncode == 0
-    import session_acl
+    from backends import acl as session_acl
 
     acl = session_acl._runtime()
     assert acl.rt.set_device(0) == 0

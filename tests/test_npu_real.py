@@ -43,7 +43,7 @@ def real_oms(default_onnx, tmp_path_factory):
 def config(default_onnx, **kw) -> InferenceConfig:
     base = dict(hf_model_dir=str(default_onnx["hf_model_dir"]), onnx_model_path=str(default_onnx["patched"]),
                 kv_cache_length=default_onnx["kv_cache_length"], max_input_length=200, max_prefill_length=8)
-    return InferenceConfig(**{**base, **kw})
+    return InferenceConfig.create(**{**base, **kw})
 
 
 def test_dry_run_for_the_default_model(default_onnx):

@@ -9,10 +9,11 @@ import threading
 import numpy as np
 import pytest
 
-from config import ConfigError, InferenceConfig
+from config import InferenceConfig
+from core.errors import UserError
 from emulator import harness
 from inference import Inference, SamplingParams
-from session import Session
+from session import Session, open_session
 
 KV = 64  # the half-cache profile covers the first 32 tokens
 
@@ -37,7 +38,7 @@ def emu(monkeypatch):
 
 def config(model_dir, session_type: str, path, mpl: int = 8, **kw) -> InferenceConfig:
     key = "om_model_path" if session_type == "acl" else "onnx_model_path"
-    return InferenceConfig(hf_model_dir=str(model_dir), session_type=session_type, kv_cache_length=KV,
+    return InferenceConfig.create(hf_model_dir=str(model_dir), session_type=session_type, kv_cache_length=KV,
                            max_input_length=KV // 2, max_prefill_length=mpl, **{key: str(path)}, **kw)
 
 
@@ -50,8 +51,8 @@ def two_turns(session) -> list[int]:
 
 @pytest.mark.parametrize("mpl", [1, 4, 8])
 def test_greedy_tokens_match_onnx_session_across_half_cache(emu, tiny_model_dir, tiny_onnx, tiny_oms, mpl):
-    ref = Session.fromConfig(config(tiny_model_dir, "onnx", tiny_onnx, mpl))
-    acl_session = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[mpl], mpl))
+    ref = open_session(config(tiny_model_dir, "onnx", tiny_onnx, mpl))
+    acl_session = open_session(config(tiny_model_dir, "acl", tiny_oms[mpl], mpl))
     mark = len(harness.trace())
     try:
         assert two_turns(acl_session) == two_turns(ref)
@@ -69,7 +70,7 @@ def test_greedy_tokens_match_onnx_session_across_half_cache(emu, tiny_model_dir,
 
 
 def test_logits_leave_the_device_only_for_the_last_chunk(emu, tiny_model_dir, tiny_oms):
-    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
+    s = open_session(config(tiny_model_dir, "acl", tiny_oms[8]))
     try:
         mark = len(harness.trace())
         s.run(np.arange(3, 16, dtype=np.int64)[None])           # 13 tokens -> chunks 8, 4, 1
@@ -86,7 +87,7 @@ def test_logits_leave_the_device_only_for_the_last_chunk(emu, tiny_model_dir, ti
 
 
 def test_reset_clears_the_device_cache_with_memset(emu, tiny_model_dir, tiny_oms):
-    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
+    s = open_session(config(tiny_model_dir, "acl", tiny_oms[8]))
     try:
         ids = np.arange(3, 12, dtype=np.int64)[None]
         first = s.run(ids)
@@ -119,12 +120,12 @@ def test_streamed_turns_with_kv_reuse_match_onnx(emu, tiny_model_dir, tiny_onnx,
 
 
 def test_runs_from_another_thread_and_releases_everything_in_order(emu, tiny_model_dir, tiny_oms):
-    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[4], mpl=4))
+    s = open_session(config(tiny_model_dir, "acl", tiny_oms[4], mpl=4))
     out: list = []
     worker = threading.Thread(target=lambda: out.append(s.run(np.arange(3, 9, dtype=np.int64)[None])))
     worker.start()
     worker.join()
-    assert len(out) == 1 and out[0].shape == (s.config.vocab_size,)
+    assert len(out) == 1 and out[0].shape == (s.config.shape.vocab_size,)
     mark = len(harness.trace())
     s.close()
     names = [e[0] for e in harness.trace()[mark:]]
@@ -136,8 +137,8 @@ def test_runs_from_another_thread_and_releases_everything_in_order(emu, tiny_mod
 def test_model_is_loaded_from_host_memory_when_the_app_runs_on_a_host(emu, monkeypatch, tiny_model_dir,
                                                                          tiny_onnx, tiny_oms):
     monkeypatch.setenv("EMU_ACL_RUN_MODE", "host")
-    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
-    ref = Session.fromConfig(config(tiny_model_dir, "onnx", tiny_onnx))
+    s = open_session(config(tiny_model_dir, "acl", tiny_oms[8]))
+    ref = open_session(config(tiny_model_dir, "onnx", tiny_onnx))
     try:
         assert harness.greedy_turn(s, [7, 8, 9], 5) == harness.greedy_turn(ref, [7, 8, 9], 5)
     finally:
@@ -146,23 +147,23 @@ def test_model_is_loaded_from_host_memory_when_the_app_runs_on_a_host(emu, monke
 
 
 def test_mismatched_settings_are_config_errors(emu, tiny_model_dir, tiny_oms):
-    with pytest.raises(ConfigError, match="--max_prefill_length 4"):
-        Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[4], mpl=8))
-    with pytest.raises(ConfigError, match="static shapes"):
-        Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[1], mpl=8))
-    with pytest.raises(ConfigError, match="kv_cache_length 64"):
+    with pytest.raises(UserError, match="--max_prefill_length 4"):
+        open_session(config(tiny_model_dir, "acl", tiny_oms[4], mpl=8))
+    with pytest.raises(UserError, match="static shapes"):
+        open_session(config(tiny_model_dir, "acl", tiny_oms[1], mpl=8))
+    with pytest.raises(UserError, match="kv_cache_length 64"):
         cfg = config(tiny_model_dir, "acl", tiny_oms[8])
-        cfg.kv_cache_length = 128
-        Session.fromConfig(cfg)
+        cfg.session.kv_cache_length = 128
+        open_session(cfg)
     assert harness.live() == {}  # a refused model leaves nothing allocated
 
 
 def test_model_for_another_chip_is_refused_by_the_runtime(emu, monkeypatch, tiny_model_dir, tiny_oms):
-    from session_acl import AclError
+    from backends.acl import AclError
 
     monkeypatch.setenv("EMU_ACL_SOC", "Ascend910B1")
     with pytest.raises(AclError, match="acl.mdl.load_from_mem.*compiled for Ascend310B1"):
-        Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
+        open_session(config(tiny_model_dir, "acl", tiny_oms[8]))
     assert harness.live() == {}
 
 
@@ -180,8 +181,8 @@ def test_api_serves_the_acl_session_like_the_onnx_one(emu, tiny_model_dir, tmp_p
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6, "temperature": 0}
     answers = []
     for kind, flag, path in (("onnx", "onnx_model_path", onnx_path), ("acl", "om_model_path", om)):
-        engine = Inference(InferenceConfig(hf_model_dir=str(tiny_model_dir), session_type=kind, kv_cache_length=256,
-                                           max_input_length=128, **{flag: str(path)}))
+        engine = Inference(InferenceConfig.create(tiny_model_dir, session_type=kind, kv_cache_length=256,
+                                                  max_input_length=128, **{flag: str(path)}))
         try:
             with TestClient(create_app(engine, "tiny")) as client:
                 r = client.post("/v1/chat/completions", json=body)
@@ -207,7 +208,7 @@ def test_each_call_selects_its_gear_in_the_documented_full_form(emu, monkeypatch
         return real(model_id, dataset, index, dims)
 
     monkeypatch.setattr(acl.mdl, "set_input_dynamic_dims", spy)
-    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
+    s = open_session(config(tiny_model_dir, "acl", tiny_oms[8]))
     try:
         s.run(np.arange(3, 16, dtype=np.int64)[None])            # 13 tokens -> chunks 8, 4, 1 on the half cache
         s.run(np.arange(3, 24, dtype=np.int64)[None])            # 21 more: 8, 8 fit in 32 rows, 4 and 1 do not
@@ -228,7 +229,7 @@ def test_memcpy_kinds_name_the_real_direction(emu, monkeypatch, tiny_model_dir, 
     for mode in ("device", "host"):
         monkeypatch.setenv("EMU_ACL_RUN_MODE", mode)
         mark = len(harness.trace())
-        s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[4], mpl=4))
+        s = open_session(config(tiny_model_dir, "acl", tiny_oms[4], mpl=4))
         try:
             s.run(np.arange(3, 9, dtype=np.int64)[None])
         finally:
@@ -247,9 +248,9 @@ def test_acl_is_initialised_once_and_finalised_once_at_exit(tiny_model_dir, tiny
         "atexit.register(lambda: print([e[0] for e in state().trace if e[0] in ('init', 'finalize', 'unload')]))\n"
         "import numpy as np\n"
         "from config import InferenceConfig\n"
-        "from session import Session\n"
+        "from session import open_session\n"
         "for _ in range(2):\n"
-        f"    s = Session.fromConfig(InferenceConfig(hf_model_dir={str(tiny_model_dir)!r}, session_type='acl', "
+        f"    s = open_session(InferenceConfig.create(hf_model_dir={str(tiny_model_dir)!r}, session_type='acl', "
         f"om_model_path={str(tiny_oms[1])!r}, kv_cache_length={KV}, max_input_length={KV // 2}, "
         "max_prefill_length=1))\n"
         "    s.run(np.array([[5]], dtype=np.int64))\n"
@@ -265,8 +266,8 @@ def test_a_batch_range_model_is_refused_as_undocumented(emu, monkeypatch, tiny_m
     310/310B chips); how pyACL selects a gear then is not documented, so the session refuses it."""
     om = harness.compile_om(tiny_onnx, tmp_path / "batch2", 8, "--max_batch", "2", "--soc_version", "Ascend910B1")
     monkeypatch.setenv("EMU_ACL_SOC", "Ascend910B1")
-    with pytest.raises(ConfigError, match="batch range together with --dynamic_dims is not documented") as e:
-        Session.fromConfig(config(tiny_model_dir, "acl", om))
+    with pytest.raises(UserError, match="batch range together with --dynamic_dims is not documented") as e:
+        open_session(config(tiny_model_dir, "acl", om))
     assert "\n" not in str(e.value) and "--max_batch 1" in str(e.value)
     assert harness.live() == {}
 
@@ -278,18 +279,18 @@ def test_no_size_for_the_mbatch_input_fails_loudly(emu, monkeypatch, tiny_model_
 
     real = acl.mdl.get_input_size_by_index
     monkeypatch.setattr(acl.mdl, "get_input_size_by_index", lambda desc, i: 0 if i == 4 else real(desc, i))
-    with pytest.raises(ConfigError, match="not documented, so this session does not guess"):
-        Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8]))
+    with pytest.raises(UserError, match="not documented, so this session does not guess"):
+        open_session(config(tiny_model_dir, "acl", tiny_oms[8]))
     assert harness.live() == {}
 
 
 def test_a_missing_profile_is_one_line_naming_it_and_the_flag(emu, tiny_model_dir, tiny_oms):
     """The gears are read back at load time; a run that needs one the model lacks stops there."""
-    with pytest.raises(ConfigError) as e:
-        Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[4], mpl=8))
+    with pytest.raises(UserError) as e:
+        open_session(config(tiny_model_dir, "acl", tiny_oms[4], mpl=8))
     message = str(e.value)
     assert "\n" not in message
     assert f"no profile for a 8-token chunk on a {KV // 2}-row cache" in message
     assert "built with --max_prefill_length 4" in message
-    s = Session.fromConfig(config(tiny_model_dir, "acl", tiny_oms[8], mpl=4))   # a subset of the gears is fine
+    s = open_session(config(tiny_model_dir, "acl", tiny_oms[8], mpl=4))   # a subset of the gears is fine
     s.close()

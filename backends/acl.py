@@ -1,6 +1,6 @@
 """AclSession: the .om from onnx2om.py on an Ascend NPU through pyACL, with the KV cache in device memory.
 
-Imported lazily by Session.fromConfig when --session_type acl, so pyACL stays an optional import.
+Imported lazily by session.open_session when --session_type acl, so pyACL stays an optional import.
 One graph call per prefill chunk (the shared Session.run splits prompts); each call's new keys and
 values are appended to the device cache with one device-to-device copy, and logits come back to
 the host only for the last chunk.
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from config import ConfigError, InferenceConfig
-from session import Session
+from config import InferenceConfig
+from core.errors import UserError
+from backends.base import Session, refuse
 
 # Values from the pyACL reference: aclrtMemcpyKind, aclrtMemMallocPolicy, aclrtRunMode, aclDataType.
 HOST_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE = 0, 1, 2, 3
@@ -30,8 +31,12 @@ DEVICE_ID = 0
 UPLOAD_CHUNK = 64 * 1024 * 1024
 
 
-class AclError(RuntimeError):
-    """A pyACL call failed; the message names the call and its aclError code."""
+class AclError(UserError):
+    """A pyACL call failed; the message names the call and its aclError code. The cause lies on the board
+    (driver, device, a model built for another chip), so it is reported in one line, exit status 1."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code=1)
 
 
 _RUNTIME: dict[str, object] = {}
@@ -55,10 +60,16 @@ def _check(acl, ret: int, call: str) -> None:
         raise AclError(f"{call} failed with aclError {ret}" + (f": {detail.strip()}" if detail else ""))
 
 
-@Session.register("acl")
 class AclSession(Session):
     def __init__(self, config: InferenceConfig):
         super().__init__(config)
+        self.om_path = config.session.om_model_path
+        fixed = "the .om fixes it at compile time"
+        refuse(config, "--session_type acl", onnx_model_path="acl runs --om_model_path", dtype=fixed,
+               cpu_thread="the model runs on the NPU", draft_onnx_model_path="speculative decoding runs on the CPU")
+        if config.session.kv_cache_method == "basic":
+            raise UserError("--kv_cache_method basic does not apply to --session_type acl: the compiled model "
+                            "always reads the whole cache")
         self.acl = _runtime()
         self.length = 0
         self.model_id = self.desc = self.context = self.host_logits = None
@@ -75,7 +86,7 @@ class AclSession(Session):
             self._call(ret, "acl.rt.create_context")
             self.context = context
             self.threads.add(threading.get_ident())
-            self._load(Path(config.om_model_path))
+            self._load(Path(config.session.om_model_path))
             self._describe()
             self._allocate()
         except BaseException:
@@ -132,7 +143,7 @@ class AclSession(Session):
         for name in INPUTS:
             self.index[name], ret = acl.mdl.get_input_index_by_name(self.desc, name)
             if ret != 0:
-                raise ConfigError(f"{c.om_model_path}: the model has no input {name!r} (not built by onnx2om.py?)")
+                raise UserError(f"{self.om_path}: the model has no input {name!r} (not built by onnx2om.py?)")
         self.order = sorted(INPUTS, key=self.index.__getitem__)   # a gear lists the inputs in model order
         self.dynamic_index, ret = acl.mdl.get_input_index_by_name(self.desc, DYNAMIC_INPUT)
         self.dynamic = ret == 0
@@ -141,19 +152,19 @@ class AclSession(Session):
         self.out_sizes = [acl.mdl.get_output_size_by_index(self.desc, i)
                           for i in range(acl.mdl.get_num_outputs(self.desc))]
         if len(self.out_sizes) != 2:
-            raise ConfigError(f"{c.om_model_path}: expected 2 outputs (logits, out_key_values), "
+            raise UserError(f"{self.om_path}: expected 2 outputs (logits, out_key_values), "
                               f"found {len(self.out_sizes)}")
         self.logits_dtype, self.cache_dtype = (ACL_DTYPES.get(acl.mdl.get_output_data_type(self.desc, i))
                                                for i in (0, 1))
         if self.logits_dtype is None or self.cache_dtype is None:
-            raise ConfigError(f"{c.om_model_path}: outputs are neither float32 nor float16")
+            raise UserError(f"{self.om_path}: outputs are neither float32 nor float16")
         self._read_layout()
         self.row_bytes = self.width * self.head_dim * np.dtype(self.cache_dtype).itemsize
         self.gears = self._read_gears()
         self.kv_len = max(g["past_key_values"][1] for g in self.gears) if self.dynamic else self.static_kv
-        if self.kv_len != c.kv_cache_length:
-            raise ConfigError(f"{c.om_model_path} was compiled for kv_cache_length {self.kv_len}, this run asks for "
-                              f"{c.kv_cache_length}: pass --kv_cache_length {self.kv_len}")
+        if self.kv_len != c.session.kv_cache_length:
+            raise UserError(f"{self.om_path} was compiled for kv_cache_length {self.kv_len}, this run asks for "
+                              f"{c.session.kv_cache_length}: pass --kv_cache_length {self.kv_len}")
         self._check_profiles()
         self._check_sizes()
 
@@ -167,20 +178,20 @@ class AclSession(Session):
             self._call(ret, f"acl.mdl.get_input_dims ({name})")
             shapes[name] = [int(d) for d in dims["dims"][:dims["dimCount"]]]
             if len(shapes[name]) != rank:
-                raise ConfigError(f"{c.om_model_path}: input {name} has dims {shapes[name]}, expected rank {rank} "
+                raise UserError(f"{self.om_path}: input {name} has dims {shapes[name]}, expected rank {rank} "
                                   "(not built by onnx2om.py?)")
         batches = {shape[0] for shape in shapes.values()}
         if any(b < 1 for b in batches):
-            raise ConfigError(f"{c.om_model_path}: its batch dimension is not a fixed number (built with "
+            raise UserError(f"{self.om_path}: its batch dimension is not a fixed number (built with "
                               "onnx2om.py --max_batch > 1?); a batch range together with --dynamic_dims is not "
                               "documented for pyACL, so this session refuses it: rebuild with --max_batch 1")
         if batches != {1}:
-            raise ConfigError(f"{c.om_model_path}: compiled for batch {sorted(batches)}, this session runs batch 1: "
+            raise UserError(f"{self.om_path}: compiled for batch {sorted(batches)}, this session runs batch 1: "
                               "rebuild with --max_batch 1")
         self.width, self.head_dim = shapes["past_key_values"][2:]
-        want = (c.num_hidden_layers * 2 * c.num_key_value_heads, c.head_dim)
+        want = (c.shape.num_hidden_layers * 2 * c.shape.num_key_value_heads, c.shape.head_dim)
         if (self.width, self.head_dim) != want:
-            raise ConfigError(f"{c.om_model_path}: its cache rows are {self.width} x {self.head_dim}, the model in "
+            raise UserError(f"{self.om_path}: its cache rows are {self.width} x {self.head_dim}, the model in "
                               f"--hf_model_dir needs {want[0]} x {want[1]}: --hf_model_dir does not belong to it")
         self.static_kv = shapes["past_key_values"][1]
 
@@ -192,11 +203,11 @@ class AclSession(Session):
         self._call(ret, "acl.mdl.get_input_dynamic_gear_count")
         if not self.dynamic:
             if count:
-                raise ConfigError(f"{c.om_model_path}: reports {count} dynamic-dims gears but no {DYNAMIC_INPUT} "
+                raise UserError(f"{self.om_path}: reports {count} dynamic-dims gears but no {DYNAMIC_INPUT} "
                                   "input (not built by onnx2om.py?)")
             return []
         if not count:
-            raise ConfigError(f"{c.om_model_path}: has an {DYNAMIC_INPUT} input but no dynamic-dims gears "
+            raise UserError(f"{self.om_path}: has an {DYNAMIC_INPUT} input but no dynamic-dims gears "
                               "(built with another kind of dynamic shape?)")
         dims_out, ret = acl.mdl.get_input_dynamic_dims(self.desc, -1, count)
         self._call(ret, "acl.mdl.get_input_dynamic_dims")
@@ -204,7 +215,7 @@ class AclSession(Session):
         for gear in dims_out:
             values = [int(d) for d in gear["dims"][:gear["dimCount"]]]
             if len(values) != sum(RANKS.values()):
-                raise ConfigError(f"{c.om_model_path}: a dynamic-dims gear has {len(values)} dims, expected "
+                raise UserError(f"{self.om_path}: a dynamic-dims gear has {len(values)} dims, expected "
                                   f"{sum(RANKS.values())} (every dimension of the four inputs)")
             shapes, at = {}, 0
             for name in self.order:
@@ -227,38 +238,39 @@ class AclSession(Session):
         here, so a mismatch is one clear error at load time instead of a failed call mid-answer."""
         c = self.config
         if not self.dynamic:
-            if c.max_prefill_length != 1:
-                raise ConfigError(f"{c.om_model_path} has static shapes (built with --max_prefill_length 1): "
+            if c.session.max_prefill_length != 1:
+                raise UserError(f"{self.om_path} has static shapes (built with --max_prefill_length 1): "
                                   "pass --max_prefill_length 1")
             return
         built = max(g["input_ids"][1] for g in self.gears)
-        for n in (1 << i for i in range(c.max_prefill_length.bit_length())):   # the chunk lengths Session.run uses
+        # the chunk lengths Session.run uses
+        for n in (1 << i for i in range(c.session.max_prefill_length.bit_length())):
             for kv in (self.kv_len // 2, self.kv_len):
                 if kv < self.kv_len and n > kv:
                     continue  # a chunk longer than the half cache always runs on the full one
                 dims = self._dims_of(self._shapes(n, kv))
                 if tuple(dims) not in self.gear_dims:
-                    raise ConfigError(f"{c.om_model_path} has no profile for a {n}-token chunk on a {kv}-row cache "
+                    raise UserError(f"{self.om_path} has no profile for a {n}-token chunk on a {kv}-row cache "
                                       f"(dims {dims}); it was built with --max_prefill_length {built}: pass that "
-                                      f"value, or rebuild with --max_prefill_length {c.max_prefill_length}")
+                                      f"value, or rebuild with --max_prefill_length {c.session.max_prefill_length}")
 
     def _check_sizes(self) -> None:
         """Buffers are sized from get_input_size_by_index, documented as the largest gear's size for
         dynamic batch/resolution; fail loudly if that reading does not hold for this model."""
         c = self.config
-        longest = c.max_prefill_length if self.dynamic else 1
+        longest = c.session.max_prefill_length if self.dynamic else 1
         largest = self._shapes(longest, self.kv_len)
         for name, shape in largest.items():
             item = np.dtype(self.cache_dtype if name == "past_key_values" else np.int64).itemsize
             need, have = int(np.prod(shape)) * item, self.in_sizes[self.index[name]]
             if have < need:
-                raise ConfigError(f"{c.om_model_path}: the runtime reports {have} bytes for input {name}, its largest "
+                raise UserError(f"{self.om_path}: the runtime reports {have} bytes for input {name}, its largest "
                                   f"shape {shape} needs {need}")
         if self.dynamic and self.in_sizes[self.dynamic_index] <= 0:
-            raise ConfigError(f"{c.om_model_path}: the runtime reports no size for {DYNAMIC_INPUT}; its size and "
+            raise UserError(f"{self.om_path}: the runtime reports no size for {DYNAMIC_INPUT}; its size and "
                               "format are not documented, so this session does not guess one")
-        if self.out_sizes[0] < longest * c.vocab_size * np.dtype(self.logits_dtype).itemsize:
-            raise ConfigError(f"{c.om_model_path}: its logits are smaller than vocab {c.vocab_size}: "
+        if self.out_sizes[0] < longest * c.shape.vocab_size * np.dtype(self.logits_dtype).itemsize:
+            raise UserError(f"{self.om_path}: its logits are smaller than vocab {c.shape.vocab_size}: "
                               "--hf_model_dir does not belong to this model")
 
     def _allocate(self) -> None:
@@ -281,7 +293,7 @@ class AclSession(Session):
                 _, ret = acl.mdl.add_dataset_buffer(dataset, buf)
                 self._call(ret, "acl.mdl.add_dataset_buffer")
         self.in_ds, self.out_ds = self.datasets
-        self.logits_bytes = self.config.vocab_size * np.dtype(self.logits_dtype).itemsize
+        self.logits_bytes = self.config.shape.vocab_size * np.dtype(self.logits_dtype).itemsize
         self.host_logits, ret = acl.rt.malloc_host(self.logits_bytes)
         self._call(ret, "acl.rt.malloc_host")
         self.cache_ptr = self.device_mem["in:past_key_values"]
