@@ -4,6 +4,12 @@ Imported lazily by session.open_session when --session_type acl, so pyACL stays 
 One graph call per prefill chunk (the shared Session.run splits prompts); each call's new keys and
 values are appended to the device cache with one device-to-device copy, and logits come back to
 the host only for the last chunk.
+
+An .om compiled with onnx2om.py --max_batch N has a static batch of N: the device cache holds N rows,
+one conversation each. Every call runs all N rows. A prefill chunk fills one row (the others get a
+dummy token that sees only itself, and their outputs are dropped); a decode step feeds every listed
+row its token, the idle rows masked the same way. Only the listed rows' new keys and values are copied
+into the cache.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from tqdm import tqdm
 
 from config import InferenceConfig
 from core.errors import UserError
-from backends.base import Session, refuse
+from backends.base import MultiRowSession, refuse
 
 # Values from the pyACL reference: aclrtMemcpyKind, aclrtMemMallocPolicy, aclrtRunMode, aclDataType.
 HOST_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE = 0, 1, 2, 3
@@ -60,7 +66,7 @@ def _check(acl, ret: int, call: str) -> None:
         raise AclError(f"{call} failed with aclError {ret}" + (f": {detail.strip()}" if detail else ""))
 
 
-class AclSession(Session):
+class AclSession(MultiRowSession):
     def __init__(self, config: InferenceConfig):
         super().__init__(config)
         self.om_path = config.session.om_model_path
@@ -71,7 +77,6 @@ class AclSession(Session):
             raise UserError("--kv_cache_method basic does not apply to --session_type acl: the compiled model "
                             "always reads the whole cache")
         self.acl = _runtime()
-        self.length = 0
         self.model_id = self.desc = self.context = self.host_logits = None
         self.model_mem: tuple[int, bool] | None = None           # (pointer, is device memory)
         self.device_mem: dict[str, int] = {}
@@ -182,12 +187,15 @@ class AclSession(Session):
                                   "(not built by onnx2om.py?)")
         batches = {shape[0] for shape in shapes.values()}
         if any(b < 1 for b in batches):
-            raise UserError(f"{self.om_path}: its batch dimension is not a fixed number (built with "
-                              "onnx2om.py --max_batch > 1?); a batch range together with --dynamic_dims is not "
-                              "documented for pyACL, so this session refuses it: rebuild with --max_batch 1")
-        if batches != {1}:
-            raise UserError(f"{self.om_path}: compiled for batch {sorted(batches)}, this session runs batch 1: "
-                              "rebuild with --max_batch 1")
+            raise UserError(f"{self.om_path}: its batch dimension is not a fixed number (a shape range); a batch "
+                            "range together with --dynamic_dims is not documented for pyACL, so this session "
+                            "refuses it: rebuild with onnx2om.py, whose --max_batch compiles a fixed batch")
+        if len(batches) != 1:
+            raise UserError(f"{self.om_path}: its inputs have different batch sizes {sorted(batches)} "
+                            "(not built by onnx2om.py?)")
+        if batches != {self.rows}:
+            raise UserError(f"{self.om_path} was compiled for batch {min(batches)} (onnx2om.py --max_batch), this "
+                            f"run asks for --max_batch {self.rows}: pass --max_batch {min(batches)}")
         self.width, self.head_dim = shapes["past_key_values"][2:]
         want = (c.shape.num_hidden_layers * 2 * c.shape.num_key_value_heads, c.shape.head_dim)
         if (self.width, self.head_dim) != want:
@@ -229,9 +237,15 @@ class AclSession(Session):
         return [d for name in self.order for d in shapes[name]]
 
     def _shapes(self, n: int, kv: int) -> dict[str, list[int]]:
-        """The four inputs' full shapes for an n-token chunk against the first kv cache rows."""
-        return {"input_ids": [1, n], "attention_mask": [1, kv + n], "position_ids": [1, n],
-                "past_key_values": [1, kv, self.width, self.head_dim]}
+        """The four inputs' full shapes for an n-token chunk against the first kv cache slots."""
+        b = self.rows
+        return {"input_ids": [b, n], "attention_mask": [b, kv + n], "position_ids": [b, n],
+                "past_key_values": [b, kv, self.width, self.head_dim]}
+
+    def _caches(self) -> tuple[int, ...]:
+        """The cache sizes calls use. The half cache only with one row: with several, [rows, kv/2] is not
+        a prefix of the [rows, kv] buffer."""
+        return (self.kv_len // 2, self.kv_len) if self.rows == 1 else (self.kv_len,)
 
     def _check_profiles(self) -> None:
         """Every (chunk length, cache size) this run can ask for must be a compiled gear: checked once
@@ -245,7 +259,7 @@ class AclSession(Session):
         built = max(g["input_ids"][1] for g in self.gears)
         # the chunk lengths Session.run uses
         for n in (1 << i for i in range(c.session.max_prefill_length.bit_length())):
-            for kv in (self.kv_len // 2, self.kv_len):
+            for kv in self._caches():
                 if kv < self.kv_len and n > kv:
                     continue  # a chunk longer than the half cache always runs on the full one
                 dims = self._dims_of(self._shapes(n, kv))
@@ -269,7 +283,7 @@ class AclSession(Session):
         if self.dynamic and self.in_sizes[self.dynamic_index] <= 0:
             raise UserError(f"{self.om_path}: the runtime reports no size for {DYNAMIC_INPUT}; its size and "
                               "format are not documented, so this session does not guess one")
-        if self.out_sizes[0] < longest * c.shape.vocab_size * np.dtype(self.logits_dtype).itemsize:
+        if self.out_sizes[0] < self.rows * longest * c.shape.vocab_size * np.dtype(self.logits_dtype).itemsize:
             raise UserError(f"{self.om_path}: its logits are smaller than vocab {c.shape.vocab_size}: "
                               "--hf_model_dir does not belong to this model")
 
@@ -294,10 +308,11 @@ class AclSession(Session):
                 self._call(ret, "acl.mdl.add_dataset_buffer")
         self.in_ds, self.out_ds = self.datasets
         self.logits_bytes = self.config.shape.vocab_size * np.dtype(self.logits_dtype).itemsize
-        self.host_logits, ret = acl.rt.malloc_host(self.logits_bytes)
+        self.host_logits, ret = acl.rt.malloc_host(self.rows * self.logits_bytes)
         self._call(ret, "acl.rt.malloc_host")
         self.cache_ptr = self.device_mem["in:past_key_values"]
         self.cache_bytes = self.in_sizes[self.index["past_key_values"]]
+        self.row_stride = self.kv_len * self.row_bytes  # one conversation's rows in the [batch, kv, ...] cache
         self.reset()
 
     # ---- running -----------------------------------------------------------------------------
@@ -314,18 +329,12 @@ class AclSession(Session):
         self._call(self.acl.rt.memcpy(self.device_mem[f"in:{name}"], size, self.acl.util.bytes_to_ptr(data),
                                       len(data), HOST_TO_DEVICE), f"acl.rt.memcpy ({name})")
 
-    def _forward(self, input_ids: np.ndarray, n_logits: int) -> np.ndarray | None:
-        acl, n, start = self.acl, input_ids.shape[1], self.length
+    def _execute(self, input_ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, kv: int) -> None:
+        acl, n = self.acl, input_ids.shape[1]
         self._bind_thread()
-        # The half-size profile reads only the first kv_len/2 cache rows: less attention work while
-        # the conversation fits in them.
-        kv = self.kv_len // 2 if self.dynamic and start + n <= self.kv_len // 2 else self.kv_len
-        mask = np.zeros((1, kv + n), dtype=np.int64)
-        mask[0, :start] = 1
-        mask[0, kv:] = 1
         self._upload("input_ids", input_ids)
         self._upload("attention_mask", mask)
-        self._upload("position_ids", np.arange(start, start + n, dtype=np.int64)[None])
+        self._upload("position_ids", positions)
         if self.dynamic:
             # pyACL's documented form: every dimension of every input, in the model's input order.
             dims = self._dims_of(self._shapes(n, kv))
@@ -333,28 +342,64 @@ class AclSession(Session):
                                                       {"dimCount": len(dims), "name": "", "dims": dims}),
                        f"acl.mdl.set_input_dynamic_dims (seq {n}, kv {kv})")
         self._call(acl.mdl.execute(self.model_id, self.in_ds, self.out_ds), "acl.mdl.execute")
-        offset = start * self.row_bytes
-        self._call(acl.rt.memcpy(self.cache_ptr + offset, self.cache_bytes - offset, self.device_mem["out:1"],
-                                 n * self.row_bytes, DEVICE_TO_DEVICE), "acl.rt.memcpy (cache append)")
-        self.length = start + n
+
+    def _append(self, row: int, source: int, n: int) -> None:
+        """Copy n new entries of out_key_values, starting at entry `source`, after what `row` holds."""
+        offset = row * self.row_stride + self.lengths[row] * self.row_bytes
+        self._call(self.acl.rt.memcpy(self.cache_ptr + offset, self.cache_bytes - offset,
+                                      self.device_mem["out:1"] + source * self.row_bytes, n * self.row_bytes,
+                                      DEVICE_TO_DEVICE), "acl.rt.memcpy (cache append)")
+        self.lengths[row] += n
+
+    def _logits(self, first: int, count: int) -> np.ndarray:
+        """`count` consecutive logits rows of the output, from row `first`, as float32 [count, vocab]."""
+        size = count * self.logits_bytes
+        self._call(self.acl.rt.memcpy(self.host_logits, self.rows * self.logits_bytes,
+                                      self.device_mem["out:0"] + first * self.logits_bytes, size, DEVICE_TO_HOST),
+                   "acl.rt.memcpy (logits)")
+        raw = self.acl.util.ptr_to_bytes(self.host_logits, size)
+        return np.frombuffer(raw, dtype=self.logits_dtype).astype(np.float32).reshape(count, -1)
+
+    def _forward_row(self, input_ids: np.ndarray, n_logits: int, row: int) -> np.ndarray | None:
+        n, start = input_ids.shape[1], self.lengths[row]
+        # The half-size profile reads only the first kv_len/2 cache slots: less attention work while
+        # the conversation fits in them.
+        kv = self.kv_len // 2 if self.dynamic and self.rows == 1 and start + n <= self.kv_len // 2 else self.kv_len
+        ids = np.zeros((self.rows, n), dtype=np.int64)
+        ids[row] = input_ids[0]
+        mask = np.zeros((self.rows, kv + n), dtype=np.int64)
+        mask[:, kv:] = 1  # the other rows' dummy tokens see only themselves
+        mask[row, :start] = 1
+        positions = np.tile(np.arange(n, dtype=np.int64), (self.rows, 1))
+        positions[row] += start
+        self._execute(ids, mask, positions, kv)
+        self._append(row, row * n, n)
         if not n_logits:
             return None
         if n_logits > 1:  # config.validate keeps speculative decoding, the only multi-row caller, off acl
             raise ValueError("the acl session returns the logits of the last token only")
-        last_row = (n - 1) * self.logits_bytes
-        self._call(acl.rt.memcpy(self.host_logits, self.logits_bytes, self.device_mem["out:0"] + last_row,
-                                 self.logits_bytes, DEVICE_TO_HOST), "acl.rt.memcpy (logits)")
-        raw = acl.util.ptr_to_bytes(self.host_logits, self.logits_bytes)
-        return np.frombuffer(raw, dtype=self.logits_dtype).astype(np.float32)[None]
+        return self._logits(row * n + n - 1, 1)
 
-    def truncate(self, n: int) -> None:
-        """Keep the first n tokens; later rows stay on the device but the mask hides them."""
-        self.length = max(0, min(n, self.length))
+    def _decode(self, rows: list[int], tokens: np.ndarray) -> np.ndarray:
+        ids = np.zeros((self.rows, 1), dtype=np.int64)
+        mask = np.zeros((self.rows, self.kv_len + 1), dtype=np.int64)
+        mask[:, self.kv_len] = 1  # an idle row's dummy token sees only itself
+        positions = np.zeros((self.rows, 1), dtype=np.int64)
+        for r, token in zip(rows, tokens):
+            ids[r, 0], positions[r, 0] = token, self.lengths[r]
+            mask[r, :self.lengths[r]] = 1
+        self._execute(ids, mask, positions, self.kv_len)
+        for r in rows:
+            self._append(r, r, 1)
+        every_row = self._logits(0, self.rows)
+        return every_row[rows]
 
     def reset(self) -> None:
+        """Forget every row: the whole device cache is cleared."""
         self._bind_thread()
         self._call(self.acl.rt.memset(self.cache_ptr, self.cache_bytes, 0, self.cache_bytes), "acl.rt.memset (cache)")
-        self.length = 0
+        for r in range(self.rows):
+            self.lengths[r] = 0
 
     # ---- release -----------------------------------------------------------------------------
     def close(self) -> None:

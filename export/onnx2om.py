@@ -5,7 +5,9 @@
 
 One atc profile per prefill length {1, 2, 4, ..., max} for each cache size {kv_len/2, kv_len}; every
 profile gives, in order, the values of the -1 dims: seq, seq+kv, seq, kv. --max_prefill_length 1
-compiles static shapes (no --dynamic_dims).
+compiles static shapes (no --dynamic_dims). --max_batch N compiles a static batch of N (one cache row per
+conversation, N conversations served at once); the half-cache profiles are then left out, since a
+[N, kv/2] block is not a prefix of the [N, kv] cache.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--onnx_model_path", required=True, help="the .onnx from change_node.py")
     p.add_argument("--om_model_path", required=True, help="output path WITHOUT .om (atc appends it)")
     p.add_argument("--max_batch", type=int, default=1,
-                   help="largest batch; above 1 the batch dim becomes a shape range 1~N (not on 310/310B chips)")
+                   help="the batch compiled in, a fixed number: the conversations the .om serves at once, each in "
+                        "its own cache rows (pass the same --max_batch to cli_chat.py / api.py) (default 1)")
     p.add_argument("--cpu_thread", type=int, default=1,
                    help="compile threads (TE_PARALLEL_COMPILER, MAX_COMPILE_CORE_NUMBER); each needs memory, "
                         "so 1 suits 8 GB boards (default 1)")
@@ -79,11 +82,13 @@ def prefill_lengths(max_prefill_length: int) -> list[int]:
     return [1 << i for i in range(max_prefill_length.bit_length())]
 
 
-def profiles(max_prefill_length: int, kv_len: int) -> list[tuple[int, int, int, int]]:
-    """(seq, seq+kv, seq, kv) per profile: every prefill length for the half cache, then the full one."""
+def profiles(max_prefill_length: int, kv_len: int, batch: int = 1) -> list[tuple[int, int, int, int]]:
+    """(seq, seq+kv, seq, kv) per profile: every prefill length for the half cache (batch 1 only), then
+    the full one."""
     if max_prefill_length == 1:
         return []
-    return [(s, s + kv, s, kv) for kv in (kv_len // 2, kv_len) for s in prefill_lengths(max_prefill_length)]
+    caches = (kv_len // 2, kv_len) if batch == 1 else (kv_len,)
+    return [(s, s + kv, s, kv) for kv in caches for s in prefill_lengths(max_prefill_length)]
 
 
 def input_shape(batch: str, s: dict[str, int], static: bool) -> str:
@@ -94,11 +99,10 @@ def input_shape(batch: str, s: dict[str, int], static: bool) -> str:
 
 
 def atc_command(a: argparse.Namespace, soc: str, s: dict[str, int]) -> list[str]:
-    batch = "1" if a.max_batch == 1 else f"1~{a.max_batch}"
-    table = profiles(a.max_prefill_length, s["kv_cache_length"])
+    table = profiles(a.max_prefill_length, s["kv_cache_length"], a.max_batch)
     cmd = ["atc", "--framework=5", f"--model={a.onnx_model_path}", f"--output={a.om_model_path}",
            f"--soc_version={soc}", "--input_format=ND",
-           f"--input_shape={input_shape(batch, s, static=not table)}"]
+           f"--input_shape={input_shape(str(a.max_batch), s, static=not table)}"]
     if table:
         cmd.append("--dynamic_dims=" + ";".join(",".join(map(str, p)) for p in table))
     cmd.append(f"--precision_mode_v2={a.precision_mode_v2}")
@@ -152,22 +156,20 @@ def check_args(a: argparse.Namespace) -> None:
         raise UserError(f"--onnx_model_path {a.onnx_model_path}: no such file")
 
 
-def check_shapes(a: argparse.Namespace, s: dict[str, int], soc: str | None) -> None:
+def check_shapes(a: argparse.Namespace, s: dict[str, int]) -> None:
     kv, mpl = s["kv_cache_length"], a.max_prefill_length
     if mpl > 1 and (kv % 2 or mpl > kv // 2):
         raise UserError(f"--max_prefill_length {mpl} with kv_cache_length {kv}: the cache must be even and at "
                         "least twice the prefill length (profiles use kv/2 and kv)")
-    count = len(profiles(mpl, kv))
+    count = len(profiles(mpl, kv, a.max_batch))
     if count > MAX_PROFILES:
         raise UserError(f"{count} profiles; atc accepts at most {MAX_PROFILES}: lower --max_prefill_length")
-    if a.max_batch > 1 and soc and (soc == "Ascend310" or soc.startswith("Ascend310B")):
-        raise UserError(f"--max_batch {a.max_batch}: {soc} does not support shape ranges (1~N), so only batch 1 "
-                        "can be compiled for it")
 
 
 def print_plan(cmd: list[str], a: argparse.Namespace, s: dict[str, int]) -> None:
     print(shlex.join(cmd))
-    table = profiles(a.max_prefill_length, s["kv_cache_length"])
+    table = profiles(a.max_prefill_length, s["kv_cache_length"], a.max_batch)
+    print(f"batch {a.max_batch} (static)")
     if not table:
         print(f"static shapes: seq 1, kv {s['kv_cache_length']} (--max_prefill_length 1, no --dynamic_dims)")
     for i, (seq, total, _, kv) in enumerate(table):
@@ -191,7 +193,7 @@ def run(a: argparse.Namespace) -> int:
                 raise
             print(f"# {e}", file=sys.stderr)
             soc = None
-    check_shapes(a, settings, soc)
+    check_shapes(a, settings)
     import onnx
     missing = unlisted_ops(onnx.load(a.onnx_model_path, load_external_data=False))
     if missing:

@@ -9,9 +9,10 @@ import pytest
 
 from conftest import DEFAULT_KV_CACHE_LENGTH, KV_LEN
 from backends.base import Row
+from batch_helpers import alone, record_tokens, schedule
 from config import InferenceConfig
 from core.errors import UserError
-from inference import Generation, Inference, SamplingParams
+from inference import Inference, SamplingParams
 
 GREEDY = dict(method="greedy", temperature=0.0)
 KINDS = ["cpu graph", "npu graph", "npu graph basic", "pytorch"]
@@ -19,15 +20,7 @@ KINDS = ["cpu graph", "npu graph", "npu graph basic", "pytorch"]
 
 @pytest.fixture(autouse=True)
 def seen_tokens(monkeypatch):
-    """Every Generation records the tokens the engine hands it (end tokens included): Deltas carry text,
-    and a token that only starts a character carries none."""
-    accept = Generation.accept
-
-    def recording(self, token, cache_full):
-        self.__dict__.setdefault("seen", []).append(token)
-        return accept(self, token, cache_full)
-
-    monkeypatch.setattr(Generation, "accept", recording)
+    record_tokens(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -47,34 +40,6 @@ def engine_for(models: dict, kind: str, max_batch: int, **kw) -> Inference:
 
 def prompt(seed: int, n: int) -> list[int]:
     return np.random.default_rng(seed).integers(3, 400, n).tolist()
-
-
-def alone(engine: Inference, ids: list[int], params: SamplingParams) -> list[int]:
-    engine.reset()
-    generation = engine.start(ids, params)
-    while not generation.finished:
-        engine.step()
-    assert generation.error is None
-    return generation.seen
-
-
-def schedule(engine: Inference, arrivals: list[tuple[int, list[int], SamplingParams, int | None]]) -> list:
-    """Start request i at step arrivals[i][0]; cancel it once it has arrivals[i][3] tokens (None: never).
-    Returns the Generations, after every one has finished."""
-    started: dict[int, Generation] = {}
-    step = 0
-    while len(started) < len(arrivals) or not all(g.finished for g in started.values()):
-        for i, (at, ids, params, _) in enumerate(arrivals):
-            if at == step:
-                started[i] = engine.start(ids, params)
-        engine.step()
-        for i, g in started.items():
-            cancel_after = arrivals[i][3]
-            if cancel_after and not g.finished and len(getattr(g, "seen", [])) >= cancel_after:
-                engine.cancel(g)
-        step += 1
-        assert step < 2000
-    return [started[i] for i in range(len(arrivals))]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -57,13 +57,21 @@ def test_prefill_length_one_compiles_static_shapes(tiny_onnx):
     assert flag(cmd, "input_shape") == "input_ids:1,1;attention_mask:1,65;position_ids:1,1;past_key_values:1,64,8,16"
 
 
-def test_batch_range_is_refused_on_310b_and_emitted_elsewhere(tiny_onnx):
+def test_max_batch_compiles_a_static_batch_even_for_310b(tiny_onnx, tmp_path, monkeypatch):
+    """No shape range (1~N), which 310/310B chips refuse: a fixed batch, and only the full-cache profiles,
+    since the rows of a [N, kv/2] block are not the first halves of the [N, kv] cache's rows."""
     r = run("--onnx_model_path", str(tiny_onnx), "--om_model_path", "o/t", "--soc_version", "Ascend310B1",
-            "--max_batch", "4")
-    assert r.returncode == 2 and "shape ranges" in r.stderr and len(r.stderr.splitlines()) == 1
-    r = run("--onnx_model_path", str(tiny_onnx), "--om_model_path", "o/t", "--soc_version", "Ascend910B1",
             "--max_batch", "4", "--dry_run")
-    assert flag(r.stdout.splitlines()[0], "input_shape").startswith("input_ids:1~4,-1;")
+    assert r.returncode == 0, r.stderr
+    cmd = r.stdout.splitlines()[0]
+    assert flag(cmd, "input_shape") == ("input_ids:4,-1;attention_mask:4,-1;position_ids:4,-1;"
+                                        "past_key_values:4,-1,8,16")
+    assert flag(cmd, "dynamic_dims") == ";".join(f"{s},{s + KV},{s},{KV}" for s in (1, 2, 4, 8))
+    assert "~" not in cmd and "batch 4 (static)" in r.stdout
+    harness.activate(monkeypatch)
+    om = harness.compile_om(tiny_onnx, tmp_path / "batch4", 8, "--max_batch", "4")
+    header = emu_om.read_header_file(om)
+    assert [spec["shape"][0] for spec in header["inputs"]] == [4, 4, 4, 4]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,6 +11,7 @@ import pytest
 
 from config import InferenceConfig
 from core.errors import UserError
+from batch_helpers import alone, record_tokens, schedule
 from emulator import harness
 from inference import Inference, SamplingParams
 from session import Session, open_session
@@ -262,13 +263,58 @@ def test_acl_is_initialised_once_and_finalised_once_at_exit(tiny_model_dir, tiny
 
 
 def test_a_batch_range_model_is_refused_as_undocumented(emu, monkeypatch, tiny_model_dir, tiny_onnx, tmp_path):
-    """onnx2om --max_batch 2 gives a 1~2 batch range next to --dynamic_dims (allowed by atc off the
-    310/310B chips); how pyACL selects a gear then is not documented, so the session refuses it."""
-    om = harness.compile_om(tiny_onnx, tmp_path / "batch2", 8, "--max_batch", "2", "--soc_version", "Ascend910B1")
+    """A batch range (1~2) next to --dynamic_dims, as atc allows off the 310/310B chips (onnx2om.py emits
+    only fixed batches): how pyACL selects a gear then is not documented, so the session refuses it."""
+    from export import onnx2om
+
+    a = onnx2om.parse_args(["--onnx_model_path", str(tiny_onnx), "--om_model_path", str(tmp_path / "range2"),
+                            "--max_batch", "2"])
+    cmd = [part.replace(":2,", ":1~2,") if part.startswith("--input_shape=") else part
+           for part in onnx2om.atc_command(a, "Ascend910B1", onnx2om.model_settings(a))]
+    assert subprocess.run(cmd, env=harness.subprocess_env(), capture_output=True).returncode == 0
     monkeypatch.setenv("EMU_ACL_SOC", "Ascend910B1")
     with pytest.raises(UserError, match="batch range together with --dynamic_dims is not documented") as e:
-        open_session(config(tiny_model_dir, "acl", om))
-    assert "\n" not in str(e.value) and "--max_batch 1" in str(e.value)
+        open_session(config(tiny_model_dir, "acl", tmp_path / "range2.om", max_batch=2))
+    assert "\n" not in str(e.value) and "--max_batch" in str(e.value)
+    assert harness.live() == {}
+
+
+def test_four_conversations_on_a_batch_of_four_get_what_onnx_gives_each_alone(emu, monkeypatch, tiny_model_dir,
+                                                                              tiny_onnx, tmp_path):
+    """onnx2om --max_batch 4 (a static batch): AclSession runs four conversations, arriving at different
+    times with prompts of different lengths, one cancelled, each in its own row of the device cache."""
+    record_tokens(monkeypatch)
+    om = harness.compile_om(tiny_onnx, tmp_path / "batch4", 8, "--max_batch", "4")
+    ref = Inference(config(tiny_model_dir, "onnx", tiny_onnx))
+    engine = Inference(config(tiny_model_dir, "acl", om, max_batch=4))
+    greedy = dict(method="greedy", temperature=0.0)
+    rng = np.random.default_rng(0)
+    requests = [(at, rng.integers(3, 400, n).tolist(), SamplingParams(new, **greedy), cancel)
+                for at, n, new, cancel in ((0, 5, 20, None), (1, 13, 14, 6), (2, 27, 16, None), (4, 9, 18, None))]
+    want = [alone(ref, ids, params) for _, ids, params, _ in requests]
+    mark = len(harness.trace())
+    try:
+        got = schedule(engine, requests)
+        assert [g.error for g in got] == [None] * 4
+        assert got[1].seen == want[1][:len(got[1].seen)] and 6 <= len(got[1].seen) < len(want[1])
+        assert [got[i].seen for i in (0, 2, 3)] == [want[i] for i in (0, 2, 3)]
+        assert sorted(g.slot.index for g in got) == [0, 1, 2, 3]
+        # The first conversation's next turn finds its row of the device cache.
+        ids = requests[0][1] + got[0].seen + [7, 8, 9]
+        again = schedule(engine, [(0, ids, SamplingParams(6, **greedy), None)])[0]
+        assert again.reused == len(ids) - 4 and again.slot.index == got[0].slot.index  # all but the last token
+        assert again.seen == alone(ref, ids, SamplingParams(6, **greedy))
+        executes = [e for e in harness.trace()[mark:] if e[0] == "execute"]
+    finally:
+        engine.session.close()
+    assert {e[1]["input_ids"][0] for e in executes} == {4}  # every call runs the compiled batch
+    assert {e[1]["past_key_values"][1] for e in executes} == {KV}  # no half-cache gear with several rows
+
+
+def test_a_batch_the_model_was_not_compiled_for_is_one_line(emu, tiny_model_dir, tiny_oms):
+    with pytest.raises(UserError) as e:
+        open_session(config(tiny_model_dir, "acl", tiny_oms[8], max_batch=4))
+    assert "\n" not in str(e.value) and "compiled for batch 1" in str(e.value) and "--max_batch 1" in str(e.value)
     assert harness.live() == {}
 
 
