@@ -24,8 +24,8 @@ DEFAULT_KV_CACHE_LENGTH = 1024
 # api.py's --max_batch on the CPU (onnx, pytorch), from bench/batch_ratio.py on 2 shared cores: one decode
 # step of the default model's cpu graph for 4 rows gives 3.5x the tokens/s of 1 row at fp32 and 1.8x at
 # int4, each answer at 0.86x / 0.45x its speed alone; 8 rows give 5.8x / 2.1x, each answer at 0.73x /
-# 0.26x. 4 keeps every answer near its own speed at fp32 (what make serve runs) and, like llama-server's
-# default, leaves more clients waiting in the queue rather than all crawling.
+# 0.26x. 4 keeps every answer near its own speed at fp32 (what make serve runs), and at int4 8 rows add
+# little over 4 while halving each answer's speed.
 CPU_SERVER_MAX_BATCH = 4
 # --max_input_length when not given: this share of the cache, the rest is room for the answer.
 INPUT_SHARE = 0.75
