@@ -28,7 +28,7 @@ DEFAULT_KV_CACHE_LENGTH = 1024
 # runs), and at int4 8 rows add little over 4 while halving each answer's speed.
 CPU_SERVER_MAX_BATCH = 4
 # --max_input_length when not given: this share of the cache, the rest is room for the answer.
-INPUT_SHARE = 3 / 4
+INPUT_SHARE = 7 / 8
 
 
 @dataclass
@@ -78,7 +78,7 @@ class SessionOptions:
 @dataclass
 class GenerationOptions:
     max_input_length: int | None = option(
-        None, help="most prompt tokens per request; older chat turns are dropped beyond it (default: 3/4 of "
+        None, help="most prompt tokens per request; older chat turns are dropped beyond it (default: 7/8 of "
                    "--kv_cache_length, the rest is room for the answer)")
     max_output_length: int = option(1024, help="most new tokens per answer")
     sampling_method: str = option("top_p", choices=SAMPLING_METHODS,
