@@ -206,3 +206,15 @@ def test_emulated_om_keeps_the_header_keys_the_acl_emulator_reads(tiny, tmp_path
     assert [o["dtype"] for o in header["outputs"]] == ["float16", "float16"]
     assert len(header["profiles"]) == len(header["profile_outputs"]) == 6
     assert json.loads(MIXLIST.read_text()) == header["mixlist"]
+
+
+def test_the_bench_measures_the_graph_the_emulated_atc_puts_in_the_om(tiny, tmp_path):
+    """bench/quality.py's atc_mixed format and onnx2om.py's flags give the same rewritten graph."""
+    from bench.quality import atc_graph
+
+    atc(tiny["fp16"], tmp_path / "m", "--precision_mode_v2=mixed_float16", f"--modify_mixlist={MIXLIST}")
+    _, graph = om_graph(tmp_path / "m.om", tmp_path / "x")
+    bench_graph = atc_graph("atc_mixed", tiny["fp16"], root=tmp_path / "bench")
+    assert bench_graph.read_bytes() == graph.read_bytes()
+    nodes = onnx.load(str(bench_graph)).graph.node
+    assert sum(n.name.startswith("emu_round/") for n in nodes) > 0

@@ -329,6 +329,8 @@ class _Builder:
         for node, choice in zip(self.src.node, plan):
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                 raise PrecisionError(f"{node.op_type} node {node.name!r}: subgraphs are not emulated")
+            if node.op_type == "CastLike" and self.types.get(node.input[1]) in LOW_TYPES:
+                raise PrecisionError(f"CastLike node {node.name!r}: a cast to a float16 tensor's type is not emulated")
             self.add_node(node, choice)
         for vi in self.src.output:
             if self.types.get(vi.name) in LOW_TYPES:
