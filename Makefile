@@ -93,11 +93,18 @@ demo: onnx
 test: model web-test-deps
 	$(PY) -m pytest -q tests
 
-# A missing browser fails here, before the suite starts: the web tests never skip.
+# The chat page's tests need Debian's Chromium and its WebDriver: installed here when make runs as root
+# with apt (as CI and a fresh board do), else a clear failure before the suite starts (they never skip).
 web-test-deps: $(AXE)
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  fi; \
+	fi
 	@for f in $(CHROMIUM) $(CHROMEDRIVER); do \
 	  test -x $$f || { echo "make test: $$f is missing: the chat page's tests need Debian's Chromium;" \
-	    "install it with: apt-get install -y chromium chromium-driver (.ci/run does)"; exit 1; }; \
+	    "install it with: apt-get install -y chromium chromium-driver"; exit 1; }; \
 	done
 
 # npm ci installs exactly what tests/web/package-lock.json pins (it rebuilds tests/web/node_modules, which

@@ -161,6 +161,9 @@ class InferenceConfig:
             raise UserError(f"--cpu_thread {s.cpu_thread}: must be at least 1")
         if g.temperature < 0:
             raise UserError(f"--temperature {g.temperature}: must not be negative")
+        if s.draft_onnx_model_path and s.session_type == "acl":
+            raise UserError("--draft_onnx_model_path: speculative decoding runs with --session_type onnx or "
+                            "pytorch, not acl")
 
     def draft(self) -> "InferenceConfig":
         """The draft model's settings: the same model and cache, another ONNX file."""

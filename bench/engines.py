@@ -51,12 +51,15 @@ def run_ours(a: argparse.Namespace, ids: list[int]) -> tuple[list[int], float, f
     from core.contract import read_meta
     from session import open_session
 
-    kv_len = int(read_meta(a.model)["kv_cache_length"])
-    # The CPU settings the demo uses: only filled cache slots, 64-token prefill chunks (a chunk's
-    # [seq, vocab] logits are the largest transient buffer, so longer chunks raise the peak RSS).
-    cfg = InferenceConfig.create(hf_model_dir=a.hf_model_dir, onnx_model_path=a.model, kv_cache_length=kv_len,
-                          max_input_length=min(512, kv_len - 1), max_prefill_length=64,
-                          kv_cache_method="basic", cpu_thread=a.threads, draft_onnx_model_path=a.draft_model)
+    meta = read_meta(a.model)
+    kv_len = int(meta["kv_cache_length"])
+    # The CPU settings the demo uses: only filled cache slots (the cpu graph's own way; the npu graph is
+    # asked to), 64-token prefill chunks (a chunk's [seq, vocab] logits are the largest transient buffer,
+    # so longer chunks raise the peak RSS).
+    method = None if meta.get("target") == "cpu" else "basic"
+    cfg = InferenceConfig.create(a.hf_model_dir, onnx_model_path=a.model, kv_cache_length=kv_len,
+                                 max_input_length=min(512, kv_len - 1), max_prefill_length=64,
+                                 kv_cache_method=method, cpu_thread=a.threads, draft_onnx_model_path=a.draft_model)
     session = open_session(cfg)
     if a.draft_model:
         return speculative_greedy(a, cfg, session, ids)

@@ -1,30 +1,43 @@
-"""Quality of the quantized CPU models against our fp32 export: perplexity on bench/quality_text.txt
-and greedy-token agreement over 64 tokens on 5 prompts.
+"""Quality against our fp32 export: perplexity on bench/quality_text.txt and greedy-token agreement over
+64 tokens on 5 prompts, for the quantized CPU models and for the npu graph as atc would compile it.
 
     python bench/quality.py [--formats fp32 int8 int4] [--graph cpu|npu]
+    python bench/quality.py --graph npu --formats fp32 atc_mixed atc_mixed_nomixlist \
+        [--atc_source output/onnx2_fp16/<name>.onnx] --output bench/quality_npu_atc.json
 
-Writes bench/quality.json. Models are the ones bench.py uses (output/onnx_cpu*/ for the --target cpu
-graph, output/onnx*/ for the npu graph); run bench.py or export/quantize_onnx.py first so the quantized
-ones exist.
+Writes bench/quality.json unless --output says otherwise. Models are the ones bench.py uses
+(output/onnx_cpu*/ for the --target cpu graph, output/onnx*/ for the npu graph); run bench.py or
+export/quantize_onnx.py first so the quantized ones exist. The atc_* formats are the npu graph given
+as --atc_source (default: the float16 export after change_node.py) rewritten the way the emulated atc
+compiles it (tests/emulator/emu_precision.py: float16 rounding wherever the precision mode runs an op
+in float16), run with onnxruntime; they are written once to output/atc_*/<source folder>/.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.bench import HF_DIR, ONNX_NAME, model_path
+from config import InferenceConfig
+from core.contract import read_meta
+from session import Session, open_session
 
-from config import InferenceConfig  # noqa: E402
-from export.onnx_meta import read_meta  # noqa: E402
-from bench.bench import HF_DIR, model_path  # noqa: E402
-from session import Session  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 FORMATS = ("fp32", "int8", "int4")
+# format: (atc --precision_mode_v2, with export/ops_info.json as --modify_mixlist), as onnx2om.py passes them
+ATC_FORMATS = {
+    "atc_mixed": ("mixed_float16", True),
+    "atc_mixed_nomixlist": ("mixed_float16", False),
+    "atc_fp16": ("fp16", False),
+}
+MIXLIST = REPO / "export/ops_info.json"
 WINDOW = 512
 PROMPTS = [
     "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",
@@ -35,12 +48,42 @@ PROMPTS = [
 ]
 
 
-def open_session(path: Path, threads: int) -> Session:
-    kv_len = int(read_meta(path)["kv_cache_length"])
-    cfg = InferenceConfig(hf_model_dir=str(HF_DIR), onnx_model_path=str(path), kv_cache_length=kv_len,
-                          max_input_length=min(512, kv_len - 1), max_prefill_length=64,
-                          kv_cache_method="basic", cpu_thread=threads)
-    return Session.fromConfig(cfg)
+def atc_graph(fmt: str, source: Path, root: Path = REPO / "output") -> Path:
+    """`source` as the emulated atc compiles it in the format's precision mode (the graph its .om holds),
+    written under root/<format>/<source folder>/ and reused while newer than the source and the mixlist."""
+    emu_precision = _emulator_module("emu_precision")
+
+    mode, with_mixlist = ATC_FORMATS[fmt]
+    folder = root / fmt / source.parent.name
+    dst = folder / source.name
+    inputs = [source, MIXLIST] if with_mixlist else [source]
+    if dst.is_file() and dst.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
+        return dst
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"{fmt}: rewriting {source} as atc's {mode} computes it", flush=True)
+    mixlist = json.loads(MIXLIST.read_text()) if with_mixlist else None
+    path, _ = emu_precision.convert_file(source, folder, mode, mixlist)
+    return path
+
+
+def _emulator_module(name: str):
+    """A module of the test-only NPU emulator, loaded from its file (the emulator is never installed)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tests/emulator" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_session(path: Path, threads: int) -> Session:
+    meta = read_meta(path)
+    kv_len = int(meta["kv_cache_length"])
+    # Only the filled cache slots: the cpu graph does so by itself, the npu graph is asked to.
+    method = None if meta.get("target") == "cpu" else "basic"
+    cfg = InferenceConfig.create(HF_DIR, onnx_model_path=str(path), kv_cache_length=kv_len,
+                                 max_input_length=min(512, kv_len - 1), max_prefill_length=64,
+                                 kv_cache_method=method, cpu_thread=threads)
+    return open_session(cfg)
 
 
 def nll_of_window(session: Session, ids: np.ndarray) -> tuple[float, int]:
@@ -74,19 +117,27 @@ def greedy(session: Session, prompt: list[int], n: int) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Perplexity and greedy agreement of quantized models vs fp32.")
-    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=[*FORMATS, *ATC_FORMATS])
     p.add_argument("--graph", choices=["cpu", "npu"], default="cpu",
                    help="which export to measure: the --target cpu graph (default) or the npu graph")
+    p.add_argument("--atc_source", default=str(REPO / "output/onnx2_fp16" / ONNX_NAME),
+                   help="npu graph the atc_* formats start from (default: the float16 export after change_node.py)")
     p.add_argument("--tokens", type=int, default=64, help="greedy tokens per prompt (default 64)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(REPO / "bench/quality.json"))
     a = p.parse_args(argv)
-    models = {f: model_path(a.graph, f) for f in a.formats}
-    missing = [str(m) for m in models.values() if not m.is_file()]
-    if missing:
-        print(f"quality.py: error: missing {', '.join(missing)} (run bench/bench.py or export/quantize_onnx.py)",
-              file=sys.stderr)
+    atc = [f for f in a.formats if f in ATC_FORMATS]
+    if atc and a.graph != "npu":
+        print(f"quality.py: error: {', '.join(atc)} need --graph npu (atc compiles the npu graph)", file=sys.stderr)
         return 2
+    models = {f: model_path(a.graph, f) for f in a.formats if f not in ATC_FORMATS}
+    sources = [Path(a.atc_source)] if atc else []
+    missing = [str(m) for m in [*models.values(), *sources] if not m.is_file()]
+    if missing:
+        print(f"quality.py: error: missing {', '.join(missing)} (run bench/bench.py or export/quantize_onnx.py; "
+              "for atc_* formats export with --dtype float16 and run export/change_node.py)", file=sys.stderr)
+        return 2
+    models.update({f: atc_graph(f, Path(a.atc_source)) for f in atc})
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(HF_DIR)
@@ -95,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                                             tokenize=True, return_dict=False)) for q in PROMPTS]
     results, generated = {}, {}
     for fmt in a.formats:
-        session = open_session(models[fmt], a.threads)
+        session = model_session(models[fmt], a.threads)
         results[fmt] = {"perplexity": round(perplexity(session, text_ids), 4)}
         generated[fmt] = [greedy(session, ids, a.tokens) for ids in prompts]
         del session
@@ -111,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                                      for g, f in pairs]
     report = {"graph": a.graph, "text_tokens": len(text_ids), "window": WINDOW, "prompts": len(prompts),
               "greedy_tokens": a.tokens, "results": results}
+    if atc:
+        report["atc_source"] = os.path.relpath(a.atc_source, REPO)
     Path(a.output).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0

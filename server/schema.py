@@ -45,26 +45,27 @@ class FunctionDef(Lenient):
     parameters: dict | None = None
 
 
-class ToolDef(Lenient):
-    type: Literal["function"] = "function"
-    function: FunctionDef
+class NamedByFunction:
+    """A tools-style object named by its `function`: it answers `.name` as the legacy objects do, so
+    prompt.py filters and matches both kinds by one rule."""
 
     @property
-    def name(self) -> str:  # what a legacy FunctionDef has too: prompt.py filters both by one rule
+    def name(self) -> str:
         return self.function.name
+
+
+class ToolDef(NamedByFunction, Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDef
 
 
 class FunctionName(Lenient):
     name: str
 
 
-class NamedToolChoice(Lenient):
+class NamedToolChoice(NamedByFunction, Lenient):
     type: Literal["function"] = "function"
     function: FunctionName
-
-    @property
-    def name(self) -> str:  # what a legacy FunctionName has too: prompt.py matches both by one rule
-        return self.function.name
 
 
 class StreamOptions(Lenient):

@@ -67,8 +67,8 @@ def test_quality_perplexity_is_the_same_on_both_graphs_and_matches_transformers(
         logp = torch.log_softmax(ref(torch.from_numpy(ids[None])).logits[0].double(), -1)
     want = -float(logp[torch.arange(len(ids) - 1), torch.from_numpy(ids[1:])].sum())
     for path in (tiny_onnx_of(model_dir, 64), cpu_path):
-        cfg = InferenceConfig.create(hf_model_dir=str(model_dir), onnx_model_path=str(path), kv_cache_length=64,
-                              max_input_length=32, cpu_thread=1)
+        cfg = InferenceConfig.create(model_dir, onnx_model_path=str(path), kv_cache_length=64, max_input_length=32,
+                                     cpu_thread=1)
         total, count = nll_of_window(open_session(cfg), ids)
         assert count == len(ids) - 1
         assert abs(total - want) < 1e-3 * abs(want), (path.name, total, want)
