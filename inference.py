@@ -16,7 +16,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
-
 from config import InferenceConfig
 from core.errors import UserError
 from engine.sampling import SamplingParams
