@@ -5,13 +5,20 @@ import mmap
 
 import numpy as np
 
+from core.errors import UserError
+
 
 def lazy_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """Zeros whose memory is committed page by page as it is written. A cache row is filled from its
     start, and its unused slots should cost nothing: numpy asks the kernel for 2 MB pages for large
     arrays, so that writing one token's 256 bytes in a layer's block would commit 2 MB of it."""
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+    try:
+        memory = mmap.mmap(-1, max(size, 1))
+    except OSError as e:
+        raise UserError(f"the KV cache needs {size / 2 ** 30:.1f} GiB of address space and this machine refuses "
+                        f"it ({e.strerror}): lower --max_batch or --kv_cache_length") from None
+    return np.frombuffer(memory, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
 
 class CacheFullError(RuntimeError):

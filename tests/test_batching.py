@@ -173,6 +173,19 @@ def test_max_batch_must_be_positive(models):
         engine_for(models, "cpu graph", max_batch=0)
 
 
+@pytest.mark.parametrize("kind", ["cpu graph", "npu graph"])
+def test_a_cache_the_machine_cannot_map_is_one_line(models, kind, monkeypatch):
+    import kvcache
+
+    def refuse(*_):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(kvcache.mmap, "mmap", refuse)
+    with pytest.raises(UserError) as e:
+        engine_for(models, kind, max_batch=64)
+    assert "\n" not in str(e.value) and "lower --max_batch or --kv_cache_length" in str(e.value)
+
+
 def test_default_model_three_concurrent_requests_match_alone(default_model_dir, default_cpu_onnx):
     """The real model's cpu graph, kept short: three prompts, the second arriving mid-answer."""
     base = dict(hf_model_dir=str(default_model_dir), onnx_model_path=str(default_cpu_onnx),
