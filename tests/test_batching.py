@@ -98,6 +98,26 @@ def test_conversations_taking_turns_reuse_their_own_slot(models, kind):
                                         for name in ("A", "C", "B")]
 
 
+def test_a_full_idle_row_between_decoding_rows_gives_up_only_its_last_slot(models):
+    """The cpu graph writes a token for every row of the block: an idle row whose cache is full lends its
+    last slot (never writes past its row), the rows around it decode as alone, and its conversation stays
+    reusable up to that slot."""
+    engine = engine_for(models, "cpu graph", max_batch=3)
+    greedy = SamplingParams(KV_LEN, **GREEDY)
+    a_prompt = prompt(80, 100)
+    slot_a = schedule(engine, [(0, prompt(81, 5), SamplingParams(1, **GREEDY), None), (0, a_prompt, greedy, None)])[1]
+    assert slot_a.slot.index == 1 and engine.session.lengths[1] == KV_LEN  # filled to the last slot
+    others = [(0, prompt(82 + i, 6), SamplingParams(8, **GREEDY), None) for i in range(2)]
+    ref = [alone(engine_for(models, "cpu graph", max_batch=1), ids, p) for _, ids, p, _ in others]
+    got = schedule(engine, others)
+    assert sorted(g.slot.index for g in got) == [0, 2] and [g.seen for g in got] == ref
+    assert engine.session.lengths[1] == KV_LEN - 1
+    turn2 = (a_prompt + slot_a.seen)[:KV_LEN - 2] + [7]
+    again = schedule(engine, [(0, turn2, SamplingParams(1, **GREEDY), None)])[0]
+    assert again.slot.index == 1 and again.reused == KV_LEN - 2
+    assert again.seen == alone(engine_for(models, "cpu graph", max_batch=1), turn2, SamplingParams(1, **GREEDY))
+
+
 def test_a_request_without_a_free_slot_waits_then_takes_the_least_recently_used(models):
     engine = engine_for(models, "cpu graph", max_batch=2)
     a, b, c = (engine.start(prompt(40 + i, 6), SamplingParams(4 + 4 * i, **GREEDY)) for i in range(3))
