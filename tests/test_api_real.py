@@ -66,3 +66,23 @@ def test_normal_and_stream_clients_answer(server) -> None:
     assert "Paris" in run_client(server, "openai_normal_client.py", "--max_tokens", "30")
     out = run_client(server, "openai_stream_client.py", "--max_tokens", "30")
     assert len(out.splitlines()[0].strip()) > 0 and "[finish:" in out
+
+
+def test_concurrent_greedy_answers_equal_the_answers_alone(server, client) -> None:
+    """Three clients at once on the real model (api.py's CPU default of 4 slots): each answer is the one it
+    gets alone, where the int4 draft decodes speculatively; together they decode as a batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = client.models.list().data[0].id
+    questions = ["What is a python list?", "Say hello in French.", "Name a prime number."]
+
+    def ask(question: str) -> str:
+        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                           temperature=0, max_tokens=12)
+        return r.choices[0].message.content
+
+    alone = [ask(q) for q in questions]
+    with ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(ask, questions))
+    assert together == alone and all(alone)
+    assert server.health()["peak_busy_slots"] >= 2
