@@ -48,8 +48,10 @@ def doc_graph(path: Path) -> None:
 
 
 def atc(onnx_path: Path, out: Path, *flags: str) -> None:
+    # origin: the graph's own float32, so the runs here are compared exactly (these tests are about shapes,
+    # gears and calls; tests/test_emulator_fp16.py covers what the precision modes do to the numbers).
     r = subprocess.run([str(harness.EMULATOR / "atc"), "--framework=5", f"--model={onnx_path}", f"--output={out}",
-                        "--soc_version=Ascend310B1", *flags],
+                        "--soc_version=Ascend310B1", "--precision_mode_v2=origin", *flags],
                        capture_output=True, text=True, env=harness.subprocess_env(), timeout=120)
     assert r.returncode == 0, r.stderr
 
