@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from export.block_quant import NBitsLayout, QuantSpec, quantize_columns, quantize_gather_rows
 from export.safetensors_io import Checkpoint
@@ -32,6 +32,8 @@ class Matrix:
     ckpt: Checkpoint
     names: tuple[str, ...]
 
+    dtype = np.dtype(np.float32)  # what chunks() yields, whatever the checkpoint stores
+
     @property
     def shape(self) -> tuple[int, int]:
         shapes = [self.ckpt.shape(n) for n in self.names]
@@ -47,6 +49,57 @@ class Matrix:
             for r in range(0, rows, step):
                 yield start + r, self.ckpt.rows(name, r, r + step)
             start += rows
+
+
+def _pread(fd: int, offset: int, out: np.ndarray) -> None:
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    while view.nbytes:
+        n = os.preadv(fd, [view], offset)
+        if not n:
+            raise ValueError("the data file ends before the tensor does")
+        view, offset = view[n:], offset + n
+
+
+class StoredMatrix:
+    """A 2-D float initializer of a saved graph, read from its external data file in bands: the same
+    interface as Matrix, in torch's [out, in] view. A MatMul weight is stored [in, out], so its bands
+    are columns, read one row segment at a time (no mmap: mapped pages would count in the RSS)."""
+
+    def __init__(self, tensor: TensorProto, base_dir: Path, stored_transposed: bool):
+        self.tensor = tensor
+        self.dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        self.transposed = stored_transposed
+        rows, cols = tensor.dims
+        self.shape = (cols, rows) if stored_transposed else (rows, cols)
+        ext = {e.key: e.value for e in tensor.external_data}
+        self.inline = None if tensor.data_location == TensorProto.EXTERNAL else numpy_helper.to_array(tensor)
+        self.path = base_dir / ext.get("location", "")
+        self.offset = int(ext.get("offset", 0))
+
+    def chunks(self, multiple: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+        out_rows, in_cols = self.shape
+        step = max(multiple, CHUNK_BYTES // (4 * in_cols) // multiple * multiple)
+        if self.inline is not None:
+            full = self.inline.T if self.transposed else self.inline
+            for r in range(0, out_rows, step):
+                yield r, np.ascontiguousarray(full[r:r + step])
+            return
+        item = self.dtype.itemsize
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for r in range(0, out_rows, step):
+                n = min(step, out_rows - r)
+                if not self.transposed:
+                    band = np.empty((n, in_cols), self.dtype)
+                    _pread(fd, self.offset + r * in_cols * item, band)
+                    yield r, band
+                    continue
+                band = np.empty((in_cols, n), self.dtype)
+                for k in range(in_cols):
+                    _pread(fd, self.offset + (k * out_rows + r) * item, band[k])
+                yield r, np.ascontiguousarray(band.T)
+        finally:
+            os.close(fd)
 
 
 class WeightFile:
@@ -85,6 +138,26 @@ class WeightFile:
             self._write(self._external(name, data_type, array.shape, array.nbytes), array)
         return name
 
+    def add_copy(self, tensor: TensorProto, base_dir: Path) -> str:
+        """An initializer of a saved graph, as it is: inline ones stay inline, external bytes are copied
+        in pieces to this file."""
+        if tensor.data_location != TensorProto.EXTERNAL:
+            self.tensors.append(tensor)
+            return tensor.name
+        ext = {e.key: e.value for e in tensor.external_data}
+        path, offset = base_dir / ext["location"], int(ext.get("offset", 0))
+        length = int(ext["length"]) if "length" in ext else path.stat().st_size - offset
+        dst = self._external(tensor.name, tensor.data_type, tuple(tensor.dims), length)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for start in range(0, length, CHUNK_BYTES):
+                piece = np.empty(min(CHUNK_BYTES, length - start), np.uint8)
+                _pread(fd, offset + start, piece)
+                self._write(dst + start, piece)
+        finally:
+            os.close(fd)
+        return tensor.name
+
     def add_rows(self, name: str, m: Matrix, dtype: np.dtype) -> str:
         """The matrix as it is ([out, in], e.g. an embedding table), cast to dtype."""
         rows, cols = m.shape
@@ -111,7 +184,7 @@ class WeightFile:
                 self._write(offset + (i * rows + r) * itemsize, band[i])
         return name
 
-    def add_nbits(self, name: str, m: Matrix, bits: int, block_size: int, symmetric: bool) -> list[str]:
+    def add_nbits(self, name: str, m: Matrix | StoredMatrix, bits: int, block_size: int, symmetric: bool) -> list[str]:
         """MatMulNBits' B, scales and zero points (names as onnxruntime's quantizer gives them) for the
         matrix; its [out, in] rows are MatMulNBits' columns, so each chunk is quantized on its own."""
         n, k = m.shape
@@ -120,8 +193,9 @@ class WeightFile:
         names = [f"{name}_Q{bits}", f"{name}_scales", f"{name}_zero_points"]
         if symmetric:
             names.pop()
-        types = [TensorProto.UINT8, TensorProto.FLOAT, TensorProto.UINT8]
-        per_row = [layout.k_blocks * layout.blob, layout.k_blocks * 4, layout.zp_per_column]
+        scale_type = helper.np_dtype_to_tensor_dtype(m.dtype)
+        types = [TensorProto.UINT8, scale_type, TensorProto.UINT8]
+        per_row = [layout.k_blocks * layout.blob, layout.k_blocks * m.dtype.itemsize, layout.zp_per_column]
         offsets = [self._external(tn, tt, shapes[key], n * size)
                    for tn, tt, key, size in zip(names, types, ("packed", "scales", "zero_points"), per_row)]
         for r, chunk in m.chunks():
@@ -130,20 +204,22 @@ class WeightFile:
                 self._write(offset + r * size, out)
         return names
 
-    def add_gather_int4(self, name: str, m: Matrix, block_size: int, symmetric: bool) -> list[str]:
+    def add_gather_int4(self, name: str, m: Matrix | StoredMatrix, block_size: int, symmetric: bool) -> list[str]:
         """GatherBlockQuantized's data, scales and zero points for an embedding table, blocks along the
         hidden axis (names as onnxruntime's quantizer gives them)."""
         rows, cols = m.shape
         k_blocks = -(-cols // block_size)
         qtype = TensorProto.INT4 if symmetric else TensorProto.UINT4
         data_off = self._external(f"{name}_Q4", qtype, (rows, cols), (rows * cols + 1) // 2)
-        scale_off = self._external(f"{name}_scales", TensorProto.FLOAT, (rows, k_blocks), rows * k_blocks * 4)
+        item = m.dtype.itemsize
+        scale_off = self._external(f"{name}_scales", helper.np_dtype_to_tensor_dtype(m.dtype), (rows, k_blocks),
+                                   rows * k_blocks * item)
         zp_off = None if symmetric else self._external(f"{name}_zero_points", qtype, (rows, k_blocks),
                                                        (rows * k_blocks + 1) // 2)
         for r, chunk in m.chunks(multiple=2):
             packed, scales, zps = quantize_gather_rows(chunk, block_size, symmetric)
             self._write(data_off + r * cols // 2, packed)
-            self._write(scale_off + r * k_blocks * 4, scales)
+            self._write(scale_off + r * k_blocks * item, scales)
             if zps is not None:
                 self._write(zp_off + r * k_blocks // 2, zps)
         return [f"{name}_Q4", f"{name}_scales"] + ([] if symmetric else [f"{name}_zero_points"])
@@ -178,7 +254,8 @@ class GraphBuilder:
     def linear(self, x: str, m: Matrix, name: str, bias: np.ndarray | None = None, out: str | None = None,
                bits: int | None = None) -> str:
         """x @ m.T (+ bias): MatMul in the graph's dtype, or MatMulNBits when `bits` is given."""
-        target = [out] if out and bias is None else 1
+        # Outputs are named after the layer, not the op, so quantizing never renames a tensor.
+        target = [out] if out and bias is None else [f"{name}/out0"]
         if bits:
             q = self.quant
             n, k = m.shape
