@@ -34,7 +34,8 @@ def head_weight(ckpt: Checkpoint, args: ModelArgs) -> str:
     return "lm_head.weight"
 
 
-def required_weights(ckpt: Checkpoint, args: ModelArgs) -> list[str]:
+def required_weights(args: ModelArgs) -> list[str]:
+    """Every checkpoint tensor the graphs read (the output projection aside: it may be tied)."""
     names = ["model.embed_tokens.weight", "model.norm.weight"]
     for i in range(args.num_hidden_layers):
         p = f"model.layers.{i}"
@@ -49,7 +50,7 @@ def required_weights(ckpt: Checkpoint, args: ModelArgs) -> list[str]:
 
 
 def check_weights(ckpt: Checkpoint, args: ModelArgs) -> None:
-    missing = [n for n in required_weights(ckpt, args) if n not in ckpt]
+    missing = [n for n in required_weights(args) if n not in ckpt]
     if missing:
         raise ValueError(f"weights missing from {ckpt.dir}: {', '.join(missing[:5])}")
 
