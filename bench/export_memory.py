@@ -42,7 +42,6 @@ SHAPES = {
 BASELINE_REV = "5c866b4"
 SHARD_BYTES = 4 * 2 ** 30
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
-SESSION_KV = 64
 GENERATED = 16
 
 
@@ -178,8 +177,10 @@ def measure_size(size: str, a: argparse.Namespace, baseline: Path | None) -> dic
         row[label] = result
         print(f"{size} {label}: {result}", flush=True)
         if label == "cpu_int4" and size in a.session_sizes:
-            row["session_int4"] = run_measured([sys.executable, __file__, "--_session", str(hf_dir), str(out)], env)
+            row["session_int4"] = run_measured([sys.executable, __file__, "--_session", str(hf_dir), str(out),
+                                                str(kv)], env)
             row["session_int4"].update(json.loads((work / "session.json").read_text()))
+            (work / "session.json").unlink()
             print(f"{size} session: {row['session_int4']}", flush=True)
         remove_outputs(out)
     if baseline is not None and size in a.baseline_sizes:
@@ -216,14 +217,14 @@ def measure_baseline(size: str, baseline: Path, hf_dir: Path, work: Path, kv: in
     return out
 
 
-def session_check(hf_dir: Path, onnx_path: Path, report: Path) -> None:
+def session_check(hf_dir: Path, onnx_path: Path, kv_cache_length: int, report: Path) -> None:
     """Open the int4 cpu graph in our session, prefill 8 tokens and greedily generate GENERATED more:
     logits of the vocabulary's size and finite, the cache filled exactly up to the session's length."""
     from config import InferenceConfig
     from session import open_session
 
     cfg = InferenceConfig.create(hf_dir, session_type="onnx", onnx_model_path=str(onnx_path),
-                                 kv_cache_length=SESSION_KV, max_prefill_length=8)
+                                 kv_cache_length=kv_cache_length, max_prefill_length=8)
     start = time.perf_counter()
     session = open_session(cfg)
     opened = time.perf_counter()
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if baseline is not None:
             shutil.rmtree(baseline)  # unpacked by this script
+        if (work / "onnx").is_dir() and not any((work / "onnx").iterdir()):
+            (work / "onnx").rmdir()
     print(json.dumps(report, indent=2))
     return 0
 
@@ -289,7 +292,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--_build":
         build_random_model(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
         sys.exit(0)
-    if len(sys.argv) == 4 and sys.argv[1] == "--_session":
-        session_check(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[3]).parents[1] / "session.json")
+    if len(sys.argv) == 5 and sys.argv[1] == "--_session":
+        session_check(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]),
+                      Path(sys.argv[3]).parents[1] / "session.json")
         sys.exit(0)
     sys.exit(main())

@@ -72,7 +72,8 @@ def _build(ckpt: Checkpoint, a: ModelArgs, kv_len: int, g: GraphBuilder, progres
     for i in range(a.num_hidden_layers):
         p = f"model.layers.{i}"
         att, mlp = f"{p}.self_attn", f"{p}.mlp"
-        h, residual = normed(g, pending, residual, ckpt.read(f"{p}.input_layernorm.weight"), eps, f"{p}.input_layernorm")
+        h, residual = normed(g, pending, residual, ckpt.read(f"{p}.input_layernorm.weight"), eps,
+                             f"{p}.input_layernorm")
         qkv_bias = (np.concatenate([ckpt.read(f"{att}.{x}_proj.bias") for x in "qkv"]) if a.qkv_bias else None)
         qkv = g.linear(h, Matrix(ckpt, tuple(f"{att}.{x}_proj.weight" for x in "qkv")), f"{att}.qkv_proj",
                        qkv_bias, bits=bits)

@@ -124,8 +124,8 @@ class NpuGraph:
         g, half = self.g, self.a.head_dim // 2
         first, second = g.op("Split", [x, g.const([half, half])], 2, f"{name}/halves", axis=-1)
         turned = g.op("Concat", [g.op("Neg", [second], 1, f"{name}/neg")[0], first], 1, f"{name}/turn", axis=-1)[0]
-        return g.op("Add", [g.op("Mul", [x, cos], 1, f"{name}/cos")[0], g.op("Mul", [turned, sin], 1, f"{name}/sin")[0]],
-                    1, name)[0]
+        straight = g.op("Mul", [x, cos], 1, f"{name}/cos")[0]
+        return g.op("Add", [straight, g.op("Mul", [turned, sin], 1, f"{name}/sin")[0]], 1, name)[0]
 
     def attention(self, x: str, layer: int, cos: str, sin: str, mask: str) -> tuple[str, str, str]:
         g, a = self.g, self.a
