@@ -160,6 +160,15 @@ def measure_size(size: str, a: argparse.Namespace, baseline: Path | None) -> dic
     hf_dir = work / f"qwen2.5-{size}-random"
     weights_gb = sum(int(np.prod(s)) for s in tensor_shapes({**SHAPES[size]}).values()) * 2 / 2 ** 30
     check_free(work, weights_gb)
+    try:
+        return measure_exports(size, a, baseline, hf_dir)
+    finally:
+        if hf_dir.exists():
+            shutil.rmtree(hf_dir)  # made by this script, kept by nothing
+
+
+def measure_exports(size: str, a: argparse.Namespace, baseline: Path | None, hf_dir: Path) -> dict:
+    work = Path(a.work_dir)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     build = run_measured([sys.executable, __file__, "--_build", size, str(hf_dir), a.tokenizer_dir], env)
     row: dict = {"size": size, "weights_mb": round(disk_mb(hf_dir)), "write_checkpoint": build}
@@ -168,25 +177,31 @@ def measure_size(size: str, a: argparse.Namespace, baseline: Path | None) -> dic
     runs = {"npu_fp16": ["--dtype", "float16"], "cpu_int4": ["--target", "cpu", "--bits", "4"]}
     for label, flags in runs.items():
         out = work / "onnx" / f"{size}_{label}.onnx"
-        check_free(work, weights_gb * (1.1 if label == "npu_fp16" else 0.4))
-        cmd, cmd_env = export_cmd(REPO, hf_dir, out, kv, *flags)
-        result = run_measured(cmd, cmd_env)
-        result["onnx_mb"] = round(disk_mb(out) + disk_mb(out.with_name(out.name + ".data")))
-        # Bytes moved: the checkpoint read once, the graph written once.
-        result["mb_per_s"] = round((row["weights_mb"] + result["onnx_mb"]) / result["s"])
-        row[label] = result
-        print(f"{size} {label}: {result}", flush=True)
-        if label == "cpu_int4" and size in a.session_sizes:
-            row["session_int4"] = run_measured([sys.executable, __file__, "--_session", str(hf_dir), str(out),
-                                                str(kv)], env)
-            row["session_int4"].update(json.loads((work / "session.json").read_text()))
-            (work / "session.json").unlink()
-            print(f"{size} session: {row['session_int4']}", flush=True)
-        remove_outputs(out)
+        try:
+            row[label] = measure_export(size, label, flags, a, hf_dir, out, row["weights_mb"] / 1024)
+            if label == "cpu_int4" and size in a.session_sizes:
+                row["session_int4"] = run_measured([sys.executable, __file__, "--_session", str(hf_dir), str(out),
+                                                    str(kv)], env)
+                row["session_int4"].update(json.loads((work / "session.json").read_text()))
+                (work / "session.json").unlink()
+                print(f"{size} session: {row['session_int4']}", flush=True)
+        finally:
+            remove_outputs(out)
     if baseline is not None and size in a.baseline_sizes:
         row.update(measure_baseline(size, baseline, hf_dir, work, kv))
-    shutil.rmtree(hf_dir)  # made by this script
     return row
+
+
+def measure_export(size: str, label: str, flags: list[str], a: argparse.Namespace, hf_dir: Path, out: Path,
+                   weights_gb: float) -> dict:
+    check_free(Path(a.work_dir), weights_gb * (1.1 if label == "npu_fp16" else 0.4))
+    cmd, env = export_cmd(REPO, hf_dir, out, a.kv_cache_length, *flags)
+    result = run_measured(cmd, env)
+    result["onnx_mb"] = round(disk_mb(out) + disk_mb(out.with_name(out.name + ".data")))
+    # Bytes moved: the checkpoint read once, the graph written once.
+    result["mb_per_s"] = round((weights_gb * 1024 + result["onnx_mb"]) / result["s"])
+    print(f"{size} {label}: {result}", flush=True)
+    return result
 
 
 def measure_baseline(size: str, baseline: Path, hf_dir: Path, work: Path, kv: int) -> dict:
