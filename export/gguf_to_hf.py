@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -52,14 +54,36 @@ def check_gguf(path: Path) -> None:
             raise UserError(f"--gguf_path {path} is not a GGUF file (bad magic)")
 
 
-def open_gguf(path: Path):
+@dataclass(frozen=True)
+class GGUFTensor:
+    name: str
+    tensor_type: object  # gguf.GGMLQuantizationType
+    shape: tuple[int, ...]  # as GGUF lists it, innermost dim first
+    n_bytes: int
+    data_offset: int
+
+
+@dataclass(frozen=True)
+class GGUFIndex:
+    """What the conversion needs of a GGUF's header: its tensor table and head sizes. gguf's reader
+    makes a Python object of every vocabulary entry (~0.5 GB for Qwen's 151k tokens); it is dropped
+    once this is taken from it, before transformers parses the header again for config and tokenizer."""
+    tensors: list[GGUFTensor]
+    key_lengths: dict[str, int]
+
+
+def open_gguf(path: Path) -> GGUFIndex:
     """Parse the GGUF header, turning every way it can be corrupt into a one-line UserError."""
     from gguf import GGUFReader
 
     try:
-        return GGUFReader(str(path))
+        reader = GGUFReader(str(path))
+        tensors = [GGUFTensor(t.name, t.tensor_type, tuple(int(x) for x in t.shape), int(t.n_bytes),
+                              int(t.data_offset)) for t in reader.tensors]
+        key_lengths = {k: int(f.contents()) for k, f in reader.fields.items() if k.endswith(".attention.key_length")}
     except Exception as err:  # the reader raises assorted types on corrupt or truncated files
         raise UserError(f"--gguf_path {path} is not a readable GGUF file: {err}") from None
+    return GGUFIndex(tensors, key_lengths)
 
 
 def is_converted(out_dir: Path) -> bool:
@@ -79,7 +103,7 @@ def token_id(tokenizer, token: str) -> int | None:
     return int(ids[0])
 
 
-def load_config(gguf_path: Path, reader):
+def load_config(gguf_path: Path, index: GGUFIndex):
     from transformers import AutoConfig
 
     try:
@@ -96,20 +120,19 @@ def load_config(gguf_path: Path, reader):
     # transformers files the GGUF's free-text general.name here; it is no path and misleads readers.
     if hasattr(config, "_model_name_or_path"):
         del config._model_name_or_path
-    head_dim = gguf_head_dim(reader, config.model_type)
+    head_dim = gguf_head_dim(index, config.model_type)
     if head_dim is not None:
         config.head_dim = head_dim
     return config
 
 
-def gguf_head_dim(reader, arch: str) -> int | None:
+def gguf_head_dim(index: GGUFIndex, arch: str) -> int | None:
     """`{arch}.attention.key_length` if the GGUF records it.
 
     transformers' GGUF config reader ignores this key and assumes hidden_size / num_heads, which
     is wrong for models such as Qwen3-0.6B (hidden 1024, 16 heads, head_dim 128).
     """
-    field = reader.fields.get(f"{arch}.attention.key_length")
-    return None if field is None else int(field.contents())
+    return index.key_lengths.get(f"{arch}.attention.key_length")
 
 
 # HF module inside a decoder layer, by its GGUF name inside `blk.N` (llama.cpp's naming for Qwen2/Qwen3).
@@ -145,10 +168,10 @@ def expected_weights(config) -> set[str]:
     return names
 
 
-def plan_tensors(reader, config) -> list[tuple[str, object]]:
+def plan_tensors(index: GGUFIndex, config) -> list[tuple[str, GGUFTensor]]:
     """(HF name, GGUF tensor) for every weight, in the GGUF's order; UserError on unknown or missing ones."""
     plan, unknown = [], []
-    for t in reader.tensors:
+    for t in index.tensors:
         name = hf_name(t.name)
         if name is None:
             unknown.append(t.name)
@@ -162,7 +185,7 @@ def plan_tensors(reader, config) -> list[tuple[str, object]]:
     return plan
 
 
-def dequantised_bands(path: Path, t) -> Iterator[np.ndarray]:
+def dequantised_bands(path: Path, t: GGUFTensor) -> Iterator[np.ndarray]:
     """The tensor's rows as float32, a band at a time, read with plain reads from the file."""
     from gguf import GGMLQuantizationType, dequantize
 
@@ -188,8 +211,8 @@ def dequantised_bands(path: Path, t) -> Iterator[np.ndarray]:
             yield band.reshape((n,) + shape[1:] if len(shape) > 1 else shape)
 
 
-def write_weights(gguf_path: Path, reader, config, out: Path, dtype_name: str) -> None:
-    plan = plan_tensors(reader, config)
+def write_weights(gguf_path: Path, index: GGUFIndex, config, out: Path, dtype_name: str) -> None:
+    plan = plan_tensors(index, config)
     if config.tie_word_embeddings:
         plan = [(name, t) for name, t in plan if name != "lm_head.weight"]
     st_dtype = SAFETENSORS_DTYPES[dtype_name]
@@ -228,21 +251,22 @@ def generation_config_for(tokenizer, config):
     )
 
 
-def write_outputs(gguf_path: Path, reader, work_dir: Path, dtype_name: str) -> None:
+def write_outputs(gguf_path: Path, index: GGUFIndex, work_dir: Path, dtype_name: str) -> None:
     started = time.monotonic()
     log(f"reading config and tokenizer from {gguf_path}")
-    config = load_config(gguf_path, reader)
+    config = load_config(gguf_path, index)
     tokenizer = load_tokenizer(gguf_path)
     log(f"{config.model_type}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}")
     log(f"writing {dtype_name} weights to {work_dir}, one tensor at a time")
     # One file keeps re-runs with --force from leaving stale shards next to a new index.
-    write_weights(gguf_path, reader, config, work_dir / "model.safetensors", dtype_name)
+    write_weights(gguf_path, index, config, work_dir / "model.safetensors", dtype_name)
     config.architectures = [ARCHITECTURES[config.model_type]]
     config.dtype = dtype_name
     config.save_pretrained(str(work_dir))
     generation_config_for(tokenizer, config).save_pretrained(str(work_dir))
     tokenizer.save_pretrained(str(work_dir))
-    log(f"converted in {time.monotonic() - started:.1f}s")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    log(f"converted in {time.monotonic() - started:.1f}s, peak memory {peak_mb:.0f} MB")
 
 
 def move_into(work_dir: Path, out_dir: Path) -> None:
@@ -258,13 +282,13 @@ def move_into(work_dir: Path, out_dir: Path) -> None:
         os.replace(work_dir / name, out_dir / name)
 
 
-def convert(gguf_path: Path, reader, out_dir: Path, dtype_name: str) -> None:
+def convert(gguf_path: Path, index: GGUFIndex, out_dir: Path, dtype_name: str) -> None:
     parent = out_dir.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     # Build beside the output (same filesystem) so the final moves are renames, never copies.
     work_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
     try:
-        write_outputs(gguf_path, reader, work_dir, dtype_name)
+        write_outputs(gguf_path, index, work_dir, dtype_name)
         move_into(work_dir, out_dir)
     finally:
         # The temporary directory is ours alone; removing it never touches user files.

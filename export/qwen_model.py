@@ -1,4 +1,5 @@
-"""A compact Qwen (1.5 / 2 / 2.5 / 3) decoder written for export and CPU runs.
+"""A compact Qwen (1.5 / 2 / 2.5 / 3) decoder in PyTorch: the reference the exporters are held to
+(export/npu_graph.py writes the graph this model's trace gives, without torch) and the torch backend.
 
 Its forward pass *is* the ONNX graph contract: new tokens plus a static KV cache laid out as
 [batch, kv_len, num_layers * 2 * num_kv_heads, head_dim] go in, logits and the new tokens' keys and

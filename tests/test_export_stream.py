@@ -183,26 +183,27 @@ def test_streaming_quantizer_equals_onnxruntimes(make_tiny, tiny_onnx_of, cpu_on
         {o.domain: o.version for o in want.opset_import}
 
 
-def bf16_shards(model_dir: Path, out: Path) -> Path:
-    """The model's weights as bfloat16, split over two safetensors files with an index, like a hub
-    download of a large model; config and tokenizer copied."""
+def half_shards(model_dir: Path, out: Path, dtype: str) -> Path:
+    """The model's weights as bfloat16 ("BF16") or float16 ("F16"), split over two safetensors files with
+    an index, like a hub download of a large model; config and tokenizer copied."""
     shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("*.safetensors", INDEX_NAME))
     ckpt = Checkpoint(model_dir)
     names = sorted(ckpt.tensors)
     halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
     weight_map = {}
     for file, part in halves.items():
-        writer = SafetensorsWriter(out / file, [(n, "BF16", ckpt.shape(n)) for n in part])
+        writer = SafetensorsWriter(out / file, [(n, dtype, ckpt.shape(n)) for n in part])
         for n in part:
-            writer.write(n, f32_to_bf16(ckpt.read(n)))
+            writer.write(n, f32_to_bf16(ckpt.read(n)) if dtype == "BF16" else ckpt.read(n).astype(np.float16))
             weight_map[n] = file
         writer.close()
     (out / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return out
 
 
-def test_sharded_bf16_checkpoint_exports_like_the_traced_model(make_tiny, tmp_path):
-    model_dir = bf16_shards(make_tiny(**SHAPES["qwen3"]), tmp_path / "bf16")
+@pytest.mark.parametrize("dtype", ["BF16", "F16"])
+def test_sharded_half_precision_checkpoint_exports_like_the_traced_model(make_tiny, tmp_path, dtype):
+    model_dir = half_shards(make_tiny(**SHAPES["qwen3"]), tmp_path / dtype, dtype)
     direct, traced = tmp_path / "direct.onnx", tmp_path / "traced.onnx"
     assert export_main(["--hf_model_dir", str(model_dir), "--onnx_model_path", str(direct),
                         "--kv_cache_length", str(KV_LEN)]) == 0
@@ -210,11 +211,11 @@ def test_sharded_bf16_checkpoint_exports_like_the_traced_model(make_tiny, tmp_pa
     feeds = npu_feeds(model_dir, "float32", seed=9)
     for got, want in zip(run(direct, feeds), run(traced, feeds)):
         assert np.abs(got - want).max() < 1e-5 * max(1.0, float(np.abs(want).max()))
-    # The weights really are bfloat16: the float32 model's logits differ by the rounding.
+    # The weights really are rounded: the float32 model's logits differ.
     source = tmp_path / "f32.onnx"
     assert export_main(["--hf_model_dir", str(make_tiny(**SHAPES["qwen3"])), "--onnx_model_path", str(source),
                         "--kv_cache_length", str(KV_LEN)]) == 0
-    assert np.abs(run(source, feeds)[0] - run(direct, feeds)[0]).max() > 1e-4
+    assert np.abs(run(source, feeds)[0] - run(direct, feeds)[0]).max() > (1e-4 if dtype == "BF16" else 1e-6)
 
 
 def test_export_runs_without_torch(make_tiny, tmp_path):
