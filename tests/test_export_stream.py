@@ -145,7 +145,7 @@ def test_quantizing_in_the_export_equals_quantize_onnx(make_tiny, cpu_onnx_of, t
     assert meta["quantization"].startswith(f"int{bits} block {64 if bits == 4 else 32} asymmetric")
 
 
-def reference_quantize(src: Path, bits: int, block: int, embedding: bool) -> onnx.ModelProto:
+def reference_quantize(src: Path, bits: int, block: int, embedding: bool, symmetric: bool) -> onnx.ModelProto:
     """onnxruntime's MatMulNBitsQuantizer on the whole float model, as quantize_onnx.py ran it before it
     streamed."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -156,7 +156,7 @@ def reference_quantize(src: Path, bits: int, block: int, embedding: bool) -> onn
     if embedding:
         model = _upgrade_for_int4(model)
     onnx.external_data_helper.load_external_data_for_model(model, str(src.parent))
-    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=False, accuracy_level=4,
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=symmetric, accuracy_level=4,
                                      op_types_to_quantize=("MatMul", "Gather") if embedding else ("MatMul",),
                                      quant_axes=(("MatMul", 0), ("Gather", 1)))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -164,16 +164,18 @@ def reference_quantize(src: Path, bits: int, block: int, embedding: bool) -> onn
     return quantizer.model.model
 
 
-@pytest.mark.parametrize("graph", ["npu", "cpu"])
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("graph,bits,symmetric", [("npu", 4, False), ("npu", 8, False), ("cpu", 4, False),
+                                                  ("cpu", 8, False), ("cpu", 4, True), ("cpu", 8, True)])
 def test_streaming_quantizer_equals_onnxruntimes(make_tiny, tiny_onnx_of, cpu_onnx_of, tmp_path, monkeypatch,
-                                                 graph, bits):
+                                                 graph, bits, symmetric):
     model_dir = make_tiny(**SHAPES["gqa1_untied"])
     src = tiny_onnx_of(model_dir, KV_LEN) if graph == "npu" else cpu_onnx_of(model_dir, KV_LEN)
     dst = tmp_path / "q.onnx"
     monkeypatch.setattr(onnx_weights, "CHUNK_BYTES", 5 * 4 * 64)  # several column bands per matrix
-    assert quantize_main(["--input_model_path", str(src), "--output_model_path", str(dst), "--bits", str(bits)]) == 0
-    want = reference_quantize(src, bits, 64 if bits == 4 else 32, bits == 4)
+    flags = ["--symmetric"] if symmetric else []
+    assert quantize_main(["--input_model_path", str(src), "--output_model_path", str(dst), "--bits", str(bits),
+                          *flags]) == 0
+    want = reference_quantize(src, bits, 64 if bits == 4 else 32, bits == 4, symmetric)
     want_inits = {t.name: (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes())
                   for t in want.graph.initializer}
     assert initializers(dst) == want_inits
