@@ -1,13 +1,13 @@
 """The `--target cpu` graph: the same Qwen decoder written with onnxruntime's fused CPU operators.
 
-The atc-facing graph (qwen_model.py) must use plain ONNX ops and pass the KV cache in and out. A CPU
+The atc-facing graph (npu_graph.py) must use plain ONNX ops and pass the KV cache in and out. A CPU
 has no such limits, so this graph uses onnxruntime's contrib ops instead:
 
 - GroupQueryAttention with rotary embedding inside and past/present bound to *one* buffer per layer:
   the new keys and values are written in place, nothing is copied between steps;
 - SkipSimplifiedLayerNormalization (residual add + RMSNorm in one kernel);
 - packed q/k/v and gate/up projections, so each layer runs four large matmuls instead of seven
-  (export/quantize_onnx.py turns them into MatMulNBits);
+  (with --bits, MatMulNBits written directly, as export/quantize_onnx.py would make them);
 - logits for the last `num_logits` positions only: 1 while generating (a prefill chunk skips most of
   the output projection), a few when speculative decoding checks draft tokens.
 
@@ -25,63 +25,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from export.block_quant import QuantSpec
+from export.model_args import ModelArgs
+from export.npu_graph import head_weight
+from export.onnx_weights import MS, GraphBuilder, Matrix, WeightFile
+from export.safetensors_io import Checkpoint
+
 # MatMulNBits' int4 embedding (GatherBlockQuantized) needs opset 21; emitting it directly spares the
 # quantizer a version conversion that does not know the contrib ops.
 OPSET, IR_VERSION = 21, 10
-MS = "com.microsoft"
-
-
-class WeightFile:
-    """Initializers written straight to the .data sidecar as they are made, so the exporter never
-    holds a second copy of the weights in protobuf form."""
-
-    def __init__(self, data_path: Path):
-        self.path = data_path
-        self.file = open(data_path, "wb")
-        self.tensors: list[TensorProto] = []
-
-    def add(self, name: str, array: np.ndarray) -> str:
-        array = np.ascontiguousarray(array)
-        t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
-        if array.nbytes < 1024:  # shapes and scalars stay inline, readable in the graph
-            t.raw_data = array.tobytes()
-        else:
-            offset = self.file.tell()
-            self.file.write(array.tobytes())
-            t.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", self.path.name), ("offset", offset), ("length", array.nbytes)):
-                t.external_data.add(key=key, value=str(value))
-        self.tensors.append(t)
-        return name
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class GraphBuilder:
-    def __init__(self, weights: WeightFile):
-        self.w = weights
-        self.nodes: list[onnx.NodeProto] = []
-
-    def op(self, op_type: str, inputs: list[str], outputs: list[str] | int, name: str,
-           domain: str = "", **attrs) -> list[str]:
-        if isinstance(outputs, int):
-            outputs = [f"{name}/out{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, domain=domain, **attrs))
-        return outputs
-
-    def linear(self, x: str, weight: np.ndarray, name: str, bias: np.ndarray | None = None,
-               out: str | None = None) -> str:
-        """x @ weight.T (+ bias); weight in torch's [out, in] layout."""
-        y = self.op("MatMul", [x, self.w.add(f"{name}.weight", weight.T)],
-                    [out] if out and bias is None else 1, name)[0]
-        if bias is not None:
-            y = self.op("Add", [y, self.w.add(f"{name}.bias", bias)], [out] if out else 1, f"{name}/bias")[0]
-        return y
-
-
-def _np(t) -> np.ndarray:
-    return t.detach().float().numpy()
 
 
 def rope_tables(inv_freq: np.ndarray, kv_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,54 +41,73 @@ def rope_tables(inv_freq: np.ndarray, kv_len: int) -> tuple[np.ndarray, np.ndarr
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def build(model, kv_len: int, data_path: Path) -> onnx.ModelProto:
-    """The graph of a loaded QwenForExport (float32); weights go to data_path."""
-    a = model.args
-    eps, d, nh, kvh = a.rms_norm_eps, a.head_dim, a.num_attention_heads, a.num_key_value_heads
+def build(ckpt: Checkpoint, a: ModelArgs, kv_len: int, data_path: Path, quant: QuantSpec | None = None,
+          progress=None) -> onnx.ModelProto:
+    """The float32 graph of a checkpoint, or with `quant` its MatMulNBits weights quantized as they are
+    read; every weight goes to data_path as it is made."""
     w = WeightFile(data_path)
-    g = GraphBuilder(w)
-    cos, sin = rope_tables(_np(model.inv_freq), kv_len)
+    try:
+        return _build(ckpt, a, kv_len, GraphBuilder(w, np.float32, quant), progress)
+    finally:
+        w.close()
+
+
+def _build(ckpt: Checkpoint, a: ModelArgs, kv_len: int, g: GraphBuilder, progress) -> onnx.ModelProto:
+    eps, d, nh, kvh = a.rms_norm_eps, a.head_dim, a.num_attention_heads, a.num_key_value_heads
+    w, quant = g.w, g.quant
+    bits = quant.bits if quant else None
+    cos, sin = rope_tables(a.rope_inv_freq(), kv_len)
     cos_name, sin_name = w.add("rope.cos", cos), w.add("rope.sin", sin)
     split_name = w.add("mlp.split", np.array([a.intermediate_size] * 2, dtype=np.int64))
 
-    x = g.op("Gather", [w.add("model.embed_tokens.weight", _np(model.model.embed_tokens.weight)), "input_ids"],
-             1, "embed")[0]
+    embed = Matrix(ckpt, ("model.embed_tokens.weight",))
+    if quant and quant.embedding:
+        inputs = w.add_gather_int4("model.embed_tokens.weight", embed, quant.block_size, quant.symmetric)
+        x = g.op("GatherBlockQuantized", [inputs[0], "input_ids"] + inputs[1:], ["embed/out0"], "embed_Q4",
+                 domain=MS, gather_axis=0, quantize_axis=1, block_size=quant.block_size)[0]
+    else:
+        x = g.op("Gather", [w.add_rows("model.embed_tokens.weight", embed, np.float32), "input_ids"], 1,
+                 "embed")[0]
     residual, pending = x, None
-    for i, layer in enumerate(model.model.layers):
+    for i in range(a.num_hidden_layers):
         p = f"model.layers.{i}"
-        att, mlp = layer.self_attn, layer.mlp
-        h, residual = normed(g, pending, residual, _np(layer.input_layernorm.weight), eps, f"{p}.input_layernorm")
-        qkv_bias = (np.concatenate([_np(att.q_proj.bias), _np(att.k_proj.bias), _np(att.v_proj.bias)])
-                    if a.qkv_bias else None)
-        qkv = g.linear(h, np.concatenate([_np(att.q_proj.weight), _np(att.k_proj.weight), _np(att.v_proj.weight)]),
-                       f"{p}.self_attn.qkv_proj", qkv_bias)
+        att, mlp = f"{p}.self_attn", f"{p}.mlp"
+        h, residual = normed(g, pending, residual, ckpt.read(f"{p}.input_layernorm.weight"), eps,
+                             f"{p}.input_layernorm")
+        qkv_bias = (np.concatenate([ckpt.read(f"{att}.{x}_proj.bias") for x in "qkv"]) if a.qkv_bias else None)
+        qkv = g.linear(h, Matrix(ckpt, tuple(f"{att}.{x}_proj.weight" for x in "qkv")), f"{att}.qkv_proj",
+                       qkv_bias, bits=bits)
         qkv_in = [qkv, "", ""]
         if a.qk_norm:
-            qkv_in = qk_normed(g, qkv, att, nh, kvh, d, eps, f"{p}.self_attn")
+            qkv_in = qk_normed(g, qkv, ckpt, att, nh, kvh, d, eps)
         attn = g.op("GroupQueryAttention",
                     qkv_in + [f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
                               cos_name, sin_name],
-                    [f"{p}.self_attn/out", f"present_key_{i}", f"present_value_{i}"], f"{p}.self_attn.gqa",
+                    [f"{att}/out", f"present_key_{i}", f"present_value_{i}"], f"{att}.gqa",
                     domain=MS, num_heads=nh, kv_num_heads=kvh, do_rotary=1, rotary_interleaved=0,
                     scale=float(d ** -0.5))[0]
-        o = g.linear(attn, _np(att.o_proj.weight), f"{p}.self_attn.o_proj")
-        h, residual = normed(g, o, residual, _np(layer.post_attention_layernorm.weight), eps,
+        o = g.linear(attn, Matrix(ckpt, (f"{att}.o_proj.weight",)), f"{att}.o_proj", bits=bits)
+        h, residual = normed(g, o, residual, ckpt.read(f"{p}.post_attention_layernorm.weight"), eps,
                              f"{p}.post_attention_layernorm")
-        gate_up = g.linear(h, np.concatenate([_np(mlp.gate_proj.weight), _np(mlp.up_proj.weight)]),
-                           f"{p}.mlp.gate_up_proj")
-        gate, up = g.op("Split", [gate_up, split_name], 2, f"{p}.mlp.split", axis=-1)
-        silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], 1, f"{p}.mlp.sigmoid")[0]], 1, f"{p}.mlp.silu")[0]
-        act = g.op("Mul", [silu, up], 1, f"{p}.mlp.act")[0]
-        pending = g.linear(act, _np(mlp.down_proj.weight), f"{p}.mlp.down_proj")
+        gate_up = g.linear(h, Matrix(ckpt, (f"{mlp}.gate_proj.weight", f"{mlp}.up_proj.weight")),
+                           f"{mlp}.gate_up_proj", bits=bits)
+        gate, up = g.op("Split", [gate_up, split_name], 2, f"{mlp}.split", axis=-1)
+        silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], 1, f"{mlp}.sigmoid")[0]], 1, f"{mlp}.silu")[0]
+        act = g.op("Mul", [silu, up], 1, f"{mlp}.act")[0]
+        pending = g.linear(act, Matrix(ckpt, (f"{mlp}.down_proj.weight",)), f"{mlp}.down_proj", bits=bits)
+        if progress is not None:
+            progress.update()
 
     # Only the last positions' logits are used: cut the sequence before the final norm.
     start = g.op("Neg", ["num_logits"], 1, "last.start")[0]
     last = [start, w.add("last.end", np.array([2 ** 62], np.int64)), w.add("last.axis", np.array([1], np.int64))]
     pending = g.op("Slice", [pending] + last, 1, "last_token.mlp")[0]
     residual = g.op("Slice", [residual] + last, 1, "last_token.residual")[0]
-    h, _ = normed(g, pending, residual, _np(model.model.norm.weight), eps, "model.norm")
-    g.linear(h, _np(model.lm_head.weight), "lm_head", out="logits")
-    w.close()
+    h, _ = normed(g, pending, residual, ckpt.read("model.norm.weight"), eps, "model.norm")
+    g.linear(h, Matrix(ckpt, (head_weight(ckpt, a),)), "lm_head", out="logits",
+             bits=quant.head_bits if quant else None)
+    if progress is not None:
+        progress.update()
     return make_model(g, a)
 
 
@@ -153,7 +124,8 @@ def normed(g: GraphBuilder, pending: str | None, residual: str, gamma: np.ndarra
     return out, total
 
 
-def qk_normed(g: GraphBuilder, qkv: str, att, nh: int, kvh: int, d: int, eps: float, name: str) -> list[str]:
+def qk_normed(g: GraphBuilder, qkv: str, ckpt: Checkpoint, name: str, nh: int, kvh: int, d: int,
+              eps: float) -> list[str]:
     """Qwen3's per-head RMSNorm of q and k, applied before GroupQueryAttention's rotary embedding."""
     w = g.w
     sizes = w.add(f"{name}.qkv_split", np.array([nh * d, kvh * d, kvh * d], np.int64))
@@ -161,15 +133,15 @@ def qk_normed(g: GraphBuilder, qkv: str, att, nh: int, kvh: int, d: int, eps: fl
     heads = w.add(f"{name}.per_head", np.array([0, 0, -1, d], np.int64))
     flat = w.add(f"{name}.flat", np.array([0, 0, -1], np.int64))
     out = []
-    for x, norm, tag in ((q, att.q_norm, "q_norm"), (k, att.k_norm, "k_norm")):
+    for x, tag in ((q, "q_norm"), (k, "k_norm")):
         x = g.op("Reshape", [x, heads], 1, f"{name}.{tag}/heads")[0]
-        x = g.op("SimplifiedLayerNormalization", [x, w.add(f"{name}.{tag}.weight", _np(norm.weight))], 1,
-                 f"{name}.{tag}", axis=-1, epsilon=eps)[0]
+        x = g.op("SimplifiedLayerNormalization", [x, w.add(f"{name}.{tag}.weight", ckpt.read(f"{name}.{tag}.weight"))],
+                 1, f"{name}.{tag}", axis=-1, epsilon=eps)[0]
         out.append(g.op("Reshape", [x, flat], 1, f"{name}.{tag}/flat")[0])
     return out + [v]
 
 
-def make_model(g: GraphBuilder, a) -> onnx.ModelProto:
+def make_model(g: GraphBuilder, a: ModelArgs) -> onnx.ModelProto:
     f32, kv_shape = TensorProto.FLOAT, ["batch", a.num_key_value_heads, "kv_len", a.head_dim]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),

@@ -2,37 +2,32 @@
 
     python export/export_onnx.py --hf_model_dir download/Qwen2.5-Coder-0.5B-Instruct \
         --onnx_model_path output/onnx/qwen2.5_coder_0.5b_instruct.onnx --dtype float32
+
+Both graphs are written directly from the safetensors files, one weight (or a few rows of one) at a
+time: read, cast or quantized, appended to <name>.onnx.data, dropped. Nothing is traced and torch is not
+needed, so the memory an export takes does not grow with the model.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
-
+import numpy as np
 import onnx
-import torch
 from tqdm import tqdm
 
-from core.contract import NPU_INPUTS, NPU_OUTPUTS, write_meta
+from core.contract import write_meta
 from core.errors import UserError, run_main
 from core.flags import ArgumentParser
-from export.qwen_model import ModelArgs, load_model
+from export.block_quant import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK, QuantSpec
+from export.model_args import ModelArgs
+from export.safetensors_io import Checkpoint
 
 PROG = "export_onnx.py"
-DYNAMIC_AXES = {
-    "input_ids": {0: "batch", 1: "seq"},
-    "attention_mask": {0: "batch", 1: "kv_len_plus_seq"},
-    "position_ids": {0: "batch", 1: "seq"},
-    "past_key_values": {0: "batch", 1: "kv_len"},
-    "logits": {0: "batch", 1: "seq"},
-    "out_key_values": {0: "batch", 1: "seq"},
-}
-OPSET = 17
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
+DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "whose inputs and outputs carry a static KV cache (the graph atc and our sessions use).")
     p.add_argument("--hf_model_dir", required=True, help="HuggingFace model directory (config.json + *.safetensors)")
     p.add_argument("--onnx_model_path", required=True,
-                   help="where to write the .onnx file (weights go to <name>.data beside it when over 2 GB)")
+                   help="where to write the .onnx file (its weights go to <name>.onnx.data beside it)")
     p.add_argument("--kv_cache_length", type=int, default=1024,
                    help="KV cache length in tokens that the runtime will use; recorded in the model (default 1024)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
@@ -50,34 +45,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="npu: the plain-ONNX graph with the fixed KV-cache contract that atc compiles (it also "
                         "runs on a CPU); cpu: a graph for onnxruntime only, with fused attention and an "
                         "in-place KV cache, much faster on a CPU, float32 only (default npu)")
+    p.add_argument("--bits", type=int, choices=[4, 8], default=None,
+                   help="--target cpu only: write the weights quantized to 4 or 8 bits (MatMulNBits, and at 4 "
+                        "bits the embedding as GatherBlockQuantized) in the same pass, as quantize_onnx.py "
+                        "would make them; the float graph is never written (default: float32 weights)")
+    p.add_argument("--block_size", type=int, default=None,
+                   help="with --bits: weights per quantization block, a power of two >= 16 (default 64 at 4 "
+                        "bits, 32 at 8 bits)")
+    p.add_argument("--accuracy_level", type=int, choices=[0, 1, 2, 3, 4], default=DEFAULT_ACCURACY_LEVEL,
+                   help="with --bits: MatMulNBits compute type, 4 = int8 activations (default 4)")
     p.add_argument("--device_str", choices=["cpu", "cuda", "npu"], default="cpu",
-                   help="the device that traces the model; cpu works for every dtype (default cpu)")
+                   help="accepted for older commands and ignored: nothing is traced, the graph is written "
+                        "directly on the CPU")
     return p.parse_args(argv)
-
-
-
-def trace_device(device_str: str) -> torch.device:
-    if device_str == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device_str cuda: no CUDA device here; use --device_str cpu (it exports float16 "
-                        "too)")
-    if device_str == "npu":
-        try:
-            import torch_npu  # noqa: F401  (registers the npu device)
-        except ImportError:
-            raise UserError("--device_str npu needs torch_npu; use --device_str cpu (the exported graph is the "
-                            "same)")
-    return torch.device(device_str)
-
-
-def example_inputs(model, kv_len: int, dtype: torch.dtype, device: torch.device) -> tuple:
-    a = model.args
-    batch, seq = 1, 2
-    input_ids = torch.zeros(batch, seq, dtype=torch.long, device=device)
-    mask = torch.ones(batch, kv_len + seq, dtype=torch.long, device=device)
-    positions = torch.arange(seq, device=device).unsqueeze(0) + kv_len
-    past = torch.zeros(batch, kv_len, a.num_hidden_layers * 2 * a.num_key_value_heads, a.head_dim,
-                       dtype=dtype, device=device)
-    return input_ids, mask, positions, past
 
 
 def save(model_proto: onnx.ModelProto, out: Path) -> None:
@@ -99,46 +79,39 @@ def model_meta(args: ModelArgs, hf_model_dir: Path, kv_cache_length: int, dtype_
     }
 
 
-def export_cpu(hf_model_dir: Path, onnx_path: Path, kv_cache_length: int) -> dict:
-    """The --target cpu graph, written directly (no tracing); its weights stream into <name>.data."""
-    from export.cpu_graph import build
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
-    model = load_model(hf_model_dir, torch.float32)
+
+def export(hf_model_dir: Path, onnx_path: Path, kv_cache_length: int, dtype_name: str, target: str,
+           quant: QuantSpec | None = None) -> dict:
+    """Write <onnx_path> and <onnx_path>.data; returns the recorded metadata."""
+    from export import cpu_graph, npu_graph
+
+    args = ModelArgs.from_dir(hf_model_dir)
+    try:
+        ckpt = Checkpoint(hf_model_dir)
+        npu_graph.check_weights(ckpt, args)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"--hf_model_dir {hf_model_dir}: {e}") from None
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    proto = build(model, kv_cache_length, onnx_path.with_name(onnx_path.name + ".data"))
-    meta = model_meta(model.args, hf_model_dir, kv_cache_length, "float32", "cpu")
-    del model
+    data_path = onnx_path.with_name(onnx_path.name + ".data")
+    layers = tqdm(total=args.num_hidden_layers + 1, desc=f"export {target}", unit="layer", file=sys.stderr)
+    try:
+        if target == "cpu":
+            proto = cpu_graph.build(ckpt, args, kv_cache_length, data_path, quant, progress=layers)
+        else:
+            proto = npu_graph.build(ckpt, args, DTYPES[dtype_name], data_path, progress=layers)
+    except BaseException:
+        data_path.unlink(missing_ok=True)  # a partial sidecar of our own output is useless
+        raise
+    finally:
+        layers.close()
+    meta = model_meta(args, hf_model_dir, kv_cache_length, dtype_name, target)
+    if quant:
+        meta["quantization"] = quant.describe()
     write_meta(proto, meta)
     onnx.save_model(proto, str(onnx_path))
-    return meta
-
-
-def export(hf_model_dir: Path, onnx_path: Path, kv_cache_length: int, dtype_name: str, device_str: str) -> dict:
-    dtype = DTYPES[dtype_name]
-    device = trace_device(device_str)
-    steps = tqdm(total=4, desc="export", unit="step", file=sys.stderr)
-    steps.set_postfix_str("loading weights")
-    model = load_model(hf_model_dir, dtype).to(device)
-    args = model.args
-    steps.update()
-    steps.set_postfix_str("tracing")
-    with tempfile.TemporaryDirectory(prefix="qwen_export_") as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        raw = Path(tmp) / "model.onnx"
-        # The TorchScript exporter: fast, deterministic names, and it keeps dynamic axes as given.
-        torch.onnx.export(model, example_inputs(model, 4, dtype, device), str(raw), dynamo=False,
-                          input_names=list(NPU_INPUTS), output_names=list(NPU_OUTPUTS), dynamic_axes=DYNAMIC_AXES,
-                          opset_version=OPSET, do_constant_folding=True)
-        del model
-        steps.update()
-        steps.set_postfix_str("writing")
-        proto = onnx.load(str(raw))
-    meta = model_meta(args, hf_model_dir, kv_cache_length, dtype_name, "npu")
-    write_meta(proto, meta)
-    steps.update()
-    save(proto, onnx_path)
-    steps.update()
-    steps.close()
     return meta
 
 
@@ -161,15 +134,23 @@ def run(a: argparse.Namespace) -> int:
     except (ValueError, KeyError) as e:
         raise UserError(f"{hf_dir}/config.json: {e}")
     if a.target == "cpu" and a.dtype != "float32":
-        raise UserError(f"--target cpu --dtype {a.dtype}: the CPU graph is float32 (quantize it with "
-                        "quantize_onnx.py)")
+        raise UserError(f"--target cpu --dtype {a.dtype}: the CPU graph is float32 (use --bits 4 or 8 for "
+                        "smaller weights)")
+    quant = None
+    if a.bits is not None:
+        if a.target != "cpu":
+            raise UserError(f"--bits {a.bits} needs --target cpu (quantize an npu graph with quantize_onnx.py)")
+        block = DEFAULT_BLOCK[a.bits] if a.block_size is None else a.block_size
+        if block < 16 or block & (block - 1):
+            raise UserError(f"--block_size {block}: must be a power of two, at least 16")
+        quant = QuantSpec(bits=a.bits, block_size=block, accuracy_level=a.accuracy_level, embedding=a.bits == 4)
+    elif a.block_size is not None:
+        raise UserError("--block_size needs --bits")
     start = time.perf_counter()
-    if a.target == "cpu":
-        meta = export_cpu(hf_dir, out, a.kv_cache_length)
-    else:
-        meta = export(hf_dir, out, a.kv_cache_length, a.dtype, a.device_str)
-    print(f"exported {meta['model_name']} ({a.dtype}, {a.target} graph, kv_cache_length {a.kv_cache_length}) "
-          f"to {out} in {time.perf_counter() - start:.1f}s")
+    meta = export(hf_dir, out, a.kv_cache_length, a.dtype, a.target, quant)
+    weights = f"int{a.bits}" if a.bits else a.dtype
+    print(f"exported {meta['model_name']} ({weights}, {a.target} graph, kv_cache_length {a.kv_cache_length}) "
+          f"to {out} in {time.perf_counter() - start:.1f}s, peak memory {peak_rss_mb():.0f} MB")
     return 0
 
 

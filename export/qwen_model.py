@@ -1,4 +1,5 @@
-"""A compact Qwen (1.5 / 2 / 2.5 / 3) decoder written for export and CPU runs.
+"""A compact Qwen (1.5 / 2 / 2.5 / 3) decoder in PyTorch: the reference the exporters are held to
+(export/npu_graph.py writes the graph this model's trace gives, without torch) and the torch backend.
 
 Its forward pass *is* the ONNX graph contract: new tokens plus a static KV cache laid out as
 [batch, kv_len, num_layers * 2 * num_kv_heads, head_dim] go in, logits and the new tokens' keys and
@@ -6,60 +7,13 @@ values (same layout) come out. Parameter names follow the HF checkpoints so safe
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-
-@dataclass
-class ModelArgs:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    rope_theta: float = 1e6
-    rms_norm_eps: float = 1e-6
-    tie_word_embeddings: bool = False
-    qkv_bias: bool = True
-    qk_norm: bool = False
-
-    @classmethod
-    def from_hf_config(cls, cfg: dict) -> "ModelArgs":
-        """Read a config.json written by transformers 4.x (`rope_theta`) or 5.x (`rope_parameters`)."""
-        model_type = cfg.get("model_type", "qwen2")
-        if model_type not in ("qwen2", "qwen3"):
-            raise ValueError(f"unsupported model_type {model_type!r}: expected a Qwen1.5/Qwen2/Qwen2.5/Qwen3 model")
-        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", None):
-            raise ValueError(f"unsupported rope scaling {rope_type!r}: only plain RoPE is exported")
-        theta = cfg.get("rope_theta", rope.get("rope_theta", 10000.0))
-        heads = cfg["num_attention_heads"]
-        return cls(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            num_hidden_layers=cfg["num_hidden_layers"],
-            num_attention_heads=heads,
-            num_key_value_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            rope_theta=float(theta),
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
-            qk_norm=model_type == "qwen3",
-        )
-
-    @classmethod
-    def from_dir(cls, hf_model_dir: str | Path) -> "ModelArgs":
-        return cls.from_hf_config(json.loads((Path(hf_model_dir) / "config.json").read_text()))
+from export.model_args import ModelArgs
 
 
 class RMSNorm(nn.Module):
@@ -231,3 +185,39 @@ def load_model(hf_model_dir: str | Path, dtype: torch.dtype = torch.float32) -> 
     model.load_state_dict(state, assign=True)
     model.inv_freq = rope_inv_freq(args)  # buffers are not in the checkpoint; the meta one must be rebuilt
     return model.eval()
+
+
+def export_traced(hf_model_dir: str | Path, onnx_path: str | Path, kv_cache_length: int,
+                  dtype: torch.dtype = torch.float32) -> None:
+    """This model traced by torch's TorchScript exporter into the npu graph, as export_onnx.py made it
+    before it wrote graphs directly: the reference that tests and bench/export_memory.py compare
+    export/npu_graph.py against. It holds the whole model (and the exporter's copies) in memory."""
+    import tempfile
+    import warnings
+
+    import onnx
+
+    from core.contract import NPU_INPUTS, NPU_OUTPUTS, write_meta
+    from export.export_onnx import model_meta, save
+
+    hf_model_dir, onnx_path = Path(hf_model_dir), Path(onnx_path)
+    model = load_model(hf_model_dir, dtype)
+    a = model.args
+    seq, kv = 2, 4
+    example = (torch.zeros(1, seq, dtype=torch.long), torch.ones(1, kv + seq, dtype=torch.long),
+               torch.arange(seq).unsqueeze(0) + kv,
+               torch.zeros(1, kv, a.num_hidden_layers * 2 * a.num_key_value_heads, a.head_dim, dtype=dtype))
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "kv_len_plus_seq"},
+            "position_ids": {0: "batch", 1: "seq"}, "past_key_values": {0: "batch", 1: "kv_len"},
+            "logits": {0: "batch", 1: "seq"}, "out_key_values": {0: "batch", 1: "seq"}}
+    with tempfile.TemporaryDirectory(prefix="qwen_trace_") as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = Path(tmp) / "model.onnx"
+        torch.onnx.export(model, example, str(raw), dynamo=False, input_names=list(NPU_INPUTS),
+                          output_names=list(NPU_OUTPUTS), dynamic_axes=axes, opset_version=17,
+                          do_constant_folding=True)
+        del model
+        proto = onnx.load(str(raw))
+    dtype_name = "float16" if dtype == torch.float16 else "float32"
+    write_meta(proto, model_meta(a, hf_model_dir, kv_cache_length, dtype_name, "npu"))
+    save(proto, onnx_path)

@@ -1,0 +1,124 @@
+"""Block-wise weight quantization of a few output channels at a time, in the layouts onnxruntime's
+MatMulNBits and GatherBlockQuantized read, with onnxruntime's own kernels.
+
+A MatMulNBits weight is quantized per output column in blocks along the input dimension, so any group
+of columns quantizes independently of the others: the exporter and quantize_onnx.py feed one group at a
+time and append the results, never holding a whole float matrix. Both produce exactly what
+onnxruntime's MatMulNBitsQuantizer makes of the full matrix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Decode reads every weight and scale once per token. int4 at block 64 measured +9.2 % perplexity over
+# fp32 and 19 % faster decode than block 32 (+8.3 %); int8 stays at 32, where it measured +0.04 %.
+DEFAULT_BLOCK = {4: 64, 8: 32}
+DEFAULT_ACCURACY_LEVEL = 4
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How weights are quantized; `describe()` is the model's `quantization` metadata."""
+    bits: int
+    block_size: int
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL
+    symmetric: bool = False
+    embedding: bool = True        # the token table as GatherBlockQuantized (4 bits only)
+    lm_head_bits: int | None = None
+
+    @property
+    def head_bits(self) -> int:
+        return self.lm_head_bits or self.bits
+
+    def describe(self) -> str:
+        return (f"int{self.bits} block {self.block_size} {'symmetric' if self.symmetric else 'asymmetric'} "
+                f"accuracy_level {self.accuracy_level}; lm_head int{self.head_bits}; embedding "
+                f"{'int4 GatherBlockQuantized' if self.embedding else 'float'}")
+
+
+@dataclass(frozen=True)
+class NBitsLayout:
+    """Shapes of MatMulNBits' three weight inputs for a [K, N] weight."""
+    k: int
+    n: int
+    bits: int
+    block_size: int
+
+    @property
+    def k_blocks(self) -> int:
+        return -(-self.k // self.block_size)
+
+    @property
+    def blob(self) -> int:
+        return self.block_size * self.bits // 8
+
+    @property
+    def zp_per_column(self) -> int:
+        per_byte = 8 // self.bits
+        return -(-self.k_blocks // per_byte)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"packed": (self.n, self.k_blocks, self.blob), "scales": (self.n, self.k_blocks),
+                "zero_points": (self.n, self.zp_per_column)}
+
+
+def quantize_columns(w_kn: np.ndarray, bits: int, block_size: int, symmetric: bool
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Some columns of a MatMul weight, [K, n] float32 or float16, -> (packed [n, k_blocks, blob] uint8,
+    scales [n, k_blocks] in the weight's dtype, zero points [n, ceil(k_blocks * bits / 8)] uint8)."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    k, n = w_kn.shape
+    layout = NBitsLayout(k, n, bits, block_size)
+    pad = layout.k_blocks * block_size - k
+    if pad:
+        w_kn = np.pad(w_kn, ((0, pad), (0, 0)))
+    w_kn = np.ascontiguousarray(w_kn)
+    shapes = layout.shapes()
+    packed = np.zeros(shapes["packed"], np.uint8)
+    scales = np.zeros(shapes["scales"], w_kn.dtype)
+    zero_points = np.zeros(shapes["zero_points"], np.uint8)
+    kernel = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
+    # All-zero blocks (e.g. unused vocabulary rows) give a 0 scale; the kernel maps them to 0.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kernel(packed, w_kn, scales, zero_points, block_size, n, k, symmetric)
+    return packed, scales, zero_points
+
+
+def _pack_nibbles(values: np.ndarray) -> np.ndarray:
+    flat = values.reshape(-1)
+    if flat.size % 2:
+        flat = np.append(flat, 0)
+    return ((flat[::2] & 0xF) | ((flat[1::2] & 0xF) << 4)).astype(np.uint8)
+
+
+def quantize_gather_rows(rows: np.ndarray, block_size: int, symmetric: bool
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Rows of an embedding table [n, hidden] float32 -> int4 in GatherBlockQuantized's layout, blocks
+    along hidden: (packed nibbles, scales [n, hidden / block], packed zero points or None). An even number
+    of rows (or an even hidden size) keeps the nibble packing of consecutive calls aligned. The rounding
+    rules are those of onnxruntime's quantizer (its numpy path for Gather)."""
+    n, hidden = rows.shape
+    k_blocks = -(-hidden // block_size)
+    q = np.empty((n, hidden), np.int8 if symmetric else np.uint8)
+    scales = np.empty((n, k_blocks), rows.dtype)
+    zp = None if symmetric else np.empty((n, k_blocks), np.uint8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for j in range(k_blocks):
+            block = rows[:, j * block_size:(j + 1) * block_size]
+            if symmetric:
+                lo, hi = block.min(axis=1, keepdims=True), block.max(axis=1, keepdims=True)
+                scale = np.where(np.abs(hi) > np.abs(lo), hi, lo) / -8.0
+                q[:, j * block_size:(j + 1) * block_size] = np.where(scale == 0, 0, block / scale).round().clip(-8, 7)
+            else:
+                lo = np.minimum(block.min(axis=1, keepdims=True), 0)
+                hi = np.maximum(block.max(axis=1, keepdims=True), 0)
+                scale = (hi - lo) / 15.0
+                z = np.where(scale == 0, 8, -lo / scale).round().clip(0, 15).astype(np.uint8)
+                q[:, j * block_size:(j + 1) * block_size] = (
+                    np.where(scale == 0, 8, block / scale + z).round().clip(0, 15))
+                zp[:, j] = z[:, 0]
+            scales[:, j] = scale[:, 0]
+    return _pack_nibbles(q), scales, None if zp is None else _pack_nibbles(zp)
