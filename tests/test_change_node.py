@@ -114,8 +114,13 @@ def run_prefill_and_decode(path) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("tool", SIMPLIFIERS)
-def test_each_simplifier_keeps_the_graph_outputs(tool, make_tiny, tiny_onnx_of, tmp_path, capsys):
-    src = tiny_onnx_of(make_tiny(), 32)
+def test_each_simplifier_keeps_the_graph_outputs(tool, make_tiny, tmp_path, capsys):
+    """On the traced graph (what other exporters write), which has shape subgraphs to fold; our direct
+    export has none left, so there a simplifier finds nothing to remove."""
+    from export.qwen_model import export_traced
+
+    src = tmp_path / "traced.onnx"
+    export_traced(make_tiny(), src, 32)
     dst = tmp_path / f"{tool}.onnx"
     assert change_main(["--input_model_path", str(src), "--output_model_path", str(dst), "--simplify", tool]) == 0
     assert f"simplified with {tool}" in capsys.readouterr().out
