@@ -104,7 +104,8 @@ def default_onnx(default_model_dir, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def default_cpu_onnx(default_model_dir, tmp_path_factory) -> Path:
-    """The real default model exported with --target cpu, once per test session (~17 s, ~4 GB)."""
+    """The real default model exported with --target cpu, once per test session (seconds, ~0.3 GB: the
+    exporter streams the weights)."""
     from export.export_onnx import main as export_main
 
     path = tmp_path_factory.mktemp("default_cpu_onnx") / "qwen2.5_coder_0.5b_cpu.onnx"
