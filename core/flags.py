@@ -33,8 +33,6 @@ def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | 
 
 def _base_type(annotation: Any) -> type:
     """int | None -> int; the type argparse converts the flag's text with."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing), {})  # annotations are strings under `from __future__`
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     return args[0] if args else annotation
 
@@ -42,11 +40,12 @@ def _base_type(annotation: Any) -> type:
 def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
     """Add one flag per flag-field of the dataclass `cls` (in a titled group when `title` is given)."""
     group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(cls)  # the annotations are strings under `from __future__ import annotations`
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if not meta.get("flag", False):
             continue
-        kind = _base_type(f.type)
+        kind = _base_type(hints[f.name])
         help_text = meta["help"]
         has_default = f.default is not dataclasses.MISSING
         if has_default and meta["show_default"] and f.default is not None and kind is not bool:
