@@ -21,49 +21,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from config import InferenceConfig
-from core.errors import UserError
+from backends.acl_runtime import (ACL_DTYPES, DEVICE_TO_DEVICE, DEVICE_TO_HOST, HOST_TO_DEVICE, HOST_TO_HOST,
+                                  MALLOC_HUGE_FIRST, RUN_MODE_DEVICE, AclError, check, runtime)
 from backends.base import MultiRowSession, refuse
+from config import InferenceConfig
+from core.contract import NPU_INPUTS as INPUTS
+from core.errors import UserError
 
-# Values from the pyACL reference: aclrtMemcpyKind, aclrtMemMallocPolicy, aclrtRunMode, aclDataType.
-HOST_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE = 0, 1, 2, 3
-MALLOC_HUGE_FIRST = 0
-RUN_MODE_DEVICE = 0
-ACL_DTYPES = {0: np.float32, 1: np.float16}
 DYNAMIC_INPUT = "ascend_mbatch_shape_data"   # the input that carries the selected --dynamic_dims profile
-INPUTS = ("input_ids", "attention_mask", "position_ids", "past_key_values")
 RANKS = {"input_ids": 2, "attention_mask": 2, "position_ids": 2, "past_key_values": 4}
 DEVICE_ID = 0
 UPLOAD_CHUNK = 64 * 1024 * 1024
-
-
-class AclError(UserError):
-    """A pyACL call failed; the message names the call and its aclError code. The cause lies on the board
-    (driver, device, a model built for another chip), so it is reported in one line, exit status 1."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code=1)
-
-
-_RUNTIME: dict[str, object] = {}
-
-
-def _runtime():
-    """`acl`, initialised once per process (acl.init may be called only once) and finalised at exit,
-    after every session has closed (atexit runs in reverse registration order)."""
-    if "acl" not in _RUNTIME:
-        import acl
-
-        _check(acl, acl.init(), "acl.init")
-        _RUNTIME["acl"] = acl
-        atexit.register(acl.finalize)
-    return _RUNTIME["acl"]
-
-
-def _check(acl, ret: int, call: str) -> None:
-    if ret != 0:
-        detail = getattr(acl, "get_recent_err_msg", lambda: "")() or ""
-        raise AclError(f"{call} failed with aclError {ret}" + (f": {detail.strip()}" if detail else ""))
 
 
 class AclSession(MultiRowSession):
@@ -76,7 +44,7 @@ class AclSession(MultiRowSession):
         if config.session.kv_cache_method == "basic":
             raise UserError("--kv_cache_method basic does not apply to --session_type acl: the compiled model "
                             "always reads the whole cache")
-        self.acl = _runtime()
+        self.acl = runtime()
         self.model_id = self.desc = self.context = self.host_logits = None
         self.model_mem: tuple[int, bool] | None = None           # (pointer, is device memory)
         self.device_mem: dict[str, int] = {}
@@ -103,7 +71,7 @@ class AclSession(MultiRowSession):
         atexit.register(self.close)
 
     def _call(self, ret: int, call: str) -> None:
-        _check(self.acl, ret, call)
+        check(self.acl, ret, call)
 
     def _handle(self, value: int, call: str) -> int:
         """The create_* calls return a pointer instead of a code: 0 (NULL) is their failure."""

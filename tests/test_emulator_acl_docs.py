@@ -72,9 +72,9 @@ def acl(monkeypatch):
     """The emulated runtime, initialised (once per process), with device 0 set and an explicit
     context current; afterwards everything a test allocated must have been released."""
     harness.activate(monkeypatch)
-    from backends import acl as session_acl
+    from backends.acl_runtime import runtime as acl_runtime
 
-    runtime = session_acl._runtime()
+    runtime = acl_runtime()
     assert runtime.rt.set_device(0) == 0
     context, ret = runtime.rt.create_context(0)
     assert ret == 0

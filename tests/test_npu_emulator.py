@@ -62,9 +62,9 @@ def model(monkeypatch, tiny_onnx, tmp_path):
     """An emulated .om loaded through the pyACL calls, with datasets bound to device buffers."""
     harness.activate(monkeypatch)
     assert atc(tiny_onnx, tmp_path / "m").returncode == 0
-    from backends import acl as session_acl
+    from backends.acl_runtime import runtime as acl_runtime
 
-    acl = session_acl._runtime()
+    acl = acl_runtime()
     assert acl.rt.set_device(0) == 0
     ctx, ret = acl.rt.create_context(0)
     blob = (tmp_path / "m.om").read_bytes()

@@ -160,7 +160,7 @@ def test_mismatched_settings_are_config_errors(emu, tiny_model_dir, tiny_oms):
 
 
 def test_model_for_another_chip_is_refused_by_the_runtime(emu, monkeypatch, tiny_model_dir, tiny_oms):
-    from backends.acl import AclError
+    from backends.acl_runtime import AclError
 
     monkeypatch.setenv("EMU_ACL_SOC", "Ascend910B1")
     with pytest.raises(AclError, match="acl.mdl.load_from_mem.*compiled for Ascend310B1"):
