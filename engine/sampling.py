@@ -2,12 +2,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
 from config import InferenceConfig
 
 NUCLEUS_CANDIDATES = 512
+
+
+class LogitsProcessor:
+    """One request's change to its logits before a token is sampled (a penalty, a bias, a grammar's mask),
+    told each token chosen so that it can keep its own state. Each request owns its processors."""
+
+    def process(self, logits: np.ndarray, generated: Sequence[int]) -> np.ndarray:
+        """The logits [vocab] to sample from, given the tokens generated so far."""
+        return logits
+
+    def accept(self, token: int) -> None:
+        """The token chosen after the last `process`."""
 
 
 @dataclass
@@ -18,6 +31,7 @@ class SamplingParams:
     temperature: float = 0.7
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    processors: list[LogitsProcessor] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, c: InferenceConfig, **overrides) -> "SamplingParams":
@@ -62,3 +76,9 @@ def sample(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> i
         return int(np.argmax(logits))
     ids, probs = token_probs(logits, p)
     return int(rng.choice(ids, p=probs))
+
+
+def speculative_ok(p: SamplingParams) -> bool:
+    """Speculative decoding judges drafts against the raw logits: only a request without processors may
+    use it."""
+    return not p.processors

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from backends.base import Session, prefill_chunks
-from engine.sampling import SamplingParams, sample
+from engine.sampling import SamplingParams, sample, speculative_ok
 from engine.speculative import Drafter, speculative_after
 from kvcache import common_prefix
 
@@ -41,6 +41,7 @@ class Request:
         self.slot: Slot | None = None
         self.reused = 0  # prompt tokens found in the slot's cache
         self.judged = self.accepted = 0  # draft guesses judged and kept for this request
+        self.generated: list[int] = []  # tokens chosen so far, as the logits processors see them
         self.finished = False
         self.error: BaseException | None = None
         self.todo: list[int] = []  # prompt tokens still to prefill
@@ -54,6 +55,16 @@ class Request:
 
     def end(self) -> None:
         """The request finished normally."""
+
+    def choose(self, logits: np.ndarray) -> int:
+        """The next token from the model's logits [vocab]: the request's processors, then its sampling."""
+        for processor in self.params.processors:
+            logits = processor.process(logits, self.generated)
+        token = sample(logits, self.params, self.rng)
+        for processor in self.params.processors:
+            processor.accept(token)
+        self.generated.append(token)
+        return token
 
 
 class Slot:
@@ -163,7 +174,7 @@ class Scheduler:
         request.todo = request.todo[size:]
         if last:
             self.prefilling.remove(request)
-            self._deliver(request, sample(logits, request.params, request.rng))
+            self._deliver(request, request.choose(logits))
 
     # ---- decoding ---------------------------------------------------------------------------------
     def _deliver(self, request: Request, token: int) -> None:
@@ -176,7 +187,7 @@ class Scheduler:
             self._leave(request, finished=True)
 
     def _decode(self) -> None:
-        if self.drafter and len(self.decoding) == 1:
+        if self.drafter and len(self.decoding) == 1 and speculative_ok(self.decoding[0].params):
             self._speculate(self.decoding[0])
             return
         running = list(self.decoding)
@@ -191,7 +202,7 @@ class Scheduler:
         for request, row_logits in zip(running, logits):
             request.slot.ids.append(request.pending)
             request.pending = None
-            self._deliver(request, sample(row_logits, request.params, request.rng))
+            self._deliver(request, request.choose(row_logits))
 
     def _speculate(self, request: Request) -> None:
         """The next token of the only generating request, by speculative decoding: one draft-and-check
@@ -208,6 +219,7 @@ class Scheduler:
         request.judged += self.drafter.judged - judged
         request.accepted += self.drafter.accepted - accepted
         request.pending = None
+        request.generated.append(token)
         self._deliver(request, token)
 
     def _stop_speculating(self, request: Request) -> None:
