@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
 from config import InferenceConfig
 from core.errors import UserError
-from engine.sampling import SamplingParams
+from engine.sampling import SamplingParams, TokenLogprob
 from engine.scheduler import Request, Scheduler
 from engine.speculative import Drafter
 from engine.text import Detokenizer, StopMatcher
@@ -48,6 +48,7 @@ class Delta:
     token_id: int | None
     finish_reason: str | None = None
     stats: GenerationStats | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens since the last Delta, if asked
 
 
 class Inference:
@@ -120,16 +121,28 @@ class Inference:
 
     def start(self, prompt_ids: list[int], params: SamplingParams) -> "Generation":
         """Queue a generation after prompt_ids; `step` runs it, its Deltas collect in `take()`."""
+        generation = self._generation(prompt_ids, params)
+        self.scheduler.submit(generation)
+        return generation
+
+    def start_choices(self, prompt_ids: list[int], params: SamplingParams, n: int) -> list["Generation"]:
+        """n generations after one prompt, computed once (engine/scheduler.py); choice i samples with
+        `params.for_choice(i)`."""
+        if n == 1:
+            return [self.start(prompt_ids, params)]
+        group = [self._generation(prompt_ids, params.for_choice(i)) for i in range(n)]
+        self.scheduler.submit_group(group)
+        return group
+
+    def _generation(self, prompt_ids: list[int], params: SamplingParams) -> "Generation":
         kv_len = self.session.kv_len
         if not prompt_ids:
             raise PromptTooLongError("the prompt is empty")
         if len(prompt_ids) >= kv_len:
             raise PromptTooLongError(f"the prompt is {len(prompt_ids)} tokens; the KV cache holds {kv_len} "
                                      "and the answer needs at least one more")
-        generation = Generation(prompt_ids, params, partial(self.tokenizer.decode, skip_special_tokens=True),
-                                self.eos_token_ids)
-        self.scheduler.submit(generation)
-        return generation
+        return Generation(prompt_ids, params, partial(self.tokenizer.decode, skip_special_tokens=True),
+                          self.eos_token_ids)
 
     def step(self) -> None:
         """One scheduler step for every running generation (engine/scheduler.py)."""
@@ -168,6 +181,7 @@ class Generation(Request):
         self.detokenizer = Detokenizer(decode)
         self.stops = StopMatcher(params.stop)
         self.n, self.finish = 0, "length"
+        self.logprobs: list[TokenLogprob] = []  # chosen tokens' logprobs not yet handed out in a Delta
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
 
@@ -183,9 +197,11 @@ class Generation(Request):
             self.finish = "stop"
             return False
         self.n += 1
+        if self.logprob is not None:
+            self.logprobs.append(self.logprob)
         text = self.stops.feed(self.detokenizer.add(token), self.detokenizer.pending)
         if text:
-            self.deltas.append(Delta(text, token))
+            self.deltas.append(Delta(text, token, logprobs=self._take_logprobs()))
         if self.stops.stop is not None:
             self.finish = "stop"
             return False
@@ -195,8 +211,13 @@ class Generation(Request):
         # Unless a stop string ended the answer, what waited for the rest of a stop string or of a
         # character will not get it now: it is answer text.
         if self.stops.stop is None and (rest := self.stops.held + self.detokenizer.pending):
-            self.deltas.append(Delta(rest, None))
-        self.deltas.append(Delta("", None, finish_reason=self.finish, stats=self.stats()))
+            self.deltas.append(Delta(rest, None, logprobs=self._take_logprobs()))
+        self.deltas.append(Delta("", None, finish_reason=self.finish, stats=self.stats(),
+                                 logprobs=self._take_logprobs()))
+
+    def _take_logprobs(self) -> list[TokenLogprob]:
+        out, self.logprobs = self.logprobs, []
+        return out
 
     def stats(self) -> GenerationStats:
         end, n = time.perf_counter(), self.n

@@ -319,6 +319,18 @@ class AclSession(MultiRowSession):
                                       DEVICE_TO_DEVICE), "acl.rt.memcpy (cache append)")
         self.lengths[row] += n
 
+    def copy_row(self, src: int, dst: int, n: int) -> bool:
+        """One device-to-device copy: a row's entries are contiguous in the cache buffer."""
+        if src == dst or n > self.lengths[src]:
+            return False
+        self._bind_thread()
+        offset = dst * self.row_stride
+        self._call(self.acl.rt.memcpy(self.cache_ptr + offset, self.cache_bytes - offset,
+                                      self.cache_ptr + src * self.row_stride, n * self.row_bytes,
+                                      DEVICE_TO_DEVICE), "acl.rt.memcpy (cache row copy)")
+        self.lengths[dst] = n
+        return True
+
     def _logits(self, first: int, count: int) -> np.ndarray:
         """`count` consecutive logits rows of the output, from row `first`, as float32 [count, vocab]."""
         size = count * self.logits_bytes

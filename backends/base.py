@@ -85,6 +85,11 @@ class Session:
     def reset(self) -> None:
         self.truncate(0)
 
+    def copy_row(self, src: int, dst: int, n: int) -> bool:
+        """Make row dst hold the first n tokens of row src (n choices of one prompt share its prefill);
+        False when this backend cannot, and dst must be prefilled instead."""
+        return False
+
     def row_session(self, i: int) -> "Session":
         """Row i of the cache as a Session of its own; a one-row session is its own row 0."""
         if i != 0:

@@ -20,3 +20,10 @@ class HostCacheSession(MultiRowSession):
     @property
     def kv_len(self) -> int:
         return self.cache.kv_len
+
+    def copy_row(self, src: int, dst: int, n: int) -> bool:
+        if src == dst or n > self.lengths[src]:
+            return False
+        self.cache.buffer[dst, :n] = self.cache.buffer[src, :n]
+        self.lengths[dst] = n
+        return True

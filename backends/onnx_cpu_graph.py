@@ -74,6 +74,13 @@ class OnnxCpuGraphSession(MultiRowSession):
             self._bound[lo, hi] = _Bound(self, lo, hi)
         return self._bound[lo, hi]
 
+    def copy_row(self, src: int, dst: int, n: int) -> bool:
+        if src == dst or n > self.lengths[src]:
+            return False
+        self.cache[:, :, dst, :, :n] = self.cache[:, :, src, :, :n]
+        self.lengths[dst] = n
+        return True
+
     def _forward_row(self, input_ids: np.ndarray, n_logits: int, row: int) -> np.ndarray | None:
         b = self._binding(row, row)
         seq, length = input_ids.shape[1], self.lengths[row]

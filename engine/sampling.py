@@ -1,7 +1,8 @@
 """Sampling settings and the choice of the next token from logits: greedy, top-k or top-p."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -9,6 +10,8 @@ import numpy as np
 from config import InferenceConfig
 
 NUCLEUS_CANDIDATES = 512
+# OpenAI's stand-in for "very unlikely": a logprob is a JSON number, and -inf (a masked token) is none.
+LOGPROB_FLOOR = -9999.0
 
 
 class LogitsProcessor:
@@ -22,6 +25,10 @@ class LogitsProcessor:
     def accept(self, token: int) -> None:
         """The token chosen after the last `process`."""
 
+    def fork(self) -> "LogitsProcessor":
+        """A fresh copy for another choice of the same request (n > 1): same settings, its own state."""
+        return copy.deepcopy(self)
+
 
 @dataclass
 class SamplingParams:
@@ -32,6 +39,13 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     processors: list[LogitsProcessor] = field(default_factory=list)
+    logprobs: int | None = None  # None: none wanted; k: each chosen token's logprob and the k likeliest
+
+    def for_choice(self, i: int) -> "SamplingParams":
+        """Choice i of n for one prompt: seed + i, so that it equals a lone request with that seed, and
+        processors of its own."""
+        seed = None if self.seed is None else (self.seed + i) % 2**64
+        return replace(self, seed=seed, stop=list(self.stop), processors=[p.fork() for p in self.processors])
 
     @classmethod
     def from_config(cls, c: InferenceConfig, **overrides) -> "SamplingParams":
@@ -78,7 +92,30 @@ def sample(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> i
     return int(rng.choice(ids, p=probs))
 
 
+@dataclass
+class TokenLogprob:
+    """A chosen token's log-probability and the likeliest alternatives [(token, logprob)], best first."""
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    shifted = x - x.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """The log-softmax of the logits a token was chosen from (after the processors, before temperature and
+    top-p, as OpenAI reports the model's own distribution), at the token and at the `top` likeliest."""
+    lp = np.maximum(log_softmax(logits), LOGPROB_FLOOR)
+    ids = np.argpartition(-lp, top - 1)[:top] if top else np.array([], np.int64)
+    ids = ids[np.lexsort((ids, -lp[ids]))]  # likeliest first, ties by id: the same order every time
+    return TokenLogprob(token, float(lp[token]), [(int(i), float(lp[i])) for i in ids])
+
+
 def speculative_ok(p: SamplingParams) -> bool:
-    """Speculative decoding judges drafts against the raw logits: only a request without processors may
-    use it."""
-    return not p.processors
+    """Speculative decoding judges drafts against the raw logits and reports no logprobs: only a request
+    without processors and without logprobs may use it."""
+    return not p.processors and p.logprobs is None

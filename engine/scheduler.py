@@ -10,6 +10,10 @@
   each row's next token with the request's own sampling settings and random generator, so a request's
   tokens do not depend on what else runs. A request joins after its last prefill chunk and leaves the
   moment it ends (end token, stop string, length, cancel): its slot is free at once, its cache kept.
+- n choices for one prompt (`submit_group`): the first prefills it; the others then wait at the head of
+  the queue and, each in a free slot, copy the first one's cache of the prompt (`copy_row`) and sample
+  their first token from the same logits, so the prompt is computed once. A backend that cannot copy a
+  row, or a first choice that left before its prefill ended, makes them prefill as any request does.
 - Speculative decoding (a draft model) runs while exactly one request is generating; when a second
   one joins, the first goes on with plain batched decoding from the token it is at.
 
@@ -24,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from backends.base import Session, prefill_chunks
-from engine.sampling import SamplingParams, sample, speculative_ok
+from engine.sampling import SamplingParams, TokenLogprob, sample, speculative_ok, token_logprob
 from engine.speculative import Drafter, speculative_after
 from kvcache import common_prefix
 
@@ -47,6 +51,9 @@ class Request:
         self.todo: list[int] = []  # prompt tokens still to prefill
         self.pending: int | None = None  # accepted, not yet fed to the model
         self.spec: Iterator[int] | None = None  # its speculative decoding, while it runs
+        self.logprob: TokenLogprob | None = None  # of the last chosen token, when the params ask for them
+        self.followers: list[Request] = []  # the other choices of its prompt, until its prefill ends
+        self.shared: tuple[Request, np.ndarray] | None = None  # the choice whose cache and logits it takes
 
     def accept(self, token: int, cache_full: bool) -> bool:
         """The next generated token; return False to end here (the token is then not fed to the model).
@@ -61,6 +68,8 @@ class Request:
         for processor in self.params.processors:
             logits = processor.process(logits, self.generated)
         token = sample(logits, self.params, self.rng)
+        if self.params.logprobs is not None:
+            self.logprob = token_logprob(logits, token, self.params.logprobs)
         for processor in self.params.processors:
             processor.accept(token)
         self.generated.append(token)
@@ -103,12 +112,18 @@ class Scheduler:
         self.waiting.append(request)
         self._admit()
 
+    def submit_group(self, requests: list[Request]) -> None:
+        """Choices of one prompt: the first is queued now, the others when its prefill is done."""
+        requests[0].followers = list(requests[1:])
+        self.submit(requests[0])
+
     def cancel(self, request: Request) -> None:
         """Take the request out at once; its slot keeps the tokens it holds, for reuse."""
         if request.finished:
             return
-        if request in self.waiting:
-            self.waiting.remove(request)
+        if request in self.waiting or request.slot is None:  # queued, or a choice not yet queued
+            if request in self.waiting:
+                self.waiting.remove(request)
             request.finished = True
             return
         self._leave(request)
@@ -146,6 +161,8 @@ class Scheduler:
             if not free:
                 return
             request = self.waiting.popleft()
+            if request.shared is not None and self._admit_shared(request, free):
+                continue
             slot = self._choose(free, request.prompt_ids)
             prompt = request.prompt_ids
             reuse = min(common_prefix(slot.held(), prompt), len(prompt) - 1)
@@ -156,6 +173,35 @@ class Scheduler:
             self._clock += 1
             slot.used_at = self._clock
             self.prefilling.append(request)
+
+    def _admit_shared(self, request: Request, free: list[Slot]) -> bool:
+        """Give a choice a copy of its first choice's cache of the prompt, and its first token from the
+        same logits; False when the copy cannot be made (then it prefills as usual)."""
+        first, logits = request.shared
+        request.shared = None
+        prompt, source = request.prompt_ids, first.slot
+        others = [s for s in free if s is not source]
+        if source is None or not others or source.held()[:len(prompt)] != prompt:
+            return False
+        slot = min(others, key=lambda s: s.used_at)
+        if not self.session.copy_row(source.index, slot.index, len(prompt)):
+            return False
+        slot.ids = list(prompt)
+        slot.request, request.slot = request, slot
+        request.reused, request.todo = len(prompt), []
+        self._clock += 1
+        slot.used_at = self._clock
+        self._deliver(request, request.choose(logits.copy()))
+        return True
+
+    def _release_followers(self, request: Request, logits: np.ndarray | None) -> None:
+        """The other choices of the request's prompt go to the head of the queue, to share its prefill
+        when its logits are given."""
+        followers = [f for f in request.followers if not f.finished]
+        request.followers = []
+        for f in followers:
+            f.shared = (request, logits) if logits is not None else None
+        self.waiting.extendleft(reversed(followers))
 
     @staticmethod
     def _choose(free: list[Slot], prompt: list[int]) -> Slot:
@@ -174,7 +220,10 @@ class Scheduler:
         request.todo = request.todo[size:]
         if last:
             self.prefilling.remove(request)
+            if request.followers:
+                self._release_followers(request, logits.copy())
             self._deliver(request, request.choose(logits))
+            self._admit()
 
     # ---- decoding ---------------------------------------------------------------------------------
     def _deliver(self, request: Request, token: int) -> None:
@@ -231,6 +280,7 @@ class Scheduler:
 
     # ---- leaving ----------------------------------------------------------------------------------
     def _leave(self, request: Request, finished: bool = False) -> None:
+        self._release_followers(request, None)  # it left before its prefill ended: they prefill themselves
         self._stop_speculating(request)
         for queue in (self.prefilling, self.decoding):
             if request in queue:
