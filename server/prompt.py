@@ -8,7 +8,7 @@ from typing import Sequence
 from inference import SamplingParams
 from server.errors import APIError
 from server.modes import Functions, Mode, Plain, Tools
-from server.schema import ChatCompletionRequest, FunctionDef, FunctionName, NamedToolChoice, ToolDef
+from server.schema import ChatCompletionRequest, CompletionRequest, FunctionDef, FunctionName, NamedToolChoice, ToolDef
 
 MAX_STOPS = 4  # OpenAI's own limit; more would only slow the stop-string scan
 
@@ -50,11 +50,11 @@ def _stops(req: ChatCompletionRequest) -> list[str]:
     return [s for s in stops if s]
 
 
-def sampling(req: ChatCompletionRequest, base: SamplingParams, max_output: int) -> SamplingParams:
+def sampling(req: ChatCompletionRequest | CompletionRequest, base: SamplingParams, max_output: int) -> SamplingParams:
     """The server's defaults, overridden by what the request sets."""
-    limit = req.max_completion_tokens or req.max_tokens
+    limit = getattr(req, "max_completion_tokens", None) or req.max_tokens
     if limit is not None and limit > max_output:
-        which = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        which = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
         raise APIError(400, f"{which} is too large: {limit}. This server answers with at most {max_output} "
                             "tokens (--max_output_length).", param=which)
     method, value, temperature = base.method, base.value, base.temperature
@@ -71,8 +71,6 @@ def sampling(req: ChatCompletionRequest, base: SamplingParams, max_output: int) 
 
 
 def plan(req: ChatCompletionRequest, base: SamplingParams, max_output: int) -> Plan:
-    if req.n not in (None, 1):
-        raise APIError(400, f"n: this server returns exactly one choice; got n={req.n}", param="n")
     params = sampling(req, base, max_output)
     mode = _mode(req)
     params.stop = params.stop + list(mode.stops)

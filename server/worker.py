@@ -1,7 +1,10 @@
 """One thread owns the model and runs every admitted request together (continuous batching, one slot of
 the KV cache each: engine/scheduler.py); requests beyond the slots wait in a bounded queue, and beyond that
 get 429. Results travel back to the event loop through an asyncio.Queue fed with call_soon_threadsafe, so
-the loop never blocks on the model, and a cancel flag set by the loop takes a request out between steps."""
+the loop never blocks on the model, and a cancel flag set by the loop takes a request out between steps.
+
+A job is one or more prompts (the legacy endpoint takes a list) with n choices each; its events are
+(choice index, Delta) pairs, choice p * n + i being choice i of prompt p, then DONE."""
 from __future__ import annotations
 
 import asyncio
@@ -10,13 +13,22 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from inference import Generation, Inference, PromptTooLongError, SamplingParams
+from starlette.requests import Request
+
+from inference import Generation, GenerationStats, Inference, PromptTooLongError, SamplingParams
 from server.errors import APIError
 
 log = logging.getLogger("api")
 DONE = object()  # the last event of every job
+DISCONNECT_POLL_S = 0.5
+
+
+class Observer(Protocol):
+    """Told what the worker does, for metrics (server/metrics.py)."""
+
+    def finished(self, stats: GenerationStats, first_of_prompt: bool) -> None: ...
 
 
 @dataclass(eq=False)  # each job is its own key in the worker's table of running jobs
@@ -25,6 +37,8 @@ class Job:
     tools: list[dict] | None
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
+    n: int = 1  # choices per prompt
+    texts: list[str] | None = None  # raw prompts (no chat template) instead of the messages
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
     checked_at: float = field(default_factory=time.monotonic)  # last look for a client disconnect
@@ -36,14 +50,32 @@ class Job:
             self.cancel.set()  # the loop is gone (shutdown): nobody is listening any more
 
 
+async def next_event(job: Job, request: Request) -> Any:
+    """The worker's next event. Every DISCONNECT_POLL_S (also while tokens keep coming) we look whether
+    the client hung up, and if so cancel its job: nothing else tells a non-streaming handler."""
+    while True:
+        now = time.monotonic()
+        if now - job.checked_at >= DISCONNECT_POLL_S:
+            job.checked_at = now
+            if await request.is_disconnected():
+                job.cancel.set()
+                raise APIError(400, "client disconnected", code="client_disconnected")
+        try:
+            return await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
+        except asyncio.TimeoutError:
+            continue
+
+
 class Worker:
-    def __init__(self, inference: Inference, max_queue: int, max_input_length: int) -> None:
+    def __init__(self, inference: Inference, max_queue: int, max_input_length: int,
+                 observer: Observer | None = None) -> None:
         self.inference = inference
+        self.observer = observer
         self.max_input_length = max_input_length
         self.slots = len(inference.scheduler.slots)
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
-        self._running: dict[Job, Generation] = {}
+        self._running: dict[Job, list[Generation]] = {}
         self._stopping = threading.Event()
         self.served = 0
         self.cancelled = 0
@@ -72,8 +104,15 @@ class Worker:
             raise APIError(429, f"The server is busy: {self._jobs.maxsize} requests are already waiting. "
                                 "Retry shortly.", code="rate_limit_exceeded") from None
 
+    def busy_slots(self) -> int:
+        """Generations admitted and not finished (choices beyond the free slots wait in the scheduler)."""
+        return sum(not g.finished for gens in list(self._running.values()) for g in gens)
+
+    def queued(self) -> int:
+        return self._jobs.qsize()
+
     def status(self) -> dict:
-        busy = len(self._running)
+        busy = min(self.busy_slots(), self.slots)
         return {"queued": self._jobs.qsize(), "busy": busy > 0, "slots": self.slots, "busy_slots": busy,
                 "free_slots": self.slots - busy, "peak_busy_slots": self.peak_busy, "served": self.served,
                 "cancelled": self.cancelled}
@@ -84,7 +123,7 @@ class Worker:
                 for job in list(self._running):
                     self._cancel(job)
             # Take waiting jobs while a slot is free; with nothing running, wait for one.
-            while len(self._running) < self.slots:
+            while self.busy_slots() < self.slots:
                 try:
                     job = self._jobs.get(block=not self._running)
                 except queue.Empty:
@@ -104,38 +143,74 @@ class Worker:
             self.cancelled += 1  # the client left while waiting
             job.emit(DONE)
             return
-        ids = self._prompt(job)
-        if ids is None:
+        prompts = self._prompts(job)
+        if prompts is None:
             job.emit(DONE)
             return
+        generations: list[Generation] = []
         try:
-            self._running[job] = self.inference.start(ids, job.params)
-            self.peak_busy = max(self.peak_busy, len(self._running))
+            for ids in prompts:
+                generations += self.inference.start_choices(ids, job.params, job.n)
         except PromptTooLongError as e:
-            job.emit(APIError(400, str(e), code="context_length_exceeded", param="messages"))
+            for g in generations:
+                self.inference.cancel(g)
+            job.emit(APIError(400, str(e), code="context_length_exceeded",
+                              param="prompt" if job.texts is not None else "messages"))
             job.emit(DONE)
+            return
+        self._running[job] = generations
+        self.peak_busy = max(self.peak_busy, min(self.busy_slots(), self.slots))
 
     def _step(self) -> None:
         try:
             self.inference.step()
         except BaseException:
             log.exception("the engine failed")  # requests it ran for carry the error; reported below
-        for job, generation in list(self._running.items()):
-            for delta in generation.take():
-                job.emit(delta)
-            if generation.finished:
+        for job, generations in list(self._running.items()):
+            for i, generation in enumerate(generations):
+                for delta in generation.take():
+                    job.emit((i, delta))
+                    if delta.stats is not None and self.observer is not None:
+                        self.observer.finished(delta.stats, i % job.n == 0)
+            failed = next((g.error for g in generations if g.error is not None), None)
+            if failed is not None:
+                log.error("generation failed", exc_info=failed)
+                self._stop(job)
+                job.emit(APIError(500, "The model failed while generating.", type="server_error"))
+                job.emit(DONE)
+            elif all(g.finished for g in generations):
                 del self._running[job]
-                if generation.error is not None:
-                    log.error("generation failed", exc_info=generation.error)
-                    job.emit(APIError(500, "The model failed while generating.", type="server_error"))
-                else:
-                    self.served += 1
+                self.served += 1
                 job.emit(DONE)
 
+    def _stop(self, job: Job) -> None:
+        for generation in self._running.pop(job):
+            self.inference.cancel(generation)
+
     def _cancel(self, job: Job) -> None:
-        self.inference.cancel(self._running.pop(job))
+        self._stop(job)
         self.cancelled += 1
         job.emit(DONE)
+
+    def _prompts(self, job: Job) -> list[list[int]] | None:
+        """The token ids of each of the job's prompts; None after emitting the error that refuses them."""
+        if job.texts is None:
+            ids = self._prompt(job)
+            return None if ids is None else [ids]
+        out = []
+        for i, text in enumerate(job.texts):
+            ids = self.inference.tokenizer.encode(text, add_special_tokens=False)
+            where = f"prompt[{i}]" if len(job.texts) > 1 else "prompt"
+            if not ids:
+                job.emit(APIError(400, f"{where} is empty: there is nothing to complete", param="prompt"))
+                return None
+            if len(ids) > self.max_input_length:
+                job.emit(APIError(400, f"This model's maximum prompt length is {self.max_input_length} tokens "
+                                       f"(--max_input_length); {where} is {len(ids)} tokens.",
+                                  code="context_length_exceeded", param="prompt"))
+                return None
+            out.append(ids)
+        return out
 
     def _prompt(self, job: Job) -> list[int] | None:
         try:
