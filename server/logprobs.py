@@ -8,7 +8,7 @@ from functools import lru_cache
 from engine.sampling import TokenLogprob
 
 
-def _byte_level_alphabet() -> dict[str, int]:
+def byte_level_alphabet() -> dict[str, int]:
     """Byte-level BPE (GPT-2's, Qwen's) writes each byte as one printable character: the printable Latin-1
     bytes as themselves, the others (controls, space, soft hyphen) as the characters from U+0100 on, in
     byte order. Returned reversed: character -> byte."""
@@ -28,7 +28,7 @@ class TokenText:
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.alphabet = _byte_level_alphabet()
+        self.alphabet = byte_level_alphabet()
         self.bytes = lru_cache(maxsize=1 << 16)(self._bytes)
 
     def _bytes(self, token: int) -> bytes:

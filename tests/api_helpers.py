@@ -43,9 +43,26 @@ def _validator(name: str) -> jsonschema.Draft202012Validator:
 
 
 def validate(body: dict, name: str) -> dict:
-    """name: CreateChatCompletionResponse, CreateChatCompletionStreamResponse, ListModelsResponse or
-    ErrorResponse. Raises jsonschema.ValidationError on any mismatch."""
+    """name: CreateChatCompletionResponse, CreateChatCompletionStreamResponse, CreateCompletionResponse,
+    ListModelsResponse or ErrorResponse. Raises jsonschema.ValidationError on any mismatch."""
     _validator(name).validate(body)
+    return body
+
+
+@lru_cache(maxsize=None)
+def _completion_chunk_validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(SCHEMA.read_text())
+    defs = schema["$defs"]
+    choice = defs["CreateCompletionResponse"]["properties"]["choices"]["items"]["properties"]
+    choice["finish_reason"] = {"anyOf": [choice["finish_reason"], {"type": "null"}]}
+    return jsonschema.Draft202012Validator({"$schema": schema["$schema"], "$defs": defs,
+                                            "$ref": "#/$defs/CreateCompletionResponse"})
+
+
+def validate_completion_chunk(body: dict) -> dict:
+    """A streamed /v1/completions chunk: CreateCompletionResponse, except that finish_reason is null until a
+    choice's last chunk, as OpenAI sends it (the spec says "the same shape" and forgets that one null)."""
+    _completion_chunk_validator().validate(body)
     return body
 
 
