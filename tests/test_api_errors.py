@@ -59,7 +59,7 @@ BAD = {
     "max_tokens zero": ({"messages": MSG, "max_tokens": 0}, None, 422),
     "max_tokens huge": ({"messages": MSG, "max_tokens": 10**12}, None, 400),
     "max_tokens beyond int64": ({"messages": MSG, "max_tokens": 10**30}, None, 422),
-    "n two": ({"messages": MSG, "n": 2}, None, 400),
+    "n too many": ({"messages": MSG, "n": 17}, None, 400),
     "five stops": ({"messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, None, 400),
     "image part": ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
                    None, 400),
