@@ -1,6 +1,7 @@
-"""The request bodies the server accepts: the subset of OpenAI's chat-completions request we honour.
-Unknown fields are ignored (clients send many we have no use for); known ones are typed strictly enough
-that nonsense is a 422 before it reaches the model."""
+"""The request bodies the server accepts: the subset of OpenAI's chat-completions and legacy completions
+requests we honour. Unknown fields are kept aside: server/options.py refuses by name those that would change
+the answer, the rest are ignored (clients send many we have no use for); known ones are typed strictly
+enough that nonsense is a 422 before it reaches the model."""
 from __future__ import annotations
 
 from typing import Literal

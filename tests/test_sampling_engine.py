@@ -121,3 +121,58 @@ def test_n_choices_share_one_prefill_and_equal_lone_requests(models, kind, monke
             assert sum(fed) == len(ids) and len(copies) == 2
         else:  # the queued two find the prompt in a freed slot: at most its last token is fed again
             assert sum(fed) <= len(ids) + 2 and len(copies) >= 3
+
+
+def test_n_choices_on_the_emulated_npu_copy_the_device_row(tiny_model_dir, tiny_onnx_of, tmp_path, monkeypatch):
+    """acl keeps the cache on the device: a choice's copy is one device-to-device memcpy of the row."""
+    from backends.acl import AclSession
+    from config import InferenceConfig
+    from emulator import harness
+    from inference import Inference
+
+    harness.activate(monkeypatch)
+    onnx = tiny_onnx_of(tiny_model_dir, 64)
+    om = harness.compile_om(onnx, tmp_path / "batch4", 8, "--max_batch", "4")
+    engine = Inference(InferenceConfig.create(hf_model_dir=str(tiny_model_dir), session_type="acl", om_model_path=str(om),
+                                              kv_cache_length=64, max_input_length=32, max_prefill_length=8,
+                                              max_batch=4))
+    try:
+        ids = prompt(9, 13)
+        params = SamplingParams(10, method="top_p", value=0.95, temperature=1.5, seed=3)
+        lone = [alone(engine, ids, params.for_choice(i)) for i in range(3)]
+        copies = []
+        real = AclSession.copy_row
+        monkeypatch.setattr(AclSession, "copy_row", lambda self, *a: copies.append(real(self, *a)) or copies[-1])
+        engine.reset()
+        group = engine.start_choices(ids, params, 3)
+        while not all(g.finished for g in group):
+            engine.step()
+        assert copies == [True, True]
+        assert [g.seen for g in group] == lone and len({tuple(t) for t in lone}) > 1
+    finally:
+        engine.session.close()
+
+
+def test_on_the_default_model_logprobs_and_n_choices(default_model_dir, default_cpu_onnx):
+    """The real model's cpu graph: the greedy tokens' logprobs are the log-softmax of their logits, and
+    three seeded choices sharing one prefill are the three lone answers."""
+    from config import InferenceConfig
+    from inference import Inference
+
+    engine = Inference(InferenceConfig.create(hf_model_dir=str(default_model_dir), session_type="onnx",
+                                              onnx_model_path=str(default_cpu_onnx), kv_cache_length=256,
+                                              max_batch=3, cpu_thread=2))
+    ids = engine.apply_chat_template([{"role": "user", "content": "Name three fruits."}])
+    spy = Spy()
+    _, deltas = run(engine, ids, SamplingParams(8, **GREEDY, processors=[spy], logprobs=3))
+    entries = [e for d in deltas for e in d.logprobs]
+    assert len(entries) == len(spy.seen) == 8
+    for e, logits in zip(entries, spy.seen):
+        assert e.token == int(np.argmax(logits)) and e.logprob == pytest.approx(log_softmax(logits)[e.token], abs=1e-9)
+    params = SamplingParams(8, method="top_p", value=0.9, temperature=1.0, seed=21)
+    lone = [alone(engine, ids, params.for_choice(i)) for i in range(3)]
+    engine.reset()
+    group = engine.start_choices(ids, params, 3)
+    while not all(g.finished for g in group):
+        engine.step()
+    assert [g.seen for g in group] == lone
