@@ -176,3 +176,19 @@ def test_on_the_default_model_logprobs_and_n_choices(default_model_dir, default_
     while not all(g.finished for g in group):
         engine.step()
     assert [g.seen for g in group] == lone
+
+
+def test_a_request_with_logprobs_or_penalties_does_not_speculate(models):
+    """Drafts are judged against raw logits and give no logprobs: such requests decode plainly, with the
+    same greedy answer."""
+    engine = engine_for(models, "cpu graph", max_batch=1, draft_onnx_model_path=str(models["cpu graph"]))
+    ids = prompt(2, 9)
+    plain = alone(engine, ids, SamplingParams(16, **GREEDY))
+    assert engine.drafter.judged > 0  # the control: a plain request speculates
+    for params in (SamplingParams(16, **GREEDY, logprobs=0), SamplingParams(16, **GREEDY, processors=[Penalties(0, 0)])):
+        judged = engine.drafter.judged
+        engine.reset()
+        generation, deltas = run(engine, ids, params)
+        assert engine.drafter.judged == judged and generation.seen == plain
+        entries = [e for d in deltas for e in d.logprobs]
+        assert len(entries) == (generation.n if params.logprobs is not None else 0)
