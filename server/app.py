@@ -96,9 +96,7 @@ def create_app(inference: Inference, model_name: str, api_key: str | None = None
 
     @app.get("/v1/models/{model}", dependencies=[Depends(authorize)], responses=ERRORS)
     async def model(model: str) -> dict:
-        if model != model_name:
-            raise APIError(404, f"The model '{model}' does not exist; this server serves '{model_name}'.",
-                           code="model_not_found", param="model")
+        check_model(model)
         return model_card()
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], responses=ERRORS)
