@@ -51,6 +51,13 @@ class Ingress:
                 stream.cancel()
                 log.warning("replica lost before answering (attempt %d of %d): %s", attempt + 1, ATTEMPTS, e)
                 continue
+            except StopAsyncIteration:  # the replica ended the answer before it began: a bug, not a lost replica
+                log.error("replica sent no answer")
+                return _internal_error()
+            except Exception:
+                stream.cancel()
+                log.exception("relaying to a replica failed")
+                return _internal_error()
             except BaseException:
                 stream.cancel()
                 raise
@@ -88,6 +95,10 @@ async def _relay(stream: DeploymentResponseGenerator, first: dict, event_stream:
             yield f"data: {json.dumps(replica_lost().body())}\n\n".encode()
     finally:
         stream.cancel()  # a no-op once the replica finished; else the client left and the replica stops
+
+
+def _internal_error() -> Response:
+    return APIError(500, "The server had an error while processing your request.", type="server_error").response()
 
 
 def _is_event_stream(start: dict) -> bool:

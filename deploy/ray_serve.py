@@ -131,7 +131,8 @@ def serve_forever(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ray.init(address=ray_options.address)
+    # "local": a new Ray for this run, even where `ray start` left a cluster that a bare init would join.
+    ray.init(address=ray_options.address or "local")
     try:
         deploy(args)
         print(f"ray_serve.py: serving on http://{server.host}:{server.port} (Ctrl-C stops)", flush=True)
