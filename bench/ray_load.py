@@ -6,7 +6,7 @@
 - throughput: 8 streaming clients at once, each sending its requests one after another; completion tokens
   of all clients over the wall time, api.py (--cpu_thread 2) against the Ray replicas (--replicas 2
   --num_cpus_per_replica 1 --pin_cores: each replica's process, all its threads, on its own core, one
-  onnxruntime thread);
+  onnxruntime thread), and api.py with --cpu_thread 1 beside them;
 - turn-2 first-token latency: a conversation's first turn, then its second, one conversation at a time;
   the second turn's time to its first streamed token with conversation affinity against random routing
   (a second Ray application started with --routing random).
@@ -171,19 +171,24 @@ def main() -> int:
     rounds = []
     with ExitStack() as stack:
         single = stack.enter_context(server("api", ["api.py", *model, "--cpu_thread", "2"], log_dir))
+        # The same api.py with one onnxruntime thread: how much of the replicas' gain is one thread per
+        # process (no thread pool to synchronise on a busy machine) rather than two processes.
+        single_1t = stack.enter_context(server("api_1thread", ["api.py", *model, "--cpu_thread", "1"], log_dir))
         affinity = stack.enter_context(server("ray_affinity", ray_args, log_dir))
         random_ = stack.enter_context(server("ray_random", [*ray_args, "--routing", "random"], log_dir))
-        for url in (single, affinity, random_):
+        for url in (single, single_1t, affinity, random_):
             warm_up(url)
         placement = replicas_seen(affinity)
         for r in range(a.rounds):
             one = {"api_tok_s": throughput(single, a.requests_per_client, a.max_tokens, r),
-                   "ray_tok_s": throughput(affinity, a.requests_per_client, a.max_tokens, r)}
+                   "ray_tok_s": throughput(affinity, a.requests_per_client, a.max_tokens, r),
+                   "api_1thread_tok_s": throughput(single_1t, a.requests_per_client, a.max_tokens, r)}
             aff = turn2_latency(affinity, a.conversations, context, a.turn1_tokens, f"a{r}")
             rnd = turn2_latency(random_, a.conversations, context, a.turn1_tokens, f"r{r}")
             one.update({f"affinity_turn2_{k}": v for k, v in aff.items()})
             one.update({f"random_turn2_{k}": v for k, v in rnd.items()})
             one["throughput_ratio"] = one["ray_tok_s"] / one["api_tok_s"]
+            one["throughput_ratio_vs_1thread"] = one["ray_tok_s"] / one["api_1thread_tok_s"]
             one["turn2_mean_ratio"] = one["random_turn2_mean_s"] / one["affinity_turn2_mean_s"]
             print(json.dumps(one), flush=True)
             rounds.append(one)
