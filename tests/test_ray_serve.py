@@ -144,6 +144,27 @@ def test_a_second_turn_lands_on_the_replica_of_the_first(client, first_turns, re
         assert answer == reference(turn2(i)), f"conversation {i}"
 
 
+def replicas_health(url: str) -> dict[str, dict]:
+    """/health of the replicas a burst of concurrent checks reaches (the router spreads them), by replica id."""
+    with ThreadPoolExecutor(8) as pool:
+        return {h["replica_id"]: h for h in pool.map(lambda _: httpx.get(url + "/health", timeout=60).json(), range(8))}
+
+
+def test_a_client_that_hangs_up_stops_its_answer_on_the_replica(cluster) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story about the sea."}],
+            "max_tokens": 400, "temperature": 0, "stream": True}  # the tiny model runs to the limit here
+    with httpx.stream("POST", cluster + "/v1/chat/completions", json=body, timeout=60) as r:
+        replica = r.headers["x-replica-id"]
+        assert any(line.startswith("data:") for line in r.iter_lines())  # the answer has begun; now hang up
+    deadline = time.monotonic() + 120  # a bound on the wait, not a timing claim
+    while True:
+        health = replicas_health(cluster).get(replica)
+        if health and health["cancelled"] == 1 and not health["busy"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert health is not None and health["cancelled"] == 1 and not health["busy"]
+
+
 def test_killing_a_replica_under_load_loses_no_request_that_had_not_started(client, first_turns, reference) -> None:
     """Every conversation asks again: those kept on the victim (half of them, by affinity) queue there behind
     its 4 slots, so at the kill some run and the rest wait; the waiting ones must move to the survivor."""
