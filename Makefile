@@ -8,6 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.installed-ray
 
 MODEL_DIR ?= download/Qwen2.5-Coder-0.5B-Instruct
 ONNX_NAME ?= qwen2.5_coder_0.5b_instruct.onnx
@@ -34,10 +35,10 @@ CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
 AXE := tests/web/node_modules/axe-core/axe.min.js
 
-.PHONY: help setup model onnx demo test web-test-deps serve bench lint-docker
+.PHONY: help setup model onnx demo test web-test-deps ray-test-deps serve bench lint-docker
 
 help:
-	@echo "targets: setup model onnx demo test web-test-deps serve bench lint-docker"
+	@echo "targets: setup model onnx demo test web-test-deps ray-test-deps serve bench lint-docker"
 	@echo "variables: MODEL_DIR=$(MODEL_DIR) ONNX_NAME=$(ONNX_NAME) KV_CACHE_LENGTH=$(KV_CACHE_LENGTH)" \
 	  "CPU_KV_CACHE_LENGTH=$(CPU_KV_CACHE_LENGTH)"
 
@@ -90,7 +91,7 @@ demo: onnx
 	$(PY) cli_chat.py --session_type onnx --hf_model_dir $(MODEL_DIR) --onnx_model_path $(ONNX_CPU) \
 	  --draft_onnx_model_path $(ONNX_CPU_INT4) --max_prefill_length 64
 
-test: model web-test-deps
+test: model web-test-deps ray-test-deps
 	$(PY) -m pytest -q tests
 
 # The chat page's tests need Debian's Chromium and its WebDriver: installed here when make runs as root
@@ -106,6 +107,13 @@ web-test-deps: $(AXE)
 	  test -x $$f || { echo "make test: $$f is missing: the chat page's tests need Debian's Chromium;" \
 	    "install it with: apt-get install -y chromium chromium-driver"; exit 1; }; \
 	done
+
+# Ray is optional for users (requirements-ray.txt, deploy/ray_serve.py) but tests/test_ray_serve.py needs it.
+ray-test-deps: $(RAY_STAMP)
+
+$(RAY_STAMP): requirements-ray.txt | $(STAMP)
+	$(PIP) install -r requirements-ray.txt
+	touch $@
 
 # npm ci installs exactly what tests/web/package-lock.json pins (it rebuilds tests/web/node_modules, which
 # holds nothing else).
