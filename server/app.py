@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse
 
+from engine.constraint import Grammars
 from inference import Inference, SamplingParams
 from server.errors import APIError, BodyLimit, install_error_handlers
 from server.prompt import plan
@@ -57,6 +58,7 @@ def create_app(inference: Inference, model_name: str, api_key: str | None = None
     config = inference.config
     worker = Worker(inference, max_queue, config.generation.max_input_length)
     base = SamplingParams.from_config(config)
+    grammars = Grammars(inference.tokenizer, inference.eos_token_ids)
     started = int(time.time())
 
     @asynccontextmanager
@@ -103,7 +105,7 @@ def create_app(inference: Inference, model_name: str, api_key: str | None = None
         if req.model is not None and req.model != model_name:
             raise APIError(404, f"The model '{req.model}' does not exist; this server serves '{model_name}'.",
                            code="model_not_found", param="model")
-        p = plan(req, base, config.generation.max_output_length)
+        p = plan(req, base, config.generation.max_output_length, grammars)
         job = Job(p.messages, p.mode.tools, p.params, asyncio.get_running_loop())
         worker.submit(job)
         try:

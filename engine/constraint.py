@@ -1,0 +1,144 @@
+"""Constrained decoding: a grammar (llguidance) masks the logits on the host, so that a request's answer
+can only be text the grammar accepts: JSON valid against a schema, or a tool call in Qwen's
+<tool_call>{json}</tool_call> format with arguments valid against the tool's parameters.
+
+The mask is applied to each request's float32 logits [vocab] after the graph call, like any other
+LogitsProcessor, so it works for every session (the NPU's logits come back to the host every step) and
+with batching (each request owns its matcher). Grammars are written and checked here without the model's
+tokenizer, so a request with a schema the engine cannot compile is refused before it runs; the tokenizer
+(about 3 s to index the default model's 151k tokens) is built once, on the first constrained request.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from typing import Sequence
+
+import llguidance
+import numpy as np
+
+from engine.sampling import LogitsProcessor
+
+# One form of JSON whitespace: with free whitespace a weak model can fill its budget with blank lines.
+JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+MAX_CALLS = 4  # calls in one answer when a call is required
+ANY_OBJECT: dict = {"type": "object"}
+
+
+class GrammarError(ValueError):
+    """A schema or grammar the engine cannot compile; the message says why."""
+
+
+def _check(grammar: str, what: str) -> str:
+    problem = llguidance.LLMatcher.validate_grammar(grammar, None)
+    if problem:
+        raise GrammarError(f"{what} cannot be used as a constraint: {problem.strip().splitlines()[0]}")
+    return grammar
+
+
+def _json_grammar(schema: dict, what: str) -> str:
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_FORMAT)
+    except (ValueError, TypeError) as e:
+        raise GrammarError(f"{what} cannot be used as a constraint: {e}") from None
+    return _check(grammar, what)
+
+
+def json_grammar(schema: dict | None, what: str = "the schema") -> str:
+    """A grammar for JSON valid against schema; None: any JSON object. GrammarError names what is wrong."""
+    return _json_grammar(ANY_OBJECT if schema is None else schema, what)
+
+
+def _call_schema(name: str, parameters: dict | None) -> dict:
+    """One call as the Qwen template writes it: {"name": ..., "arguments": {...}}, name first."""
+    return {"type": "object", "properties": {"name": {"const": name}, "arguments": parameters or ANY_OBJECT},
+            "required": ["name", "arguments"], "additionalProperties": False}
+
+
+def _lark_json(schema: dict) -> str:
+    return "%json " + json.dumps({**schema, "x-guidance": JSON_FORMAT})
+
+
+def tool_grammar(tools: Sequence[dict], required: bool, answer_schema: dict | None = None,
+                 what: str = "tools") -> str:
+    """A grammar for answers to a request offering tools (OpenAI's tools: [{"function": {name, parameters}}]).
+
+    required: the answer is 1 to MAX_CALLS calls to the offered tools and nothing else. Otherwise
+    ("auto"): free text (or, with answer_schema, JSON valid against it), and once the model opens a call
+    the rest of that call is constrained; the grammar is lazy, so text is never held back."""
+    calls = []
+    for i, tool in enumerate(tools):
+        f = tool["function"]
+        schema = _call_schema(f["name"], f.get("parameters"))
+        _json_grammar(schema, f"{what}[{i}].function.parameters")  # names the tool whose schema is bad
+        calls.append(schema)
+    call = {"anyOf": calls} if len(calls) > 1 else calls[0]
+    lines = [f'call: <{TOOL_OPEN}> "\\n" {_lark_json(call)} "\\n" <{TOOL_CLOSE}>']
+    if required:
+        lines.insert(0, f'start: call ("\\n" call){{0,{MAX_CALLS - 1}}}')
+    elif answer_schema is not None:
+        _json_grammar(answer_schema, "response_format.json_schema.schema")
+        lines.insert(0, f'start: {_lark_json(answer_schema)} | call ("\\n" call)*')
+    else:
+        lines.insert(0, "start: TEXT (call TEXT)*")
+        lines.append(r"TEXT: /(.|\n)*/")
+    return _check(llguidance.LLMatcher.grammar_from_lark("\n".join(lines)), what)
+
+
+class Grammars:
+    """The model's tokenizer as llguidance sees it, built once (on first use, thread-safe), and the
+    constraints made from it."""
+
+    def __init__(self, hf_tokenizer, eos_token_ids: Sequence[int]) -> None:
+        self.hf_tokenizer = hf_tokenizer
+        self.eos_token_ids = sorted(eos_token_ids)
+        self._tokenizer: llguidance.LLTokenizer | None = None
+        self._lock = threading.Lock()
+
+    def tokenizer(self) -> llguidance.LLTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                import llguidance.hf
+                self._tokenizer = llguidance.hf.from_tokenizer(self.hf_tokenizer, n_vocab=len(self.hf_tokenizer),
+                                                               eos_token=self.eos_token_ids)
+            return self._tokenizer
+
+    def constraint(self, grammar: str) -> "GrammarConstraint":
+        """A fresh constraint for one request; its matcher is made on first use, on the model's thread."""
+        return GrammarConstraint(self, grammar)
+
+
+class GrammarConstraint(LogitsProcessor):
+    """Sets every token the grammar does not allow next to -inf. When the grammar is complete only the
+    end-of-sequence tokens remain, so the answer ends there."""
+
+    def __init__(self, grammars: Grammars, grammar: str) -> None:
+        self.grammars, self.grammar = grammars, grammar
+        self.matcher: llguidance.LLMatcher | None = None
+
+    def _matcher(self) -> llguidance.LLMatcher:
+        if self.matcher is None:
+            self.matcher = llguidance.LLMatcher(self.grammars.tokenizer(), self.grammar, log_level=0)
+            self._raise_if_error()
+        return self.matcher
+
+    def _raise_if_error(self) -> None:
+        if self.matcher.is_error():
+            raise RuntimeError(f"grammar: {self.matcher.get_error().splitlines()[0]}")
+
+    def allowed(self, size: int) -> np.ndarray:
+        """bool [size]: the tokens the grammar allows next."""
+        bits = np.frombuffer(self._matcher().compute_bitmask(), dtype=np.uint8)
+        self._raise_if_error()
+        allowed = np.unpackbits(bits, bitorder="little")[:size].astype(bool)
+        if allowed.size < size:  # logits wider than the tokenizer's vocabulary: padding rows, never allowed
+            allowed = np.concatenate([allowed, np.zeros(size - allowed.size, bool)])
+        return allowed
+
+    def process(self, logits: np.ndarray, generated: Sequence[int]) -> np.ndarray:
+        return np.where(self.allowed(logits.shape[-1]), logits, np.float32(-np.inf))
+
+    def accept(self, token: int) -> None:
+        self._matcher().consume_token(token)
+        self._raise_if_error()
