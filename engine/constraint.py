@@ -74,7 +74,7 @@ def tool_grammar(tools: Sequence[dict], required: bool, answer_schema: dict | No
         _json_grammar(schema, f"{what}[{i}].function.parameters")  # names the tool whose schema is bad
         calls.append(schema)
     call = {"anyOf": calls} if len(calls) > 1 else calls[0]
-    lines = [f'call: <{TOOL_OPEN}> "\\n" {_lark_json(call)} "\\n" <{TOOL_CLOSE}>']
+    lines = [f'call: {TOOL_OPEN} "\\n" {_lark_json(call)} "\\n" {TOOL_CLOSE}']
     if required:
         lines.insert(0, f'start: call ("\\n" call){{0,{MAX_CALLS - 1}}}')
     elif answer_schema is not None:
