@@ -11,6 +11,7 @@ tokenizer, so a request with a schema the engine cannot compile is refused befor
 from __future__ import annotations
 
 import json
+import re
 import threading
 from typing import Sequence
 
@@ -30,10 +31,21 @@ class GrammarError(ValueError):
     """A schema or grammar the engine cannot compile; the message says why."""
 
 
+def _one_line(problem: str) -> str:
+    """llguidance's message on one line, without the grammar excerpt it may quote (lines "  1 | ...")."""
+    lines = []
+    for line in problem.strip().splitlines():
+        if re.match(r"\s*\d+ \|", line):
+            break
+        if line.strip() and set(line.strip()) != {"^"}:
+            lines.append(line.strip())
+    return " ".join(lines)
+
+
 def _check(grammar: str, what: str) -> str:
     problem = llguidance.LLMatcher.validate_grammar(grammar, None)
     if problem:
-        raise GrammarError(f"{what} cannot be used as a constraint: {problem.strip().splitlines()[0]}")
+        raise GrammarError(f"{what} cannot be used as a constraint: {_one_line(problem)}")
     return grammar
 
 
