@@ -20,7 +20,9 @@ SCHEMAS: dict[str, dict] = {
                   "required": ["ok", "none"], "additionalProperties": False},
     "bounded_int": {"type": "object", "properties": {"n": {"type": "integer", "minimum": -5, "maximum": 17}},
                     "required": ["n"], "additionalProperties": False},
-    "bounded_number": {"type": "object", "properties": {"x": {"type": "number", "minimum": 0, "maximum": 1}},
+    # multipleOf bounds the digits: greedy on random weights may never pick the token that ends a fraction
+    "bounded_number": {"type": "object", "properties": {"x": {"type": "number", "minimum": 0, "maximum": 1,
+                                                              "multipleOf": 0.25}},
                        "required": ["x"], "additionalProperties": False},
     "int_array": {"type": "object", "properties": {"xs": {"type": "array", "items": {"type": "integer", "minimum": 0,
                                                                                     "maximum": 99},
