@@ -16,6 +16,7 @@ import threading
 from typing import Sequence
 
 import llguidance
+import llguidance.numpy
 import numpy as np
 
 from engine.sampling import LogitsProcessor
@@ -128,6 +129,7 @@ class GrammarConstraint(LogitsProcessor):
     def __init__(self, grammars: Grammars, grammar: str) -> None:
         self.grammars, self.grammar = grammars, grammar
         self.matcher: llguidance.LLMatcher | None = None
+        self._bits: np.ndarray | None = None  # the matcher's mask, one bit per token, reused every step
 
     def _matcher(self) -> llguidance.LLMatcher:
         if self.matcher is None:
@@ -141,9 +143,13 @@ class GrammarConstraint(LogitsProcessor):
 
     def allowed(self, size: int) -> np.ndarray:
         """bool [size]: the tokens the grammar allows next."""
-        bits = np.frombuffer(self._matcher().compute_bitmask(), dtype=np.uint8)
+        matcher = self._matcher()
+        if self._bits is None:
+            self._bits = llguidance.numpy.allocate_token_bitmask(1, self.grammars.tokenizer().vocab_size)
+        llguidance.numpy.fill_next_token_bitmask(matcher, self._bits)
         self._raise_if_error()
-        allowed = np.unpackbits(bits, bitorder="little")[:size].astype(bool)
+        bits = self._bits.view(np.uint8)
+        allowed = np.unpackbits(bits, bitorder="little", count=min(size, 8 * bits.size)).view(bool)
         if allowed.size < size:  # logits wider than the tokenizer's vocabulary: padding rows, never allowed
             allowed = np.concatenate([allowed, np.zeros(size - allowed.size, bool)])
         return allowed
