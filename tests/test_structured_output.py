@@ -219,7 +219,7 @@ REAL_SCHEMAS = {
         "required": ["label", "confidence"], "additionalProperties": False}),
     "todo": ("Plan three steps to bake bread.", {"type": "object", "properties": {"steps": {
         "type": "array", "minItems": 3, "maxItems": 3, "items": {"type": "object", "properties": {
-            "order": {"type": "integer", "minimum": 1, "maximum": 3}, "text": {"type": "string"}},
+            "order": {"type": "integer", "minimum": 1, "maximum": 3}, "text": {"type": "string", "maxLength": 80}},
             "required": ["order", "text"], "additionalProperties": False}}},
         "required": ["steps"], "additionalProperties": False}),
 }
@@ -230,7 +230,7 @@ def test_default_model_json_schema_answers_validate(real_client, name) -> None:
     prompt, schema = REAL_SCHEMAS[name]
     r = real_client.chat.completions.create(model="qwen", messages=user(prompt), temperature=0, max_tokens=400,
                                             response_format=json_format(name, schema))
-    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
 
