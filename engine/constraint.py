@@ -126,6 +126,8 @@ class GrammarConstraint(LogitsProcessor):
     """Sets every token the grammar does not allow next to -inf. When the grammar is complete only the
     end-of-sequence tokens remain, so the answer ends there."""
 
+    speculative = True  # the mask depends only on the tokens accepted so far
+
     def __init__(self, grammars: Grammars, grammar: str) -> None:
         self.grammars, self.grammar = grammars, grammar
         self.matcher: llguidance.LLMatcher | None = None

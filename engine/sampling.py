@@ -15,6 +15,10 @@ class LogitsProcessor:
     """One request's change to its logits before a token is sampled (a penalty, a bias, a grammar's mask),
     told each token chosen so that it can keep its own state. Each request owns its processors."""
 
+    # True when the processor also holds under speculative decoding, where the target's logits for each
+    # draft position are processed in turn, each after `accept` of the tokens before it.
+    speculative = False
+
     def process(self, logits: np.ndarray, generated: Sequence[int]) -> np.ndarray:
         """The logits [vocab] to sample from, given the tokens generated so far."""
         return logits
@@ -79,6 +83,6 @@ def sample(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> i
 
 
 def speculative_ok(p: SamplingParams) -> bool:
-    """Speculative decoding judges drafts against the raw logits: only a request without processors may
-    use it."""
-    return not p.processors
+    """Speculative decoding judges drafts against the processed logits; a request may use it when each of
+    its processors says it holds there."""
+    return all(processor.speculative for processor in p.processors)

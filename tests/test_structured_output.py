@@ -240,3 +240,37 @@ def test_default_model_required_call_is_valid(real_client) -> None:
     call = r.choices[0].message.tool_calls[0]
     call_valid(call.function.name, call.function.arguments)
     assert call.function.name == "add" and json.loads(call.function.arguments) == {"a": 12, "b": 30}
+
+
+# ---- speculative decoding under a constraint ----------------------------------------------------------------
+@pytest.mark.parametrize("draft", ["same", "other"])
+def test_speculative_decoding_under_a_schema_gives_the_plain_constrained_tokens(tiny_model_dir, make_tiny,
+                                                                                  cpu_onnx_of, draft) -> None:
+    from config import InferenceConfig
+    from inference import Inference, SamplingParams
+
+    target = cpu_onnx_of(tiny_model_dir)
+    drafts = {"same": target, "other": cpu_onnx_of(make_tiny(seed=1))}
+
+    def engine(draft_path) -> Inference:
+        return Inference(InferenceConfig.create(
+            str(tiny_model_dir), onnx_model_path=str(target), max_input_length=100, max_prefill_length=8,
+            cpu_thread=1, draft_onnx_model_path=str(draft_path) if draft_path else None))
+
+    def run(inference: Inference, name: str, method: str) -> tuple[list[int], str, object]:
+        g = Grammars(inference.tokenizer, inference.eos_token_ids)
+        params = SamplingParams(max_new_tokens=56, method=method, temperature=1.0, value=0.9, seed=5,
+                                processors=[g.constraint(json_grammar(SCHEMAS[name]))])
+        ids = inference.apply_chat_template([{"role": "user", "content": "JSON please."}])
+        deltas = list(inference.stream(ids, params))
+        return [d.token_id for d in deltas if d.token_id is not None], "".join(d.text for d in deltas), deltas[-1]
+
+    plain, spec = engine(None), engine(drafts[draft])
+    for name in ("nested", "int_array", "enum"):
+        tokens, text, last = run(spec, name, "greedy")
+        assert tokens == run(plain, name, "greedy")[0]
+        jsonschema.validate(json.loads(text), SCHEMAS[name])
+        assert last.stats.draft_acceptance is not None  # guesses were judged: it did speculate
+    for _ in range(2):  # sampled: valid too (the accept/reject rule samples the masked distribution)
+        tokens, text, _last = run(spec, "optional", "top_p")
+        jsonschema.validate(json.loads(text), SCHEMAS["optional"])
