@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from functools import cached_property
 from typing import Sequence
 
 import llguidance
@@ -74,12 +75,14 @@ def _lark_json(schema: dict) -> str:
 
 
 def tool_grammar(tools: Sequence[dict], required: bool, answer_schema: dict | None = None,
-                 what: str = "tools") -> str:
+                 what: str = "tools", tags_are_tokens: bool = True) -> str:
     """A grammar for answers to a request offering tools (OpenAI's tools: [{"function": {name, parameters}}]).
 
     required: the answer is 1 to MAX_CALLS calls to the offered tools and nothing else. Otherwise
     ("auto"): free text (or, with answer_schema, JSON valid against it), and once the model opens a call
-    the rest of that call is constrained; the grammar is lazy, so text is never held back."""
+    the rest of that call is constrained; the grammar is lazy, so text is never held back.
+    tags_are_tokens: the tokenizer has <tool_call> and </tool_call> as tokens of their own (Qwen2.5 and
+    later); otherwise the tags are text the model spells out."""
     calls = []
     for i, tool in enumerate(tools):
         f = tool["function"]
@@ -87,7 +90,9 @@ def tool_grammar(tools: Sequence[dict], required: bool, answer_schema: dict | No
         _json_grammar(schema, f"{what}[{i}].function.parameters")  # names the tool whose schema is bad
         calls.append(schema)
     call = {"anyOf": calls} if len(calls) > 1 else calls[0]
-    lines = [f'call: {TOOL_OPEN} "\\n" {_lark_json(call)} "\\n" {TOOL_CLOSE}']
+    tags = (TOOL_OPEN, TOOL_CLOSE) if tags_are_tokens else (json.dumps(TOOL_OPEN), json.dumps(TOOL_CLOSE))
+    open_tag, close_tag = tags
+    lines = [f'call: {open_tag} "\\n" {_lark_json(call)} "\\n" {close_tag}']
     if required:
         lines.insert(0, f'start: call ("\\n" call){{0,{MAX_CALLS - 1}}}')
     elif answer_schema is not None:
@@ -108,6 +113,14 @@ class Grammars:
         self.eos_token_ids = sorted(eos_token_ids)
         self._tokenizer: llguidance.LLTokenizer | None = None
         self._lock = threading.Lock()
+
+    @cached_property
+    def tags_are_tokens(self) -> bool:
+        """Whether the tool-call tags are tokens of their own in this tokenizer (None: assume so)."""
+        if self.hf_tokenizer is None:
+            return True
+        vocab = self.hf_tokenizer.get_vocab()
+        return TOOL_OPEN in vocab and TOOL_CLOSE in vocab
 
     def tokenizer(self) -> llguidance.LLTokenizer:
         with self._lock:

@@ -84,7 +84,7 @@ def _answer_schema(req: ChatCompletionRequest) -> dict | None:
     return fmt.json_schema.json_schema if fmt.json_schema.json_schema is not None else ANY_OBJECT
 
 
-def grammar(req: ChatCompletionRequest, mode: Mode) -> str | None:
+def grammar(req: ChatCompletionRequest, mode: Mode, tags_are_tokens: bool = True) -> str | None:
     """The grammar the answer must follow (engine/constraint.py), None when it is free; a schema the engine
     cannot compile is a 400 naming it."""
     answer = _answer_schema(req)
@@ -98,7 +98,7 @@ def grammar(req: ChatCompletionRequest, mode: Mode) -> str | None:
         return None
     try:
         if isinstance(mode, Tools):
-            return tool_grammar(mode.tools, forced, None if forced else answer)
+            return tool_grammar(mode.tools, forced, None if forced else answer, tags_are_tokens=tags_are_tokens)
         return None if answer is None else json_grammar(answer, "response_format.json_schema.schema")
     except GrammarError as e:
         param = "response_format" if str(e).startswith("response_format") else "tools"
@@ -112,7 +112,7 @@ def plan(req: ChatCompletionRequest, base: SamplingParams, max_output: int, gram
     params = sampling(req, base, max_output)
     mode = _mode(req)
     params.stop = params.stop + list(mode.stops)
-    constraint = grammar(req, mode)
+    constraint = grammar(req, mode, grammars.tags_are_tokens if grammars else True)
     if constraint is not None:
         if grammars is None:
             raise APIError(400, "this server cannot constrain answers (no grammar engine)", param="response_format")
