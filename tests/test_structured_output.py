@@ -94,6 +94,26 @@ def test_auto_leaves_text_free_and_constrains_a_call_once_opened(grammars) -> No
         call_valid(found.calls[0].name, found.calls[0].arguments)
 
 
+def test_auto_with_a_json_format_gives_that_json_or_a_valid_call(grammars) -> None:
+    from server.toolcall import parse_tool_calls
+
+    grammar = tool_grammar(WEATHER_TOOLS, required=False, answer_schema=SCHEMAS["nested"])
+    tok = grammars.hf_tokenizer
+    kinds = set()
+    for seed in range(4):
+        forced = tok.encode("<tool_call>", add_special_tokens=False) if seed % 2 else []
+        text = walk(grammars, grammar, seed, forced=forced)
+        found = parse_tool_calls(text, {"get_weather", "add"})
+        if text.startswith("<tool_call>"):
+            assert found is not None and found.content is None
+            call_valid(found.calls[0].name, found.calls[0].arguments)
+            kinds.add("call")
+        else:
+            jsonschema.validate(json.loads(text), SCHEMAS["nested"])
+            kinds.add("json")
+    assert kinds == {"call", "json"}
+
+
 @pytest.mark.parametrize("schema, fragment", [
     ({"type": "frobnicate"}, "frobnicate"),
     ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "missing"),
