@@ -2,7 +2,8 @@
 to load the tokenizer, to compile a few JSON schemas, and to compute one token mask (median over the
 tokens of a valid answer, walked through the grammar), all on the host, one thread.
 
-    python bench/grammar_engines.py [--model_dir download/Qwen2.5-Coder-0.5B-Instruct] [--out bench/grammar_engines.json]
+    pip install -r bench/requirements-peers.txt   # xgrammar
+    python bench/grammar_engines.py [--model_dir download/Qwen2.5-Coder-0.5B-Instruct]
 """
 from __future__ import annotations
 

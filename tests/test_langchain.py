@@ -66,7 +66,8 @@ def test_bind_tools_round_trip_with_a_tool_message(llm) -> None:
     ai = tools_llm.invoke(messages)
     assert len(ai.tool_calls) == 1 and ai.tool_calls[0]["name"] == "Weather"
     assert ai.tool_calls[0]["args"] == {"city": "Paris"}
-    messages += [ai, ToolMessage(json.dumps({"temperature_c": 18, "sky": "sunny"}), tool_call_id=ai.tool_calls[0]["id"])]
+    result = ToolMessage(json.dumps({"temperature_c": 18, "sky": "sunny"}), tool_call_id=ai.tool_calls[0]["id"])
+    messages += [ai, result]
     # With the tool still offered the 0.5B model calls it again and again; "none" asks for the answer in words.
     final = llm.bind_tools([Weather], tool_choice="none").invoke(messages)
     assert not final.tool_calls and "18" in final.content  # the tool's result reached the model
