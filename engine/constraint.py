@@ -130,6 +130,10 @@ class Grammars:
                                                                eos_token=self.eos_token_ids)
             return self._tokenizer
 
+    def warm(self) -> None:
+        """Build the tokenizer in the background now, so that the first constrained request does not wait."""
+        threading.Thread(target=self.tokenizer, name="grammar-tokenizer", daemon=True).start()
+
     def constraint(self, grammar: str) -> "GrammarConstraint":
         """A fresh constraint for one request; its matcher is made on first use, on the model's thread."""
         return GrammarConstraint(self, grammar)

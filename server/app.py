@@ -64,6 +64,7 @@ def create_app(inference: Inference, model_name: str, api_key: str | None = None
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         worker.start()
+        grammars.warm()
         yield
         await asyncio.to_thread(worker.stop)
 
