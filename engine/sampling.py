@@ -18,6 +18,10 @@ class LogitsProcessor:
     """One request's change to its logits before a token is sampled (a penalty, a bias, a grammar's mask),
     told each token chosen so that it can keep its own state. Each request owns its processors."""
 
+    # True when the processor also holds under speculative decoding, where the target's logits for each
+    # draft position are processed in turn, each after `accept` of the tokens before it.
+    speculative = False
+
     def process(self, logits: np.ndarray, generated: Sequence[int]) -> np.ndarray:
         """The logits [vocab] to sample from, given the tokens generated so far."""
         return logits
@@ -116,6 +120,6 @@ def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
 
 
 def speculative_ok(p: SamplingParams) -> bool:
-    """Speculative decoding judges drafts against the raw logits and reports no logprobs: only a request
-    without processors and without logprobs may use it."""
-    return not p.processors and p.logprobs is None
+    """Speculative decoding judges drafts against the processed logits and reports no logprobs: a request
+    may use it when it asks for no logprobs and each of its processors says it holds there."""
+    return p.logprobs is None and all(processor.speculative for processor in p.processors)

@@ -63,16 +63,25 @@ class Request:
     def end(self) -> None:
         """The request finished normally."""
 
-    def choose(self, logits: np.ndarray) -> int:
-        """The next token from the model's logits [vocab]: the request's processors, then its sampling."""
+    def process(self, logits: np.ndarray) -> np.ndarray:
+        """The model's logits [vocab] changed by the request's processors."""
         for processor in self.params.processors:
             logits = processor.process(logits, self.generated)
-        token = sample(logits, self.params, self.rng)
-        if self.params.logprobs is not None:
-            self.logprob = token_logprob(logits, token, self.params.logprobs)
+        return logits
+
+    def chosen(self, token: int) -> None:
+        """Tell the processors the token chosen after the last `process`."""
         for processor in self.params.processors:
             processor.accept(token)
         self.generated.append(token)
+
+    def choose(self, logits: np.ndarray) -> int:
+        """The next token from the model's logits [vocab]: the request's processors, then its sampling."""
+        logits = self.process(logits)
+        token = sample(logits, self.params, self.rng)
+        if self.params.logprobs is not None:
+            self.logprob = token_logprob(logits, token, self.params.logprobs)
+        self.chosen(token)
         return token
 
 
@@ -258,7 +267,7 @@ class Scheduler:
         round yields several tokens, handed out one per step so that a joining request waits for none."""
         if request.spec is None:
             request.spec = speculative_after(request.slot.row, self.drafter, request.slot.ids, request.pending,
-                                             request.params, request.rng)
+                                             request.params, request.rng, request.process)
         judged, accepted = self.drafter.judged, self.drafter.accepted
         try:
             token = next(request.spec)
@@ -268,7 +277,7 @@ class Scheduler:
         request.judged += self.drafter.judged - judged
         request.accepted += self.drafter.accepted - accepted
         request.pending = None
-        request.generated.append(token)
+        request.chosen(token)  # before the generator judges the next guess, which depends on it
         self._deliver(request, token)
 
     def _stop_speculating(self, request: Request) -> None:

@@ -9,7 +9,7 @@ sampling uses the accept/reject rule of Leviathan et al. (2023), which leaves th
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -93,11 +93,21 @@ def speculative_tokens(target: Session, drafter: Drafter, cached: list[int], log
     yield from speculative_after(target, drafter, cached, pending, params, rng)
 
 
+def _unchanged(logits: np.ndarray) -> np.ndarray:
+    return logits
+
+
 def speculative_after(target: Session, drafter: Drafter, cached: list[int], pending: int,
-                      params: SamplingParams, rng: np.random.Generator) -> Iterator[int]:
+                      params: SamplingParams, rng: np.random.Generator,
+                      process: Callable[[np.ndarray], np.ndarray] = _unchanged) -> Iterator[int]:
     """The tokens after `pending`, a token already yielded but not yet in the cache, which holds exactly
     `cached`; as speculative_tokens. A caller may stop at any yield and go on with plain decoding from
-    the token just yielded, once it has truncated the target to len(cached)."""
+    the token just yielded, once it has truncated the target to len(cached).
+
+    process: the request's logits processors (a grammar's mask, say). Each guess is judged against the
+    processed target logits at its position, so the tokens are those plain decoding with the processors
+    would give; the caller tells the processors each yielded token before asking for the next one. The
+    draft guesses unprocessed: a guess the processors forbid is rejected like any wrong guess."""
     while True:
         room = target.kv_len - len(cached) - 1
         guesses, dists = drafter.propose(cached + [pending], min(drafter.tokens, room), params, rng) \
@@ -105,7 +115,7 @@ def speculative_after(target: Session, drafter: Drafter, cached: list[int], pend
         rows = target.run_all(np.array([[pending] + guesses], dtype=np.int64))
         cached.append(pending)
         for i, guess in enumerate(guesses):
-            pending = judge(guess, rows[i], dists[i], params, rng)
+            pending = judge(guess, process(rows[i]), dists[i], params, rng)
             drafter.judged += 1
             if pending != guess:
                 break
@@ -113,6 +123,6 @@ def speculative_after(target: Session, drafter: Drafter, cached: list[int], pend
             yield guess
             cached.append(guess)
         else:
-            pending = sample(rows[len(guesses)], params, rng)
+            pending = sample(process(rows[len(guesses)]), params, rng)
         target.truncate(len(cached))
         yield pending

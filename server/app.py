@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse
 
+from engine.constraint import Grammars
 from inference import Inference, SamplingParams
 from server import completions, options
 from server.errors import APIError, BodyLimit, install_error_handlers
@@ -48,11 +49,13 @@ def create_app(inference: Inference, model_name: str, api_key: str | None = None
     base = SamplingParams.from_config(config)
     vocab_size = config.shape.vocab_size
     words = TokenText(inference.tokenizer)
+    grammars = Grammars(inference.tokenizer, inference.eos_token_ids)
     started = int(time.time())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         worker.start()
+        grammars.warm()
         yield
         await asyncio.to_thread(worker.stop)
 
@@ -105,7 +108,7 @@ def create_app(inference: Inference, model_name: str, api_key: str | None = None
         options.refuse_unknown(req)
         n = options.choices(req.n)
         logprobs = options.chat_logprobs(req.logprobs, req.top_logprobs)
-        p = plan(req, base, config.generation.max_output_length)
+        p = plan(req, base, config.generation.max_output_length, grammars)
         options.apply(req, p.params, vocab_size, logprobs)
         job = Job(p.messages, p.mode.tools, p.params, asyncio.get_running_loop(), n=n)
         first = await start(job, request)

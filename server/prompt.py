@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from engine.constraint import ANY_OBJECT, GrammarError, Grammars, json_grammar, tool_grammar
 from inference import SamplingParams
 from server.errors import APIError
 from server.modes import Functions, Mode, Plain, Tools
@@ -70,8 +71,48 @@ def sampling(req: ChatCompletionRequest | CompletionRequest, base: SamplingParam
                           temperature=temperature, seed=seed, stop=_stops(req))
 
 
-def plan(req: ChatCompletionRequest, base: SamplingParams, max_output: int) -> Plan:
+def _answer_schema(req: ChatCompletionRequest) -> dict | None:
+    """The JSON schema response_format asks the answer to follow; None for free text."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return ANY_OBJECT
+    if fmt.json_schema is None:
+        raise APIError(400, "response_format: type 'json_schema' needs a 'json_schema' object "
+                            "({name, schema, strict})", param="response_format")
+    return fmt.json_schema.json_schema if fmt.json_schema.json_schema is not None else ANY_OBJECT
+
+
+def grammar(req: ChatCompletionRequest, mode: Mode, tags_are_tokens: bool = True) -> str | None:
+    """The grammar the answer must follow (engine/constraint.py), None when it is free; a schema the engine
+    cannot compile is a 400 naming it."""
+    answer = _answer_schema(req)
+    forced = req.tool_choice == "required" or isinstance(req.tool_choice, NamedToolChoice)
+    if forced and not req.tools:
+        raise APIError(400, "tool_choice: a call can only be required when 'tools' offers some", param="tool_choice")
+    if isinstance(mode, Functions):
+        if answer is not None:
+            raise APIError(400, "response_format cannot be combined with the legacy 'functions'; send 'tools'",
+                           param="response_format")
+        return None
+    try:
+        if isinstance(mode, Tools):
+            return tool_grammar(mode.tools, forced, None if forced else answer, tags_are_tokens=tags_are_tokens)
+        return None if answer is None else json_grammar(answer, "response_format.json_schema.schema")
+    except GrammarError as e:
+        param = "response_format" if str(e).startswith("response_format") else "tools"
+        raise APIError(400, str(e), code="invalid_schema", param=param) from None
+
+
+def plan(req: ChatCompletionRequest, base: SamplingParams, max_output: int, grammars: Grammars | None = None) -> Plan:
+    """grammars: the model's, to constrain answers with; without it a request that needs a constraint is refused."""
     params = sampling(req, base, max_output)
     mode = _mode(req)
     params.stop = params.stop + list(mode.stops)
+    constraint = grammar(req, mode, grammars.tags_are_tokens if grammars else True)
+    if constraint is not None:
+        if grammars is None:
+            raise APIError(400, "this server cannot constrain answers (no grammar engine)", param="response_format")
+        params.processors = params.processors + [grammars.constraint(constraint)]
     return Plan(mode.messages(req.messages), mode, params)

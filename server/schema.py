@@ -69,6 +69,20 @@ class NamedToolChoice(NamedByFunction, Lenient):
     function: FunctionName
 
 
+class JSONSchemaFormat(Lenient):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    # "schema" would shadow a BaseModel attribute; the alias keeps OpenAI's name on the wire.
+    json_schema: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class StreamOptions(Lenient):
     include_usage: bool | None = False
 
@@ -104,6 +118,7 @@ class ChatCompletionRequest(Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     functions: list[FunctionDef] | None = None
     function_call: Literal["none", "auto"] | FunctionName | None = None
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(Sampling):

@@ -152,11 +152,15 @@ def test_streamed_tool_call_via_openai_client(client) -> None:
     assert "```" not in text and "get_weather" not in text
 
 
-@pytest.mark.parametrize("prompt", ["weather broken", "weather unknown"])
-def test_malformed_or_unknown_call_comes_back_as_text(client, prompt) -> None:
-    r = client.chat.completions.create(model=MODEL, messages=user(prompt), tools=TOOLS)
-    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.tool_calls is None
-    assert "<tool_call>" in r.choices[0].message.content
+@pytest.mark.parametrize("prompt, never", [("weather broken", '"city": \n'), ("weather unknown", "launch_rocket")])
+def test_a_malformed_or_unknown_call_cannot_get_out_under_auto(client, prompt, never) -> None:
+    # Once the model opens <tool_call>, the grammar (engine/constraint.py) allows only a well-formed call to an
+    # offered tool: the scripted model's broken call is not written as scripted.
+    r = client.chat.completions.create(model=MODEL, messages=user(prompt), tools=TOOLS, max_tokens=40)
+    message = r.choices[0].message
+    written = (message.content or "") + "".join(c.function.name + c.function.arguments
+                                                for c in message.tool_calls or [])
+    assert written.startswith("<tool_call>") and never not in written
 
 
 def test_tool_choice_none_and_no_tools_leave_text_alone(client) -> None:

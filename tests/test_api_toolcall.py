@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from engine.constraint import Grammars
 from inference import SamplingParams
 from server.errors import APIError
 from server.prompt import plan
@@ -138,7 +139,8 @@ def test_call_missing_its_last_brace_is_still_a_call() -> None:
 
 def planned(**body):
     req = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], **body)
-    return plan(req, SamplingParams(max_new_tokens=16), 16)
+    # No tokenizer: the constraints tools bring are built and checked, never run here.
+    return plan(req, SamplingParams(max_new_tokens=16), 16, Grammars(None, []))
 
 
 def read(mode, text: str) -> tuple[str, list]:

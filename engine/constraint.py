@@ -1,0 +1,186 @@
+"""Constrained decoding: a grammar (llguidance) masks the logits on the host, so that a request's answer
+can only be text the grammar accepts: JSON valid against a schema, or a tool call in Qwen's
+<tool_call>{json}</tool_call> format with arguments valid against the tool's parameters.
+
+The mask is applied to each request's float32 logits [vocab] after the graph call, like any other
+LogitsProcessor, so it works for every session (the NPU's logits come back to the host every step) and
+with batching (each request owns its matcher). Grammars are written and checked here without the model's
+tokenizer, so a request with a schema the engine cannot compile is refused before it runs; the tokenizer
+(about 3 s to index the default model's 151k tokens) is built once, on the first constrained request.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from functools import cached_property
+from typing import Sequence
+
+import llguidance
+import llguidance.numpy
+import numpy as np
+
+from engine.sampling import LogitsProcessor
+
+# One form of JSON whitespace: with free whitespace a weak model can fill its budget with blank lines.
+JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+MAX_CALLS = 4  # calls in one answer when a call is required
+ANY_OBJECT: dict = {"type": "object"}
+
+
+class GrammarError(ValueError):
+    """A schema or grammar the engine cannot compile; the message says why."""
+
+
+def _one_line(problem: str) -> str:
+    """llguidance's message on one line, without the grammar excerpt it may quote (lines "  1 | ...")."""
+    lines = []
+    for line in problem.strip().splitlines():
+        if re.match(r"\s*\d+ \|", line):
+            break
+        if line.strip() and set(line.strip()) != {"^"}:
+            lines.append(line.strip())
+    return " ".join(lines)
+
+
+def _check(grammar: str, what: str) -> str:
+    problem = llguidance.LLMatcher.validate_grammar(grammar, None)
+    if problem:
+        raise GrammarError(f"{what} cannot be used as a constraint: {_one_line(problem)}")
+    return grammar
+
+
+def _json_grammar(schema: dict, what: str) -> str:
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_FORMAT)
+    except (ValueError, TypeError) as e:
+        raise GrammarError(f"{what} cannot be used as a constraint: {e}") from None
+    return _check(grammar, what)
+
+
+def json_grammar(schema: dict | None, what: str = "the schema") -> str:
+    """A grammar for JSON valid against schema; None: any JSON object. GrammarError names what is wrong."""
+    return _json_grammar(ANY_OBJECT if schema is None else schema, what)
+
+
+def _call_schema(name: str, parameters: dict | None) -> dict:
+    """One call as the Qwen template writes it: {"name": ..., "arguments": {...}}, name first."""
+    return {"type": "object", "properties": {"name": {"const": name}, "arguments": parameters or ANY_OBJECT},
+            "required": ["name", "arguments"], "additionalProperties": False}
+
+
+def _lark_json(schema: dict) -> str:
+    return "%json " + json.dumps({**schema, "x-guidance": JSON_FORMAT})
+
+
+def tool_grammar(tools: Sequence[dict], required: bool, answer_schema: dict | None = None,
+                 what: str = "tools", tags_are_tokens: bool = True) -> str:
+    """A grammar for answers to a request offering tools (OpenAI's tools: [{"function": {name, parameters}}]).
+
+    required: the answer is 1 to MAX_CALLS calls to the offered tools and nothing else. Otherwise
+    ("auto"): free text (or, with answer_schema, JSON valid against it), and once the model opens a call
+    the rest of that call is constrained; the grammar is lazy, so text is never held back.
+    tags_are_tokens: the tokenizer has <tool_call> and </tool_call> as tokens of their own (Qwen2.5 and
+    later); otherwise the tags are text the model spells out."""
+    calls = []
+    for i, tool in enumerate(tools):
+        f = tool["function"]
+        schema = _call_schema(f["name"], f.get("parameters"))
+        _json_grammar(schema, f"{what}[{i}].function.parameters")  # names the tool whose schema is bad
+        calls.append(schema)
+    call = {"anyOf": calls} if len(calls) > 1 else calls[0]
+    tags = (TOOL_OPEN, TOOL_CLOSE) if tags_are_tokens else (json.dumps(TOOL_OPEN), json.dumps(TOOL_CLOSE))
+    open_tag, close_tag = tags
+    lines = [f'call: {open_tag} "\\n" {_lark_json(call)} "\\n" {close_tag}']
+    if required:
+        lines.insert(0, f'start: call ("\\n" call){{0,{MAX_CALLS - 1}}}')
+    elif answer_schema is not None:
+        _json_grammar(answer_schema, "response_format.json_schema.schema")
+        lines.insert(0, f'start: {_lark_json(answer_schema)} | call ("\\n" call)*')
+    else:
+        lines.insert(0, "start: TEXT (call TEXT)*")
+        lines.append(r"TEXT: /(.|\n)*/")
+    return _check(llguidance.LLMatcher.grammar_from_lark("\n".join(lines)), what)
+
+
+class Grammars:
+    """The model's tokenizer as llguidance sees it, built once (on first use, thread-safe), and the
+    constraints made from it."""
+
+    def __init__(self, hf_tokenizer, eos_token_ids: Sequence[int]) -> None:
+        self.hf_tokenizer = hf_tokenizer
+        self.eos_token_ids = sorted(eos_token_ids)
+        self._tokenizer: llguidance.LLTokenizer | None = None
+        self._lock = threading.Lock()
+
+    @cached_property
+    def tags_are_tokens(self) -> bool:
+        """Whether the tool-call tags are tokens of their own in this tokenizer (None: assume so)."""
+        if self.hf_tokenizer is None:
+            return True
+        vocab = self.hf_tokenizer.get_vocab()
+        return TOOL_OPEN in vocab and TOOL_CLOSE in vocab
+
+    def tokenizer(self) -> llguidance.LLTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                import llguidance.hf
+                self._tokenizer = llguidance.hf.from_tokenizer(self.hf_tokenizer, n_vocab=len(self.hf_tokenizer),
+                                                               eos_token=self.eos_token_ids)
+            return self._tokenizer
+
+    def warm(self) -> None:
+        """Build the tokenizer in the background now, so that the first constrained request does not wait."""
+        threading.Thread(target=self.tokenizer, name="grammar-tokenizer", daemon=True).start()
+
+    def constraint(self, grammar: str) -> "GrammarConstraint":
+        """A fresh constraint for one request; its matcher is made on first use, on the model's thread."""
+        return GrammarConstraint(self, grammar)
+
+
+class GrammarConstraint(LogitsProcessor):
+    """Sets every token the grammar does not allow next to -inf. When the grammar is complete only the
+    end-of-sequence tokens remain, so the answer ends there."""
+
+    speculative = True  # the mask depends only on the tokens accepted so far
+
+    def __init__(self, grammars: Grammars, grammar: str) -> None:
+        self.grammars, self.grammar = grammars, grammar
+        self.matcher: llguidance.LLMatcher | None = None
+        self._bits: np.ndarray | None = None  # the matcher's mask, one bit per token, reused every step
+
+    def _matcher(self) -> llguidance.LLMatcher:
+        if self.matcher is None:
+            self.matcher = llguidance.LLMatcher(self.grammars.tokenizer(), self.grammar, log_level=0)
+            self._raise_if_error()
+        return self.matcher
+
+    def _raise_if_error(self) -> None:
+        if self.matcher.is_error():
+            raise RuntimeError(f"grammar: {self.matcher.get_error().splitlines()[0]}")
+
+    def allowed(self, size: int) -> np.ndarray:
+        """bool [size]: the tokens the grammar allows next."""
+        matcher = self._matcher()
+        if self._bits is None:
+            self._bits = llguidance.numpy.allocate_token_bitmask(1, self.grammars.tokenizer().vocab_size)
+        llguidance.numpy.fill_next_token_bitmask(matcher, self._bits)
+        self._raise_if_error()
+        bits = self._bits.view(np.uint8)
+        allowed = np.unpackbits(bits, bitorder="little", count=min(size, 8 * bits.size)).view(bool)
+        if allowed.size < size:  # logits wider than the tokenizer's vocabulary: padding rows, never allowed
+            allowed = np.concatenate([allowed, np.zeros(size - allowed.size, bool)])
+        return allowed
+
+    def process(self, logits: np.ndarray, generated: Sequence[int]) -> np.ndarray:
+        return np.where(self.allowed(logits.shape[-1]), logits, np.float32(-np.inf))
+
+    def accept(self, token: int) -> None:
+        self._matcher().consume_token(token)
+        self._raise_if_error()
+
+    def fork(self) -> "GrammarConstraint":
+        """Another choice's constraint: the same grammar from its start (choices fork before any token), and
+        the shared tokenizer, which a deep copy would duplicate."""
+        return GrammarConstraint(self.grammars, self.grammar)
