@@ -218,6 +218,21 @@ def test_a_constrained_neighbour_leaves_a_free_answer_unchanged(server, client) 
     jsonschema.validate(json.loads(json_answer.choices[0].message.content), SCHEMAS["array_of_objects"])
 
 
+def test_n_choices_each_follow_the_schema_and_match_lone_requests_with_their_seeds(client) -> None:
+    """Each choice gets its own matcher from the grammar's start (a shared one would feed choice 2's tokens
+    to choice 1's state and break both)."""
+    fmt = json_format("n", SCHEMAS["nested"])
+    r = client.chat.completions.create(model=MODEL, messages=user("JSON choices."), max_tokens=300, n=3, seed=7,
+                                       temperature=1.0, response_format=fmt)
+    texts = [c.message.content for c in sorted(r.choices, key=lambda c: c.index)]
+    for text in texts:
+        jsonschema.validate(json.loads(text), SCHEMAS["nested"])
+    for i, text in enumerate(texts):
+        lone = client.chat.completions.create(model=MODEL, messages=user("JSON choices."), max_tokens=300,
+                                              seed=7 + i, temperature=1.0, response_format=fmt)
+        assert lone.choices[0].message.content == text
+
+
 # ---- the default model -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_client(default_model_dir, tmp_path_factory):
