@@ -82,7 +82,8 @@ def engines(a: argparse.Namespace) -> list[Engine]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8], help="concurrent clients (default 1 2 4 8)")
+    p.add_argument("--clients", type=int, nargs="*", default=[1, 2, 4, 8],
+                   help="concurrent clients (default 1 2 4 8; none: the graph-only ratio alone)")
     p.add_argument("--batch1_clients", type=int, nargs="+", default=[1, 8],
                    help="client counts at which our --max_batch 1 servers run (default 1 8: the TTFT goal "
                         "compares them at 8)")
@@ -96,7 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engines", nargs="*", help="names to run (default all): ours:int4:b8 ours:int4:b1 ours:fp32:b8 "
                    "ours:fp32:b1 llama-server:gguf llama-server:q4_0")
     p.add_argument("--graph_rounds", type=int, default=5, help="rounds of the graph-only ratio (median; default 5)")
-    p.add_argument("--skip_graph_ratio", action="store_true", help="keep the graph ratio already in --output")
+    p.add_argument("--keep", action="store_true",
+                   help="add to --output: keep its graph ratio (measured only if absent) and its runs, replacing "
+                        "those of the same engine and client count")
     p.add_argument("--output", default=str(REPO / "bench/load.json"))
     p.add_argument("--chart", default=str(REPO / "image/bench_load.png"))
     p.add_argument("--redraw", action="store_true", help="only redraw the chart and tables from --output")
@@ -247,7 +250,8 @@ def measure(e: Engine, clients: int, a: argparse.Namespace) -> dict:
             "ttft_p50_s": round(float(np.percentile(ttft, 50)), 3),
             "ttft_p95_s": round(float(np.percentile(ttft, 95)), 3),
             "per_stream_decode_tok_s": round(float(np.median(decode)), 2) if decode else None,
-            "short_answers": sum(r["completion_tokens"] < a.max_tokens for r in runs)}
+            "short_answers": sum(r["completion_tokens"] < a.max_tokens for r in runs),
+            "at": time.strftime("%H:%M:%S UTC", time.gmtime())}
 
 
 # ---- the graph-only ratio -----------------------------------------------------------------------------
@@ -287,6 +291,12 @@ def goals(result: dict) -> dict:
             out[f"{fmt}_graph_speedup"] = graph_x
             out[f"{fmt}_share_of_graph"] = round(speedup / graph_x, 2)
             out[f"{fmt}_share_goal_met"] = speedup / graph_x >= GOAL_SHARE_OF_GRAPH
+            # The same without prefill: the answers' own decode speed (first token to last) times the
+            # clients, against one client's. Prefill does not batch, so this is what the graph ratio bounds.
+            if one["per_stream_decode_tok_s"] and many["per_stream_decode_tok_s"]:
+                decode_x = top * many["per_stream_decode_tok_s"] / one["per_stream_decode_tok_s"]
+                out[f"{fmt}_decode_phase_speedup"] = round(decode_x, 2)
+                out[f"{fmt}_decode_phase_share_of_graph"] = round(decode_x / graph_x, 2)
         b1 = find(runs, f"ours:{fmt}:b1", top)
         if many and b1:
             cut = b1["ttft_p95_s"] / many["ttft_p95_s"]
@@ -314,6 +324,9 @@ def table(result: dict) -> str:
 
 
 def finish(result: dict, a: argparse.Namespace) -> None:
+    if not result["runs"]:
+        Path(a.output).write_text(json.dumps(result, indent=2) + "\n")
+        return
     result["goals"] = goals(result)
     Path(a.output).write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
@@ -334,17 +347,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"load.py: error: {path}: no such file (run `make onnx` first)", file=sys.stderr)
             return 2
     chosen = engines(a)
-    if any(e.kind == "llama-server" for e in chosen):
+    if any(e.kind == "llama-server" and e.clients for e in chosen):
         from llama_server import ensure_built, ensure_q4_0
 
         ensure_built()
         ensure_q4_0()
-    previous = json.loads(Path(a.output).read_text()) if a.skip_graph_ratio else {}
+    previous = json.loads(Path(a.output).read_text()) if a.keep and Path(a.output).is_file() else {}
     result = {"setup": {"threads": a.threads, "requests_per_client": a.requests, "max_tokens": a.max_tokens,
                         "max_prefill_length": a.max_prefill_length, "slot_context": a.slot_context,
                         "greedy": True, "draft": None, "cpu": platform.processor() or platform.machine(),
-                        "cores": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
-              "graph_ratio": previous.get("graph_ratio") or graph_ratio(a), "runs": []}
+                        "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d", time.gmtime())},
+              "graph_ratio": previous.get("graph_ratio") or graph_ratio(a), "runs": previous.get("runs", [])}
     # Client counts outside, engines inside: the engines compared at one client count run minutes apart,
     # so a slow spell on the shared machine hits them alike.
     for clients in a.clients:
@@ -352,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             if clients not in e.clients:
                 continue
             record = measure(e, clients, a)
+            result["runs"] = [r for r in result["runs"] if (r["engine"], r["clients"]) != (e.name, clients)]
             result["runs"].append(record)
             print(json.dumps(record), flush=True)
             Path(a.output).write_text(json.dumps(result, indent=2) + "\n")  # partial results survive a stop
