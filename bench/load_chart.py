@@ -46,7 +46,7 @@ def draw(result: dict, out: Path) -> None:
     axes[1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes[0].legend(fontsize=7)
     s = result["setup"]
-    fig.suptitle(f"Qwen2.5-Coder-0.5B-Instruct served on CPU: {s['requests_per_client']} requests per client, "
+    fig.suptitle(f"Qwen2.5-Coder-0.5B-Instruct served on CPU: {s['requests_per_client']} request{'s' if s['requests_per_client'] != 1 else ''} per client, "
                  f"at most {s['max_tokens']} greedy tokens each, {s['threads']} threads per server")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
