@@ -32,8 +32,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -121,7 +125,7 @@ def prompt(clients: int, client: int, request: int) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-async def one_request(http, url: str, messages: list[dict], max_tokens: int) -> dict:
+async def one_request(http: "httpx.AsyncClient", url: str, messages: list[dict], max_tokens: int) -> dict:
     body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "seed": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     start = time.perf_counter()
