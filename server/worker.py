@@ -204,10 +204,7 @@ class Worker:
             if not ids:
                 job.emit(APIError(400, f"{where} is empty: there is nothing to complete", param="prompt"))
                 return None
-            if len(ids) > self.max_input_length:
-                job.emit(APIError(400, f"This model's maximum prompt length is {self.max_input_length} tokens "
-                                       f"(--max_input_length); {where} is {len(ids)} tokens.",
-                                  code="context_length_exceeded", param="prompt"))
+            if self._too_long(job, len(ids), f"{where} is", "prompt"):
                 return None
             out.append(ids)
         return out
@@ -219,9 +216,15 @@ class Worker:
             job.emit(APIError(400, f"The messages cannot be rendered with this model's chat template: {e}",
                               param="messages"))
             return None
-        if len(ids) > self.max_input_length:
-            job.emit(APIError(400, f"This model's maximum prompt length is {self.max_input_length} tokens "
-                                   f"(--max_input_length); your messages are {len(ids)} tokens.",
-                              code="context_length_exceeded", param="messages"))
+        if self._too_long(job, len(ids), "your messages are", "messages"):
             return None
         return ids
+
+    def _too_long(self, job: Job, tokens: int, what: str, param: str) -> bool:
+        """Refuse a prompt over --max_input_length (a 400 on the job); True when refused."""
+        if tokens <= self.max_input_length:
+            return False
+        job.emit(APIError(400, f"This model's maximum prompt length is {self.max_input_length} tokens "
+                               f"(--max_input_length); {what} {tokens} tokens.",
+                          code="context_length_exceeded", param=param))
+        return True

@@ -135,3 +135,8 @@ def prompt_tokens(tokenizer, messages: list[dict], tools: list[dict] | None = No
     """How many tokens the server's prompt for these messages has: the chat template, then the tokenizer."""
     text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
     return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def user(text: str) -> list[dict]:
+    """One user message, the whole of a chat."""
+    return [{"role": "user", "content": text}]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import openai
 import pytest
 
 from tiny_model import make_tiny_model
@@ -123,3 +124,9 @@ def default_cpu_int4(default_cpu_onnx) -> Path:
     assert quantize_main(["--input_model_path", str(default_cpu_onnx), "--output_model_path", str(path),
                           "--bits", "4"]) == 0
     return path
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    """The real `openai` client against the module's own `server` fixture."""
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)

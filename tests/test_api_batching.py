@@ -10,10 +10,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import openai
 import pytest
 
-from api_helpers import serve, tiny_server_args
+from api_helpers import serve, tiny_server_args, user
 
 MODEL = "tiny"
 SLOTS = 4
@@ -26,15 +25,6 @@ def server(tiny_model_dir, cpu_onnx_of, tmp_path_factory):
     with serve(args + ["--max_batch", str(SLOTS), "--max_prefill_length", "8"],
                tmp_path_factory.mktemp("batch-api")) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 def ask(client, messages, max_tokens: int, delay: float = 0.0):

@@ -13,7 +13,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from api_helpers import ROOT, fake_server_args, prompt_tokens, serve, sse_chunks, validate
+from api_helpers import ROOT, fake_server_args, prompt_tokens, serve, sse_chunks, validate, user
 from scripted_session import reply_to
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather in a city",
@@ -39,11 +39,6 @@ def first_tokens(tokenizer, text: str, n: int) -> str:
     return tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)[:n])
 
 
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-
-
 def ask(server, **body) -> dict:
     r = httpx.post(server.base_url + "/chat/completions", json={"model": MODEL, **body}, timeout=60)
     assert r.status_code == 200, r.text
@@ -58,10 +53,6 @@ def ask_stream(server, **body) -> list:
     for c in chunks[:-1]:
         validate(c, "CreateChatCompletionStreamResponse")
     return chunks[:-1]
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 def test_models_lists_the_served_id(client, server) -> None:

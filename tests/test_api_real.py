@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 
-import openai
 import pytest
 
 from api_helpers import ROOT, serve, validate
@@ -24,11 +23,6 @@ def server(default_model_dir, default_cpu_onnx, default_cpu_int4, tmp_path_facto
             "--draft_onnx_model_path", str(default_cpu_int4), "--max_prefill_length", "64"]
     with serve(args, tmp_path_factory.mktemp("real-api")) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
 
 
 def run_client(server, script: str, *extra: str) -> str:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
-import openai
 import pytest
 
-from api_helpers import serve, tiny_server_args, validate
+from api_helpers import serve, tiny_server_args, validate, user
 from config import InferenceConfig
 from engine.sampling import log_softmax
 from inference import Inference
@@ -29,15 +28,6 @@ def onnx(tiny_model_dir, tiny_onnx_of):
 def server(tiny_model_dir, onnx, tmp_path_factory):
     with serve(tiny_server_args(tiny_model_dir, onnx, "--max_batch", "2"), tmp_path_factory.mktemp("api-sampling")) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 def chat(client, text: str, **kw):

@@ -12,7 +12,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from api_helpers import ROOT, prompt_tokens, serve, tiny_server_args, validate
+from api_helpers import ROOT, prompt_tokens, serve, tiny_server_args, validate, user
 
 MODEL = "tiny"
 MAX_INPUT = 1000
@@ -27,17 +27,8 @@ def server(tiny_model_dir, tiny_onnx_of, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 def greedy(client, messages, **kw):

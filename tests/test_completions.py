@@ -5,7 +5,6 @@ best_of). Every body is checked against OpenAI's CreateCompletionResponse."""
 from __future__ import annotations
 
 import httpx
-import openai
 import pytest
 from transformers import AutoTokenizer
 
@@ -20,11 +19,6 @@ def server(tiny_model_dir, tiny_onnx_of, tmp_path_factory):
     args = tiny_server_args(tiny_model_dir, tiny_onnx_of(tiny_model_dir, 512), "--max_batch", "2")
     with serve(args, tmp_path_factory.mktemp("completions")) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
 
 
 def complete(client, **kw):

@@ -13,7 +13,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from api_helpers import serve, tiny_server_args, validate
+from api_helpers import serve, tiny_server_args, validate, user
 from structured_helpers import SCHEMAS, WEATHER_TOOLS, default_int4_long
 from engine.constraint import GrammarError, Grammars, json_grammar, tool_grammar
 
@@ -134,15 +134,6 @@ def server(tiny_model_dir, cpu_onnx_of, tmp_path_factory):
     args = [a for a in tiny_server_args(tiny_model_dir, onnx) if a not in ("--kv_cache_method", "basic")]
     with serve(args + ["--max_batch", "2", "--max_prefill_length", "16"], tmp_path_factory.mktemp("structured")) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
