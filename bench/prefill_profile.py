@@ -67,11 +67,9 @@ def prompt_ids(n: int) -> np.ndarray:
 
 
 def chunks(n: int, size: int, power_of_two: bool) -> list[int]:
-    if power_of_two:
-        from backends.base import prefill_chunks
+    from backends.base import even_chunks, prefill_chunks
 
-        return prefill_chunks(n, size)
-    return [size] * (n // size) + ([n % size] if n % size else [])
+    return prefill_chunks(n, size) if power_of_two else even_chunks(n, size)
 
 
 class Runner:
@@ -210,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         rates = [a.tokens / t for t in times[v.name]]
         med = statistics.median(rates)
-        report["variants"][v.name] = {"model": str(models[v.model]), "chunks": chunks(a.tokens, v.chunk, v.power_of_two),
+        report["variants"][v.name] = {"model": str(models[v.model]),
+                                      "chunks": chunks(a.tokens, v.chunk, v.power_of_two),
                                       "prefill_tok_s": round(med, 1), "all": [round(x, 1) for x in rates]}
         print(f"| {v.name} | {v.model} | {v.chunk} | {med:.1f} | {min(rates):.0f}..{max(rates):.0f} |")
     if a.output:
