@@ -26,8 +26,11 @@ from typing import Callable
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-# Our prefill chunk: set from bench/prefill_profile.py's side-by-side runs (see bench/README.md).
-DEFAULT_PREFILL_CHUNK = 64
+# Our prefill chunks. The cpu graph returns the last position's logits only, so a long chunk costs no
+# [seq, vocab] buffer, and a 256-token prompt read in one call beat four 64-token calls in
+# bench/prefill_profile.py's side-by-side rounds (see bench/README.md). The npu graph returns every
+# position's logits: 64 keeps that buffer at 39 MB.
+PREFILL_CHUNK = {"cpu": 256, "npu": 64}
 
 # One generation from an empty cache: prompt ids -> (generated ids, ttft seconds, decode seconds).
 Generate = Callable[[list[int]], tuple[list[int], float, float]]
@@ -71,9 +74,11 @@ def load_ours(a: argparse.Namespace) -> Generate:
     kv_len = int(meta["kv_cache_length"])
     # The CPU settings the chat uses: only filled cache slots (the cpu graph's own way; the npu graph is
     # asked to) and --max_prefill_length chunks.
-    method = None if meta.get("target") == "cpu" else "basic"
+    graph = "cpu" if meta.get("target") == "cpu" else "npu"
+    method = None if graph == "cpu" else "basic"
     cfg = InferenceConfig.create(a.hf_model_dir, onnx_model_path=a.model, kv_cache_length=kv_len,
-                                 max_input_length=min(512, kv_len - 1), max_prefill_length=a.max_prefill_length,
+                                 max_input_length=min(512, kv_len - 1),
+                                 max_prefill_length=a.max_prefill_length or PREFILL_CHUNK[graph],
                                  kv_cache_method=method, cpu_thread=a.threads, draft_onnx_model_path=a.draft_model)
     session = open_session(cfg)
     if a.draft_model:
@@ -189,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new_tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--draft_model", help="ours: a draft model for speculative decoding (same model, e.g. int4)")
-    p.add_argument("--max_prefill_length", type=int, default=DEFAULT_PREFILL_CHUNK,
-                   help=f"ours: longest prefill chunk (default {DEFAULT_PREFILL_CHUNK})")
+    p.add_argument("--max_prefill_length", type=int, default=None,
+                   help=f"ours: longest prefill chunk (default {PREFILL_CHUNK['cpu']} on the cpu graph, "
+                        f"{PREFILL_CHUNK['npu']} on the npu graph)")
     a = p.parse_args(argv)
     ids = json.loads(Path(a.ids_file).read_text())
     generate = LOADERS[a.engine](a)
