@@ -187,15 +187,16 @@ def summarise(t: Target, runs: list[dict], new_tokens: int) -> dict:
 
 
 def add_ratios(records: list[dict]) -> None:
-    """Speed relative to transformers, and how long each engine's greedy text agrees with it."""
-    ref = next(r for r in records if r["engine"] == "transformers")
-    for r in records:
+    """Speed relative to transformers, and how long each engine's greedy text agrees with it (when
+    transformers ran: --only may leave it out)."""
+    ref = next((r for r in records if r["engine"] == "transformers"), None)
+    for r in records if ref else []:
         r["prefill_vs_transformers"] = round(r["prefill_tok_s"] / ref["prefill_tok_s"], 2)
         r["decode_vs_transformers"] = round(r["decode_tok_s"] / ref["decode_tok_s"], 2)
         same = [a == b for a, b in zip(r["tokens"], ref["tokens"])]
         r["tokens_agree_with_transformers"] = same.index(False) if False in same else len(same)
     for r in records:
-        del r["tokens"]
+        r.pop("tokens")
 
 
 def print_table(records: list[dict]) -> None:
@@ -218,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="our fp32 export with --target cpu; int8/int4 are quantized from it into "
                         "output/onnx_cpu_int8|int4")
     p.add_argument("--only", nargs="*",
-                   help="engine:format[:graph][+draft] to run, e.g. ours:int4:cpu ours:fp32:cpu+int4 llama.cpp:Q4_0 "
-                        "(default all)")
+                   help="engine:format[:graph][+draft] to run, e.g. transformers:fp32 ours:int4:cpu ours:fp32:cpu+int4 "
+                        "llama.cpp:Q4_0 (default all; the ratios to transformers need transformers:fp32)")
     p.add_argument("--output", default=str(REPO / "bench/results.json"))
     p.add_argument("--chart", default=str(REPO / "image/bench_cpu.png"))
     a = p.parse_args(argv)
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     chosen = []
     for t in targets(onnx_fp32, cpu_fp32):
-        if a.only and t.name not in a.only and t.engine != "transformers":
+        if a.only and t.name not in a.only:
             continue
         if t.needs and importlib.util.find_spec(t.needs) is None:
             print(f"skipping {t.engine} {t.format}: {t.needs} is not installed (pip install -r "

@@ -1,6 +1,6 @@
 """Quality against our fp32 export: perplexity on bench/quality_text.txt and greedy-token agreement over
 64 tokens on 5 prompts, for the quantized CPU models, for llama.cpp's formats of the same model (same
-token ids, same windows, one token per step through llama-cpp-python) and for the npu graph as atc
+token ids, same windows, each window in one eval through llama-cpp-python) and for the npu graph as atc
 would compile it.
 
     python bench/quality.py [--formats fp32 int8 int4 llama.cpp:Q4_0 llama.cpp:Q5_0] [--graph cpu|npu]
@@ -36,7 +36,7 @@ from session import Session, open_session
 REPO = Path(__file__).resolve().parents[1]
 
 FORMATS = ("fp32", "int8", "int4")
-# llama.cpp's formats of the same model (bench.py makes the 4-bit ones from the default GGUF), measured on
+# llama.cpp's formats of the same model (bench.py makes the 4-bit one from the default GGUF), measured on
 # the same token ids through llama-cpp-python when it is installed.
 GGUF_FORMATS = tuple(f"llama.cpp:{f}" for f in ("Q5_0", *GGUF_FTYPES))
 # format: (atc --precision_mode_v2, with export/ops_info.json as --modify_mixlist), as onnx2om.py passes them
@@ -103,8 +103,15 @@ class LlamaCppSession:
 
         self.llama_cpp = llama_cpp
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
-                                   n_batch=512, verbose=False)
+                                   n_batch=512, logits_all=True, verbose=False)
         self.vocab = self.llm.n_vocab()
+
+    def window_logits(self, ids: np.ndarray) -> np.ndarray:
+        """The logits after every token of ids [n], [n, vocab], from an empty cache in one eval: how
+        llama.cpp reads a prompt (logits_all keeps every position's row)."""
+        self.reset()
+        self.llm.eval([int(t) for t in ids])
+        return np.array(self.llm.scores[:len(ids)], np.float64)
 
     def reset(self) -> None:
         self.llm.reset()  # eval() then drops every cached entry past the (now empty) prefix
@@ -117,8 +124,13 @@ class LlamaCppSession:
 
 def nll_of_window(session: Session, ids: np.ndarray) -> tuple[float, int]:
     """Summed negative log-likelihood of ids[1:] given what precedes them, from a fresh cache. One
-    token per step through the session, so every graph is measured as it runs (the cpu graph only
-    returns the last position's logits)."""
+    token per step through our sessions, so every graph is measured as it runs (the cpu graph only
+    returns the last position's logits); llama.cpp reads the window in one eval, as it reads a prompt."""
+    if isinstance(session, LlamaCppSession):
+        logits = session.window_logits(ids[:-1])
+        top = logits.max(axis=1, keepdims=True)
+        logp = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum()), len(ids) - 1
     session.reset()
     total = 0.0
     for i in range(len(ids) - 1):
