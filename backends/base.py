@@ -1,8 +1,8 @@
 """The Session interface every backend implements: one call adds tokens to the KV cache and returns logits.
 
-A Session is one conversation's view of the cache: `run` (the recursive power-of-two prefill, shared by
-every backend), `run_all`, `truncate` and `reset`; a backend implements only `_forward` (one graph call
-on one chunk) and `truncate`.
+A Session is one conversation's view of the cache: `run` (the prefill split into chunks, power-of-two
+ones unless the backend takes any length; shared by every backend), `run_all`, `truncate` and `reset`; a
+backend implements only `_forward` (one graph call on one chunk) and `truncate`.
 
 A backend whose cache holds several conversations (`--max_batch` rows) derives from MultiRowSession:
 `row_session(i)` is row i as a Session of its own, and `decode` runs one token for several rows in one
@@ -30,10 +30,21 @@ def prefill_chunks(n: int, max_prefill_length: int) -> list[int]:
     return [size] + prefill_chunks(n - size, max_prefill_length)
 
 
+def even_chunks(n: int, max_prefill_length: int) -> list[int]:
+    """Split n tokens into chunks of max_prefill_length and one shorter rest: 300, 256 -> [256, 44]. For a
+    graph that takes any chunk length: a prompt's odd tail then costs one call, not one per set bit."""
+    if n < 0 or max_prefill_length < 1:
+        raise ValueError(f"bad prefill split: n={n}, max_prefill_length={max_prefill_length}")
+    whole, rest = divmod(n, max_prefill_length)
+    return [max_prefill_length] * whole + ([rest] if rest else [])
+
+
 class Session:
     kv_len: int
     length: int
     rows = 1  # conversations the cache holds
+    # The NPU's .om is compiled for power-of-two chunk lengths; a graph with dynamic shapes takes any.
+    any_chunk_length = False
 
     def __init__(self, config: InferenceConfig):
         self.config = config
@@ -43,7 +54,8 @@ class Session:
         of the last token."""
         n = input_ids.shape[1]
         self._check_room(n)
-        chunks = prefill_chunks(n, self.config.session.max_prefill_length)
+        split = even_chunks if self.any_chunk_length else prefill_chunks
+        chunks = split(n, self.config.session.max_prefill_length)
         start, logits = 0, None
         for i, size in enumerate(chunks):
             logits = self._forward(input_ids[:, start:start + size], 1 if i == len(chunks) - 1 else 0)
@@ -160,6 +172,7 @@ class Row(Session):
     def __init__(self, batch: MultiRowSession, index: int):
         super().__init__(batch.config)
         self.batch, self.index = batch, index
+        self.any_chunk_length = batch.any_chunk_length
 
     @property
     def kv_len(self) -> int:

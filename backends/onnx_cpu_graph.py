@@ -50,6 +50,10 @@ class _Bound:
 
 
 class OnnxCpuGraphSession(MultiRowSession):
+    # GroupQueryAttention takes any chunk length: a prompt is read in --max_prefill_length chunks and one
+    # shorter rest, not in power-of-two pieces (each small piece costs nearly a whole pass over the weights).
+    any_chunk_length = True
+
     def __init__(self, config: InferenceConfig, meta: dict[str, str]):
         super().__init__(config)
         s, shape = config.session, config.shape

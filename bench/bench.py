@@ -26,7 +26,18 @@ PY = sys.executable
 HF_DIR = REPO / "download/Qwen2.5-Coder-0.5B-Instruct"
 ONNX_NAME = "qwen2.5_coder_0.5b_instruct.onnx"
 GGUF = REPO / "download/qwen2.5-coder-0.5b-instruct.gguf"
+GGUF_DIR = REPO / "output/gguf"
 GENAI_DIR = REPO / "output/genai"
+# llama.cpp's own 4-bit format, made once from the default GGUF (mostly Q5_0) by its quantizer: the peer a
+# user would pick against our int4. Its file type number (llama.h's llama_ftype). Q4_K_M is no peer for
+# this model: 145 of its 291 tensors have rows of 896, not a multiple of the k-quants' 256, and fall back
+# to Q5_0/Q8_0, so it comes out the default GGUF's size (463 MiB).
+GGUF_FTYPES = {"Q4_0": 2}
+
+
+def gguf_path(fmt: str) -> Path:
+    """The default GGUF (format Q5_0) or its requantization to fmt under output/gguf/."""
+    return GGUF if fmt == "Q5_0" else GGUF_DIR / f"{GGUF.stem}-{fmt.lower()}.gguf"
 
 
 @dataclass
@@ -61,7 +72,8 @@ def targets(onnx_fp32: Path, cpu_fp32: Path) -> list[Target]:
         Target("ours", "fp32", cpu_fp32, graph="cpu", draft="int4"),
         Target("ours", "fp32", onnx_fp32, graph="npu"),
         Target("ours", "int4", model_path("npu", "int4"), graph="npu", source=onnx_fp32),
-        Target("llama.cpp", "gguf", GGUF, "llama_cpp"),
+        Target("llama.cpp", "Q4_0", gguf_path("Q4_0"), "llama_cpp"),
+        Target("llama.cpp", "Q5_0", gguf_path("Q5_0"), "llama_cpp"),
         Target("onnxruntime-genai", "fp32", GENAI_DIR / "fp32", "onnxruntime_genai"),
         Target("onnxruntime-genai", "int4", GENAI_DIR / "int4", "onnxruntime_genai"),
     ]
@@ -88,8 +100,34 @@ def ensure_quantized(source: Path, model: Path, fmt: str) -> None:
                str(model), "--bits", fmt[3:]])
 
 
+def ensure_gguf(fmt: str, threads: int) -> Path:
+    """Requantize the default GGUF to fmt with llama.cpp's own quantizer unless the file exists (whoever
+    made it); written under a temporary name and moved into place, so a reader never sees half a file."""
+    import ctypes
+
+    import llama_cpp
+
+    out = gguf_path(fmt)
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = GGUF_FTYPES[fmt]
+    params.allow_requantize = True  # the source is already quantized (Q5_0/Q8_0)
+    params.nthread = threads
+    print(f"+ llama_model_quantize {GGUF} -> {out} ({fmt})", flush=True)
+    if llama_cpp.llama_model_quantize(str(GGUF).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama.cpp could not quantize {GGUF} to {fmt}")
+    os.replace(tmp, out)
+    return out
+
+
 def prepare(t: Target, threads: int) -> None:
     """Build a missing model once; an existing one is reused while it is newer than its source."""
+    if t.engine == "llama.cpp" and t.format in GGUF_FTYPES:
+        ensure_gguf(t.format, threads)
     if t.source:
         ensure_quantized(t.source, t.model, t.format)
     if t.draft:
@@ -129,13 +167,19 @@ def measure(t: Target, ids_file: Path, new_tokens: int, threads: int) -> dict:
 
 
 def summarise(t: Target, runs: list[dict], new_tokens: int) -> dict:
+    """Medians over the repeats: the warm generation's speeds, and the cold (first) one's as cold_*."""
     med = statistics.median
     prompt = runs[0]["prompt_tokens"]
+    cold = {}
+    if all("cold" in r for r in runs):
+        cold = {"cold_prefill_tok_s": round(med(prompt / r["cold"]["ttft_s"] for r in runs), 1),
+                "cold_decode_tok_s": round(med((new_tokens - 1) / r["cold"]["decode_s"] for r in runs), 1),
+                "cold_ttft_s": round(med(r["cold"]["ttft_s"] for r in runs), 3)}
     return {
         "engine": t.engine, "format": t.format, "graph": t.graph, "draft": t.draft,
         "prefill_tok_s": round(med(prompt / r["ttft_s"] for r in runs), 1),
         "decode_tok_s": round(med((new_tokens - 1) / r["decode_s"] for r in runs), 1),
-        "ttft_s": round(med(r["ttft_s"] for r in runs), 3),
+        "ttft_s": round(med(r["ttft_s"] for r in runs), 3), **cold,
         "peak_rss_mb": round(med(r["peak_rss_mb"] for r in runs)),
         "size_mb": round(size_mb(t.model) + (size_mb(model_path(t.graph, t.draft)) if t.draft else 0)),
         "repeats": len(runs), "tokens": runs[0]["tokens"],
@@ -143,23 +187,25 @@ def summarise(t: Target, runs: list[dict], new_tokens: int) -> dict:
 
 
 def add_ratios(records: list[dict]) -> None:
-    """Speed relative to transformers, and how long each engine's greedy text agrees with it."""
-    ref = next(r for r in records if r["engine"] == "transformers")
-    for r in records:
+    """Speed relative to transformers, and how long each engine's greedy text agrees with it (when
+    transformers ran: --only may leave it out)."""
+    ref = next((r for r in records if r["engine"] == "transformers"), None)
+    for r in records if ref else []:
         r["prefill_vs_transformers"] = round(r["prefill_tok_s"] / ref["prefill_tok_s"], 2)
         r["decode_vs_transformers"] = round(r["decode_tok_s"] / ref["decode_tok_s"], 2)
         same = [a == b for a, b in zip(r["tokens"], ref["tokens"])]
         r["tokens_agree_with_transformers"] = same.index(False) if False in same else len(same)
     for r in records:
-        del r["tokens"]
+        r.pop("tokens")
 
 
 def print_table(records: list[dict]) -> None:
-    cols = ["engine", "format", "graph", "draft", "prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_mb", "size_mb",
+    cols = ["engine", "format", "graph", "draft", "prefill_tok_s", "decode_tok_s", "ttft_s", "cold_prefill_tok_s",
+            "cold_decode_tok_s", "cold_ttft_s", "peak_rss_mb", "size_mb",
             "prefill_vs_transformers", "decode_vs_transformers", "tokens_agree_with_transformers"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in records:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="our fp32 export with --target cpu; int8/int4 are quantized from it into "
                         "output/onnx_cpu_int8|int4")
     p.add_argument("--only", nargs="*",
-                   help="engine:format[:graph][+draft] to run, e.g. ours:int4:cpu ours:fp32:cpu+int4 llama.cpp:gguf "
-                        "(default all)")
+                   help="engine:format[:graph][+draft] to run, e.g. transformers:fp32 ours:int4:cpu ours:fp32:cpu+int4 "
+                        "llama.cpp:Q4_0 (default all; the ratios to transformers need transformers:fp32)")
     p.add_argument("--output", default=str(REPO / "bench/results.json"))
     p.add_argument("--chart", default=str(REPO / "image/bench_cpu.png"))
     a = p.parse_args(argv)
@@ -185,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     chosen = []
     for t in targets(onnx_fp32, cpu_fp32):
-        if a.only and t.name not in a.only and t.engine != "transformers":
+        if a.only and t.name not in a.only:
             continue
         if t.needs and importlib.util.find_spec(t.needs) is None:
             print(f"skipping {t.engine} {t.format}: {t.needs} is not installed (pip install -r "
@@ -202,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             for i, t in enumerate(chosen):
                 r = measure(t, ids_file, a.new_tokens, a.threads)
                 runs[i].append(r)
-                print(f"round {rnd + 1}: {t.engine:18} {t.format:5} {t.graph or '':4} {t.draft or '':4} "
-                      f"ttft {r['ttft_s']:.2f}s "
-                      f"decode {(a.new_tokens - 1) / r['decode_s']:.1f} tok/s rss {r['peak_rss_mb']:.0f} MB",
+                print(f"round {rnd + 1}: {t.engine:18} {t.format:6} {t.graph or '':4} {t.draft or '':4} "
+                      f"warm ttft {r['ttft_s']:.2f}s decode {(a.new_tokens - 1) / r['decode_s']:.1f} tok/s, "
+                      f"cold ttft {r['cold']['ttft_s']:.2f}s decode "
+                      f"{(a.new_tokens - 1) / r['cold']['decode_s']:.1f} tok/s, rss {r['peak_rss_mb']:.0f} MB",
                       flush=True)
     records = [summarise(t, runs[i], a.new_tokens) for i, t in enumerate(chosen)]
     add_ratios(records)

@@ -1,4 +1,5 @@
-"""The bench bar chart: decode and prefill speed, and peak memory, per engine and format."""
+"""The bench bar chart: warm decode and prefill speed (the second generation in each process), and peak
+memory, per engine and format."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +12,9 @@ def draw(records: list[dict], setup: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r['engine']}\n{r['format']}" + (f" ({r['graph']} graph)" if r.get("graph") else "")
-              + (f"\n+ {r['draft']} draft" if r.get("draft") else "") for r in records]
+              + (f"\n+ {r['draft']} draft" if r.get("draft") else "") + f"\n{r['size_mb']} MB" for r in records]
     colours = ["#d62728" if r["engine"] == "ours" else "#7f7f7f" for r in records]
-    panels = [("decode_tok_s", "decode tokens/s"), ("prefill_tok_s", "prefill tokens/s"),
+    panels = [("decode_tok_s", "decode tokens/s (warm)"), ("prefill_tok_s", "prefill tokens/s (warm)"),
               ("peak_rss_mb", "peak RSS (MB)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6))
     for ax, (key, title) in zip(axes, panels):

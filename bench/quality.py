@@ -1,7 +1,9 @@
 """Quality against our fp32 export: perplexity on bench/quality_text.txt and greedy-token agreement over
-64 tokens on 5 prompts, for the quantized CPU models and for the npu graph as atc would compile it.
+64 tokens on 5 prompts, for the quantized CPU models, for llama.cpp's formats of the same model (same
+token ids, same windows, each window in one eval through llama-cpp-python) and for the npu graph as atc
+would compile it.
 
-    python bench/quality.py [--formats fp32 int8 int4] [--graph cpu|npu]
+    python bench/quality.py [--formats fp32 int8 int4 llama.cpp:Q4_0 llama.cpp:Q5_0] [--graph cpu|npu]
     python bench/quality.py --graph npu --formats fp32 atc_mixed atc_mixed_nomixlist \
         [--atc_source output/onnx2_fp16/<name>.onnx] --output bench/quality_npu_atc.json
 
@@ -23,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench import HF_DIR, ONNX_NAME, model_path
+if not __package__:  # run as a file, its own folder comes first on the path and hides the bench package
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench.bench import GGUF_FTYPES, HF_DIR, ONNX_NAME, gguf_path, model_path
 from config import InferenceConfig
 from core.contract import read_meta
 from session import Session, open_session
@@ -31,6 +36,9 @@ from session import Session, open_session
 REPO = Path(__file__).resolve().parents[1]
 
 FORMATS = ("fp32", "int8", "int4")
+# llama.cpp's formats of the same model (bench.py makes the 4-bit one from the default GGUF), measured on
+# the same token ids through llama-cpp-python when it is installed.
+GGUF_FORMATS = tuple(f"llama.cpp:{f}" for f in ("Q5_0", *GGUF_FTYPES))
 # format: (atc --precision_mode_v2, with export/ops_info.json as --modify_mixlist), as onnx2om.py passes them
 ATC_FORMATS = {
     "atc_mixed": ("mixed_float16", True),
@@ -86,10 +94,43 @@ def model_session(path: Path, threads: int) -> Session:
     return open_session(cfg)
 
 
+class LlamaCppSession:
+    """A GGUF through llama-cpp-python, seen as the two calls quality.py makes of a Session: reset, and
+    run(ids [1, n]) -> the float32 logits of the last token."""
+
+    def __init__(self, path: Path, threads: int):
+        import llama_cpp
+
+        self.llama_cpp = llama_cpp
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
+                                   n_batch=512, logits_all=True, verbose=False)
+        self.vocab = self.llm.n_vocab()
+
+    def window_logits(self, ids: np.ndarray) -> np.ndarray:
+        """The logits after every token of ids [n], [n, vocab], from an empty cache in one eval: how
+        llama.cpp reads a prompt (logits_all keeps every position's row)."""
+        self.reset()
+        self.llm.eval([int(t) for t in ids])
+        return np.array(self.llm.scores[:len(ids)], np.float64)
+
+    def reset(self) -> None:
+        self.llm.reset()  # eval() then drops every cached entry past the (now empty) prefix
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        self.llm.eval([int(t) for t in ids[0]])
+        row = self.llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self.vocab,)).astype(np.float32)
+
+
 def nll_of_window(session: Session, ids: np.ndarray) -> tuple[float, int]:
     """Summed negative log-likelihood of ids[1:] given what precedes them, from a fresh cache. One
-    token per step through the session, so every graph is measured as it runs (the cpu graph only
-    returns the last position's logits)."""
+    token per step through our sessions, so every graph is measured as it runs (the cpu graph only
+    returns the last position's logits); llama.cpp reads the window in one eval, as it reads a prompt."""
+    if isinstance(session, LlamaCppSession):
+        logits = session.window_logits(ids[:-1])
+        top = logits.max(axis=1, keepdims=True)
+        logp = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum()), len(ids) - 1
     session.reset()
     total = 0.0
     for i in range(len(ids) - 1):
@@ -117,7 +158,9 @@ def greedy(session: Session, prompt: list[int], n: int) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Perplexity and greedy agreement of quantized models vs fp32.")
-    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=[*FORMATS, *ATC_FORMATS])
+    p.add_argument("--formats", nargs="+", default=None, choices=[*FORMATS, *ATC_FORMATS, *GGUF_FORMATS],
+                   help="default: fp32 int8 int4, and llama.cpp's formats whose GGUF exists when llama-cpp-python "
+                        "is installed")
     p.add_argument("--graph", choices=["cpu", "npu"], default="cpu",
                    help="which export to measure: the --target cpu graph (default) or the npu graph")
     p.add_argument("--atc_source", default=str(REPO / "output/onnx2_fp16" / ONNX_NAME),
@@ -126,11 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(REPO / "bench/quality.json"))
     a = p.parse_args(argv)
+    if a.formats is None:
+        have_llama = importlib.util.find_spec("llama_cpp") is not None
+        a.formats = [*FORMATS, *(f for f in GGUF_FORMATS if have_llama and gguf_path(f.split(":")[1]).is_file())]
     atc = [f for f in a.formats if f in ATC_FORMATS]
     if atc and a.graph != "npu":
         print(f"quality.py: error: {', '.join(atc)} need --graph npu (atc compiles the npu graph)", file=sys.stderr)
         return 2
-    models = {f: model_path(a.graph, f) for f in a.formats if f not in ATC_FORMATS}
+    models = {f: gguf_path(f.split(":")[1]) if f in GGUF_FORMATS else model_path(a.graph, f)
+              for f in a.formats if f not in ATC_FORMATS}
     sources = [Path(a.atc_source)] if atc else []
     missing = [str(m) for m in [*models.values(), *sources] if not m.is_file()]
     if missing:
@@ -146,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                                             tokenize=True, return_dict=False)) for q in PROMPTS]
     results, generated = {}, {}
     for fmt in a.formats:
-        session = model_session(models[fmt], a.threads)
+        session = (LlamaCppSession(models[fmt], a.threads) if fmt in GGUF_FORMATS
+                   else model_session(models[fmt], a.threads))
         results[fmt] = {"perplexity": round(perplexity(session, text_ids), 4)}
         generated[fmt] = [greedy(session, ids, a.tokens) for ids in prompts]
         del session

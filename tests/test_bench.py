@@ -26,6 +26,7 @@ def test_our_engine_runs_in_a_subprocess_and_reports(make_tiny, tmp_path):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["prompt_tokens"] == 20 and len(out["tokens"]) == 6
     assert out["ttft_s"] > 0 and out["decode_s"] > 0 and out["peak_rss_mb"] > 10
+    assert out["cold"]["ttft_s"] > 0 and out["cold"]["decode_s"] > 0
 
 
 def test_summary_medians_ratios_and_agreement(tmp_path):
@@ -33,10 +34,11 @@ def test_summary_medians_ratios_and_agreement(tmp_path):
     model.write_bytes(b"x" * 2 ** 20)
     (tmp_path / "m.onnx.data").write_bytes(b"x" * 2 ** 21)
     assert round(size_mb(model)) == 3
-    runs = [{"prompt_tokens": 100, "ttft_s": t, "decode_s": d, "peak_rss_mb": 50.0, "tokens": [1, 2, 3, 4]}
-            for t, d in ((1.0, 3.0), (2.0, 1.0), (4.0, 2.0))]
+    runs = [{"prompt_tokens": 100, "ttft_s": t, "decode_s": d, "peak_rss_mb": 50.0, "tokens": [1, 2, 3, 4],
+             "cold": {"ttft_s": 2 * t, "decode_s": 3 * d}} for t, d in ((1.0, 3.0), (2.0, 1.0), (4.0, 2.0))]
     ref = summarise(Target("transformers", "fp32", model), runs, new_tokens=4)
     assert ref["prefill_tok_s"] == 50.0 and ref["decode_tok_s"] == 1.5 and ref["ttft_s"] == 2.0
+    assert ref["cold_prefill_tok_s"] == 25.0 and ref["cold_decode_tok_s"] == 0.5 and ref["cold_ttft_s"] == 4.0
     fast = summarise(Target("ours", "int4", model), [{**r, "ttft_s": r["ttft_s"] / 4, "tokens": [1, 2, 9, 4]}
                                                       for r in runs], new_tokens=4)
     records = [ref, fast]

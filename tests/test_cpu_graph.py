@@ -22,6 +22,7 @@ from core.contract import read_meta
 from export.quantize_onnx import main as quantize_main
 from inference import Inference, SamplingParams
 from kvcache import CacheFullError
+from backends.base import even_chunks, prefill_chunks
 from backends.onnx_cpu_graph import OnnxCpuGraphSession
 from backends.onnx_npu_graph import OnnxSession
 from session import Session, open_session
@@ -85,12 +86,31 @@ def test_logits_match_transformers_over_chunked_prefill_and_decode(make_tiny, cp
     path = cpu_onnx_of(model_dir)
     ids = random_ids(model_dir, PROMPT + DECODE_STEPS, seed=1)
     want = hf_logits(model_dir, ids)[PROMPT - 1:]
-    # 4 splits the prompt 4+4+4+1, so three chunks land on a non-empty cache; 16 splits it 8+4+1.
+    # 4 splits the prompt 4+4+4+1, so three chunks land on a non-empty cache; 16 reads it in one call (the
+    # cpu graph takes chunks of any length, see test_the_cpu_graph_reads_a_prompt_in_full_chunks_and_a_rest).
     for max_prefill in (4, 16):
         session = open_session(config(model_dir, path, max_prefill_length=max_prefill))
         assert type(session) is OnnxCpuGraphSession
         err = np.abs(teacher_forced(session, ids) - want).max()
         assert err < ATOL, (max_prefill, err)
+
+
+def test_the_cpu_graph_reads_a_prompt_in_full_chunks_and_a_rest(make_tiny, cpu_onnx_of):
+    """Power-of-two pieces are the NPU's need: the cpu graph's session reads 13 tokens at a limit of 8 as
+    8 + 5, one call less than 8 + 4 + 1, and its answer is the one token-by-token feeding gives."""
+    model_dir = make_tiny()
+    session = open_session(config(model_dir, cpu_onnx_of(model_dir), max_prefill_length=8))
+    ids = random_ids(model_dir, 13, seed=3)
+    calls = []
+    forward = session._forward_row
+    session._forward_row = lambda chunk, n, row: calls.append(chunk.shape[1]) or forward(chunk, n, row)
+    chunked = session.run(ids)
+    assert calls == [8, 5] and session.length == 13
+    session.reset()
+    stepped = [session.run(ids[:, i:i + 1]) for i in range(13)][-1]
+    assert np.abs(chunked - stepped).max() < ATOL
+    assert even_chunks(20, 8) == [8, 8, 4] and even_chunks(16, 8) == [8, 8] and even_chunks(0, 8) == []
+    assert prefill_chunks(13, 8) == [8, 4, 1]
 
 
 def test_cpu_and_npu_graphs_pick_their_sessions_and_generate_the_same(make_tiny, cpu_onnx_of, tiny_onnx_of):
