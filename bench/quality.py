@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-if not __package__:  # run as a file, its own folder comes first on the path and hides the bench package
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from bench.bench import GGUF_FTYPES, HF_DIR, ONNX_NAME, gguf_path, model_path
+if __package__:
+    from bench.bench import GGUF_FTYPES, HF_DIR, ONNX_NAME, gguf_path, model_path
+else:  # run as a file: its own folder comes first on the path, so `bench` is bench/bench.py itself
+    from bench import GGUF_FTYPES, HF_DIR, ONNX_NAME, gguf_path, model_path
 from config import InferenceConfig
 from core.contract import read_meta
 from session import Session, open_session
