@@ -26,6 +26,13 @@ def draw(records: list[dict], setup: dict, out: Path) -> None:
         ax.margins(y=0.15)
     fig.suptitle(f"Qwen2.5-Coder-0.5B-Instruct on CPU: {setup['prompt_tokens']}-token prompt, "
                  f"{setup['new_tokens']} greedy tokens, {setup['threads']} threads, median of {setup['repeats']}")
+    save(fig, out)
+
+
+def save(fig, out: Path) -> None:
+    """Lay the figure out, write it as a PNG at the bench charts' resolution and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

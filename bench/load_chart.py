@@ -19,6 +19,8 @@ def label(r: dict) -> str:
 
 
 def draw(result: dict, out: Path) -> None:
+    from chart import save  # run beside it as bench/load.py's helper, like chart.py beside bench.py
+
     import matplotlib
 
     matplotlib.use("Agg")  # no display on build machines
@@ -48,7 +50,4 @@ def draw(result: dict, out: Path) -> None:
     s = result["setup"]
     fig.suptitle(f"Qwen2.5-Coder-0.5B-Instruct served on CPU: {s['requests_per_client']} request{'s' if s['requests_per_client'] != 1 else ''} per client, "
                  f"at most {s['max_tokens']} greedy tokens each, {s['threads']} threads per server")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save(fig, out)
