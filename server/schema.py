@@ -88,32 +88,32 @@ class StreamOptions(Lenient):
 
 
 class Sampling(BaseModel):
-    """Fields both endpoints honour beyond the basic ones (server/options.py applies them). Fields a request
+    """Fields both endpoints honour (server/options.py applies the penalties and bias). Fields a request
     sends that no model here declares are kept in `model_extra`, so that those which would change the
     answer are refused by name (server/options.py) and the rest ignored."""
     model_config = ConfigDict(extra="allow")
 
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1, lt=INT64)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)
+    # The documented limits below are checked where a violation gets a 400 that names the rule, as OpenAI
+    # answers it (server/prompt.py, server/options.py); the schema only tells clients (and fuzzers) what is valid.
+    stop: str | list[str] | None = Field(None, json_schema_extra={"maxItems": 4})
+    n: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": 16})
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     logit_bias: dict[str, float] | None = Field(None, json_schema_extra={"maxProperties": 300})
 
 
 class ChatCompletionRequest(Sampling):
-    model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, lt=INT64)
     max_completion_tokens: int | None = Field(None, ge=1, lt=INT64)
-    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
-    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
-    seed: int | None = Field(None, ge=-INT64, lt=INT64)
-    # The documented limits below are checked in server/prompt.py, where a violation gets a 400 that names
-    # the rule, as OpenAI answers it; the schema only tells clients (and fuzzers) what is valid.
-    stop: str | list[str] | None = Field(None, json_schema_extra={"maxItems": 4})
-    n: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": 16})
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, json_schema_extra={"minimum": 0, "maximum": 20})
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     functions: list[FunctionDef] | None = None
@@ -123,20 +123,11 @@ class ChatCompletionRequest(Sampling):
 
 class CompletionRequest(Sampling):
     """The legacy text endpoint, /v1/completions: a raw prompt, no chat template."""
-    model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]] = ""
-    max_tokens: int | None = Field(None, ge=1, lt=INT64)
-    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
-    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
-    seed: int | None = Field(None, ge=-INT64, lt=INT64)
-    stop: str | list[str] | None = Field(None, json_schema_extra={"maxItems": 4})
-    n: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": 16})
     logprobs: int | None = Field(None, json_schema_extra={"minimum": 0, "maximum": 5})
     echo: bool | None = False
     suffix: str | None = None
     best_of: int | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
 
 
 class ErrorDetail(BaseModel):
