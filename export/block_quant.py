@@ -12,9 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Decode reads every weight and scale once per token. int4 at block 64 measured +9.2 % perplexity over
-# fp32 and 19 % faster decode than block 32 (+8.3 %); int8 stays at 32, where it measured +0.04 %.
-DEFAULT_BLOCK = {4: 64, 8: 32}
+# Decode reads every weight and scale once per token; prefill is bound by the int8 block dot products.
+# int4 body at block 128 with the output projection at int8 measured (bench/quant_recipes.json) a lower
+# perplexity than block 64 all-int4 (+6.9 % over fp32 against +9.3 %) and 1.28x its prefill, at 0.92x its
+# decode; block 256 lost 13 % perplexity. int8 stays at 32, where it measured +0.04 %.
+DEFAULT_BLOCK = {4: 128, 8: 32}
+DEFAULT_HEAD_BITS = {4: 8, 8: 8}
 DEFAULT_ACCURACY_LEVEL = 4
 
 
@@ -30,7 +33,7 @@ class QuantSpec:
 
     @property
     def head_bits(self) -> int:
-        return self.lm_head_bits or self.bits
+        return self.lm_head_bits or DEFAULT_HEAD_BITS[self.bits]
 
     def describe(self) -> str:
         return (f"int{self.bits} block {self.block_size} {'symmetric' if self.symmetric else 'asymmetric'} "

@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "bits the embedding as GatherBlockQuantized) in the same pass, as quantize_onnx.py "
                         "would make them; the float graph is never written (default: float32 weights)")
     p.add_argument("--block_size", type=int, default=None,
-                   help="with --bits: weights per quantization block, a power of two >= 16 (default 64 at 4 "
-                        "bits, 32 at 8 bits)")
+                   help="with --bits: weights per quantization block, a power of two >= 16 (default 128 at 4 "
+                        "bits, 32 at 8 bits; the output projection is int8 at either)")
     p.add_argument("--accuracy_level", type=int, choices=[0, 1, 2, 3, 4], default=DEFAULT_ACCURACY_LEVEL,
                    help="with --bits: MatMulNBits compute type, 4 = int8 activations (default 4)")
     p.add_argument("--device_str", choices=["cpu", "cuda", "npu"], default="cpu",

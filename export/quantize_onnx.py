@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--block_size", type=int, default=None,
                    help="weights per quantization block along the input dimension, a power of two >= 16; "
                         "larger blocks read fewer scale bytes per token (decode is bound by memory reads) "
-                        "but fit the weights less closely (default 64 at 4 bits, 32 at 8 bits)")
+                        "but fit the weights less closely (default 128 at 4 bits, 32 at 8 bits)")
     p.add_argument("--accuracy_level", type=int, choices=[0, 1, 2, 3, 4], default=4,
                    help="MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations "
                         "(fastest on CPUs; default 4)")
@@ -50,10 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "it in float; auto quantizes it at 4 bits (default auto)")
     p.add_argument("--symmetric", action="store_true",
                    help="blocks without zero points; the default (blocks with zero points) measured a lower "
-                        "int4 perplexity at block 64 at the same speed")
+                        "int4 perplexity (30.1 against 30.9 at block 64)")
     p.add_argument("--lm_head_bits", type=int, choices=[4, 8], default=None,
                    help="weight bits of the output projection, the layer quantization hurts most "
-                        "(default: same as --bits)")
+                        "(default 8: at 4 bits it cut the perplexity more than any block size did)")
     return p.parse_args(argv)
 
 

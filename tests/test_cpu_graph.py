@@ -256,7 +256,7 @@ def test_quantized_cpu_graph_matches_quantized_npu_graph(quantized, bits, level)
     assert ops.count("MatMulNBits") == 4 * 2 + 1 and "MatMul" not in ops
     assert ("GatherBlockQuantized" in ops) == (bits == 4)
     meta = read_meta(path)
-    block = 64 if bits == 4 else 32  # quantize_onnx.py's defaults
+    block = 128 if bits == 4 else 32  # quantize_onnx.py's defaults
     assert meta["target"] == "cpu" and meta["quantization"].startswith(f"int{bits} block {block} asymmetric")
 
     ids = random_ids(model_dir, PROMPT + DECODE_STEPS, seed=6)

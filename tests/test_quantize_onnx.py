@@ -40,9 +40,9 @@ def test_contract_and_metadata_kept(models, fmt):
     assert io_signature(models[fmt]) == io_signature(models["fp32"])
     before, after = read_meta(models["fp32"]), read_meta(models[fmt])
     assert {k: v for k, v in after.items() if k != "quantization"} == before
-    block = 64 if fmt == "int4" else 32  # quantize_onnx.py's defaults
+    block = 128 if fmt == "int4" else 32  # quantize_onnx.py's defaults
     assert after["quantization"].startswith(f"{fmt} block {block} asymmetric")
-    assert f"lm_head {fmt}" in after["quantization"]
+    assert "lm_head int8" in after["quantization"]
     graph = onnx.load(str(models[fmt]), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
     ops = [n.op_type for n in graph.node]
@@ -97,13 +97,14 @@ def test_refuses_missing_and_already_quantized_inputs(models, tmp_path, capsys):
         assert code == 2 and message in capsys.readouterr().err
 
 
-def test_lm_head_can_keep_more_bits(models, tmp_path):
-    out = tmp_path / "int4_head8.onnx"
+@pytest.mark.parametrize("flags,head_bits", [([], 8), (["--lm_head_bits", "4"], 4)])
+def test_lm_head_keeps_8_bits_unless_told(models, tmp_path, flags, head_bits):
+    out = tmp_path / "int4.onnx"
     assert quantize_main(["--input_model_path", str(models["fp32"]), "--output_model_path", str(out),
-                          "--bits", "4", "--lm_head_bits", "8"]) == 0
+                          "--bits", "4", *flags]) == 0
     graph = onnx.load(str(out), load_external_data=False).graph
     bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node
             if n.op_type == "MatMulNBits"}
     head = next(n.name for n in graph.node if "logits" in n.output)
-    assert bits.pop(head) == 8 and len(bits) == 14 and set(bits.values()) == {4}
-    assert "lm_head int8" in read_meta(out)["quantization"]
+    assert bits.pop(head) == head_bits and len(bits) == 14 and set(bits.values()) == {4}
+    assert f"lm_head int{head_bits}" in read_meta(out)["quantization"]
