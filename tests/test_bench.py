@@ -74,3 +74,13 @@ def test_quality_perplexity_is_the_same_on_both_graphs_and_matches_transformers(
         total, count = nll_of_window(open_session(cfg), ids)
         assert count == len(ids) - 1
         assert abs(total - want) < 1e-3 * abs(want), (path.name, total, want)
+
+
+def test_bench_asks_only_for_the_exports_of_the_engines_it_runs(tmp_path, capsys):
+    from bench.bench import main as bench_main
+
+    npu, cpu = tmp_path / "npu.onnx", tmp_path / "cpu.onnx"
+    args = ["--onnx_model_path", str(npu), "--cpu_onnx_model_path", str(cpu), "--output", str(tmp_path / "r.json")]
+    assert bench_main([*args, "--only", "ours:int4:npu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{npu}: no such file" in err and str(cpu) not in err
