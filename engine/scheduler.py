@@ -10,6 +10,9 @@
   each row's next token with the request's own sampling settings and random generator, so a request's
   tokens do not depend on what else runs. A request joins after its last prefill chunk and leaves the
   moment it ends (end token, stop string, length, cancel): its slot is free at once, its cache kept.
+- Borrowing: when another slot, busy or free, holds a longer prefix of the prompt than the chosen slot
+  (the same system prompt, say), its cache entries of that prefix are copied into the chosen slot's row
+  (`copy_row`), and only the rest is prefilled.
 - n choices for one prompt (`submit_group`): the first prefills it; the others then wait at the head of
   the queue and, each in a free slot, copy the first one's cache of the prompt (`copy_row`) and sample
   their first token from the same logits, so the prompt is computed once. A backend that cannot copy a
@@ -174,7 +177,7 @@ class Scheduler:
                 continue
             slot = self._choose(free, request.prompt_ids)
             prompt = request.prompt_ids
-            reuse = min(common_prefix(slot.held(), prompt), len(prompt) - 1)
+            reuse = self._borrow(slot, prompt, min(common_prefix(slot.held(), prompt), len(prompt) - 1))
             slot.row.truncate(reuse)
             slot.ids = prompt[:reuse]
             slot.request, request.slot = request, slot
@@ -182,6 +185,19 @@ class Scheduler:
             self._clock += 1
             slot.used_at = self._clock
             self.prefilling.append(request)
+
+    def _borrow(self, slot: Slot, prompt: list[int], reuse: int) -> int:
+        """The prompt tokens the slot holds once another slot (busy or free) with a longer prefix of the
+        prompt, such as the same system prompt or document, has lent it: that row's cache entries are
+        copied into this slot's row (a host copy, or one device memcpy), so only the rest is prefilled.
+        A row never rewrites the entries of the tokens it holds, so a busy row can lend them."""
+        lengths = {other: min(common_prefix(other.held(), prompt), len(prompt) - 1)
+                   for other in self.slots if other is not slot}
+        donor = max(lengths, key=lengths.get, default=None)
+        if donor is None or lengths[donor] <= reuse or not self.session.copy_row(donor.index, slot.index,
+                                                                                  lengths[donor]):
+            return reuse
+        return lengths[donor]
 
     def _admit_shared(self, request: Request, free: list[Slot]) -> bool:
         """Give a choice a copy of its first choice's cache of the prompt, and its first token from the

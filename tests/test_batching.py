@@ -217,3 +217,19 @@ def test_default_model_three_concurrent_requests_match_alone(default_model_dir, 
     ref = [alone(engine, p, params) for _, p, params, _ in requests]
     engine.reset()
     assert [g.seen for g in schedule(engine, requests)] == ref
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_prompt_borrows_the_prefix_another_slot_holds(models, kind):
+    """B's prompt starts with the 15 tokens A's conversation starts with (a shared system prompt): arriving
+    while A decodes, it copies them from A's row instead of prefilling them, and gets its tokens as alone.
+    C, sharing nothing, prefills all of its prompt."""
+    engine = engine_for(models, kind, max_batch=3)
+    system = prompt(90, 15)
+    a_ids, b_ids, c_ids = system + prompt(91, 6), system + prompt(92, 9), prompt(93, 12)
+    greedy = SamplingParams(10, **GREEDY)
+    ref = [alone(engine_for(models, kind, max_batch=1), ids, greedy) for ids in (a_ids, b_ids, c_ids)]
+    a, b, c = schedule(engine, [(0, a_ids, greedy, None), (4, b_ids, greedy, None), (5, c_ids, greedy, None)])
+    assert (a.reused, b.reused, c.reused) == (0, 15, 0)
+    assert b.slot.index != a.slot.index
+    assert [a.seen, b.seen, c.seen] == ref
