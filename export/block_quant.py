@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 # Decode reads every weight and scale once per token; prefill is bound by the int8 block dot products.
-# int4 body at block 128 with the output projection at int8 measured (bench/quant_recipes.json) a lower
-# perplexity than block 64 all-int4 (+6.9 % over fp32 against +9.3 %) and 1.28x its prefill, at 0.92x its
-# decode; block 256 lost 13 % perplexity. int8 stays at 32, where it measured +0.04 %.
+# int4 blocks of 128 with the output projection at int8 gave the lowest perplexity of the recipes in
+# bench/quant_recipes.json short of block 64 with it (30.36 against 30.27; block 64 all-int4: 31.06) and
+# the fastest prefill of them; block 256 pads the 896 inputs and loses 5 %. int8 stays at 32 (+0.04 %).
 DEFAULT_BLOCK = {4: 128, 8: 32}
 DEFAULT_HEAD_BITS = {4: 8, 8: 8}
 DEFAULT_ACCURACY_LEVEL = 4
