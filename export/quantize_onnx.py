@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "it in float; auto quantizes it at 4 bits (default auto)")
     p.add_argument("--symmetric", action="store_true",
                    help="blocks without zero points; the default (blocks with zero points) measured a lower "
-                        "int4 perplexity (30.1 against 30.9 at block 64)")
+                        "int4 perplexity (30.27 against 30.85 at block 64, output projection int8)")
     p.add_argument("--lm_head_bits", type=int, choices=[4, 8], default=None,
                    help="weight bits of the output projection, the layer quantization hurts most "
                         "(default 8: at 4 bits it cut the perplexity more than any block size did)")
