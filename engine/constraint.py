@@ -64,9 +64,26 @@ def json_grammar(schema: dict | None, what: str = "the schema") -> str:
     return _json_grammar(ANY_OBJECT if schema is None else schema, what)
 
 
+def declared_arguments(parameters: dict | None) -> set[str] | None:
+    """The argument names a function's parameters allow, None when they allow others too. Parameters
+    that do not say what other keys may be allow none: a small model otherwise pads a call with keys
+    copied from the schema itself."""
+    open_keys = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+    if not parameters or "properties" not in parameters or any(k in parameters for k in open_keys):
+        return None
+    return set(parameters["properties"])
+
+
+def _closed(parameters: dict) -> dict:
+    if declared_arguments(parameters) is None:
+        return parameters
+    return {**parameters, "additionalProperties": False}
+
+
 def _call_schema(name: str, parameters: dict | None) -> dict:
     """One call as the Qwen template writes it: {"name": ..., "arguments": {...}}, name first."""
-    return {"type": "object", "properties": {"name": {"const": name}, "arguments": parameters or ANY_OBJECT},
+    arguments = _closed(parameters) if parameters else ANY_OBJECT
+    return {"type": "object", "properties": {"name": {"const": name}, "arguments": arguments},
             "required": ["name", "arguments"], "additionalProperties": False}
 
 

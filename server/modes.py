@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from engine.constraint import declared_arguments
 from server.messages import message_text, template_messages
 from server.schema import ChatMessage
 from server.toolcall import react
@@ -50,9 +51,10 @@ class Tools(Mode):
     def __init__(self, tools: list[dict]) -> None:
         self.tools = tools
         self.names = {t["function"]["name"] for t in tools}
+        self.declared = {t["function"]["name"]: declared_arguments(t["function"].get("parameters")) for t in tools}
 
     def reader(self) -> PlainStream:
-        return ToolStream(self.names)
+        return ToolStream(self.names, self.declared)
 
     def message_fields(self, calls: list[ToolCall]) -> dict:
         return {"tool_calls": [_tool_call(c) for c in calls]} if calls else {}

@@ -116,6 +116,14 @@ def test_stream_never_shows_a_call_as_text(text: str) -> None:
     assert [c.name for c in calls] == ["get_weather"]
 
 
+@pytest.mark.parametrize("declared, args", [({"city"}, {"city": "Paris"}), (None, {"city": "Paris", "type": "object"})])
+def test_an_untagged_call_keeps_only_the_arguments_its_tool_declares(declared, args) -> None:
+    """What the grammar does for a tagged call, done for a bare one: a small model copied schema keys in."""
+    text = '{"name": "get_weather", "arguments": {"city": "Paris", "type": "object"}}'
+    _, _, calls = feed_by_char(ToolStream(NAMES, {"get_weather": declared}), text)
+    assert [json.loads(c.arguments) for c in calls] == [args]
+
+
 def test_stream_gives_back_a_malformed_call_as_text() -> None:
     text = 'Hmm <tool_call>{"name": "get_weather", "arguments": {"city": </tool_call>'
     shown, tail, calls = feed_by_char(ToolStream(NAMES), text)

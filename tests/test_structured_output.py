@@ -114,6 +114,35 @@ def test_auto_with_a_json_format_gives_that_json_or_a_valid_call(grammars) -> No
     assert kinds == {"call", "json"}
 
 
+def test_a_call_holds_only_the_arguments_its_function_declares(grammars) -> None:
+    """Parameters that do not say what other keys may be get none: random logits, free to add keys after
+    "city" if the object were open, never do. A schema that allows other keys keeps them allowed."""
+    from server.toolcall import parse_tool_calls
+
+    declared = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"]}
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": declared}}]
+    for seed in range(6):
+        found = parse_tool_calls(walk(grammars, tool_grammar(tools, required=True), seed), {"weather"})
+        assert found is not None
+        assert all(set(json.loads(call.arguments)) == {"city"} for call in found.calls)
+    call = '<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo", "days": 3}}\n</tool_call>'
+    open_ = [{"type": "function", "function": {"name": "weather", "parameters": {
+        **declared, "additionalProperties": {"type": "integer"}}}}]
+    assert accepts(grammars, tool_grammar(open_, required=True), call)
+    assert not accepts(grammars, tool_grammar(tools, required=True), call)
+
+
+def accepts(grammars: Grammars, grammar: str, text: str) -> bool:
+    """Whether the grammar lets every token of text through, one after the other."""
+    c, out = grammars.constraint(grammar), []
+    for t in grammars.hf_tokenizer.encode(text, add_special_tokens=False):
+        if not np.isfinite(c.process(np.zeros(512, np.float32), out)[t]):
+            return False
+        c.accept(t)
+        out.append(t)
+    return True
+
+
 @pytest.mark.parametrize("schema, fragment", [
     ({"type": "frobnicate"}, "frobnicate"),
     ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "missing"),

@@ -77,3 +77,15 @@ def loads_lenient(text: str) -> object:
 def leftover(text: str) -> str | None:
     text = text.strip()
     return text or None
+
+
+def only_declared(call: ToolCall, declared: set[str] | None) -> ToolCall:
+    """The call without arguments its function does not declare (None: it declares no limit). The grammar
+    keeps them out of a tagged call; this does the same for the formats it does not constrain."""
+    if declared is None:
+        return call
+    args = json.loads(call.arguments)
+    if set(args) <= declared:
+        return call
+    kept = {k: v for k, v in args.items() if k in declared}
+    return ToolCall(call.name, json.dumps(kept, ensure_ascii=False), call.id)

@@ -3,7 +3,7 @@ and decide at the end of the answer. Non-streamed answers use the same classes, 
 from __future__ import annotations
 
 from server.toolcall import parse_tool_calls, react
-from server.toolcall.common import Parsed, ToolCall
+from server.toolcall.common import Parsed, ToolCall, only_declared
 
 TRIGGERS = ("<tool_call>", "```")
 
@@ -19,8 +19,11 @@ class PlainStream:
 
 
 class ToolStream(PlainStream):
-    def __init__(self, names: set[str]) -> None:
+    """declared: per tool, the argument names its call may carry (None: any); others are dropped."""
+
+    def __init__(self, names: set[str], declared: dict[str, set[str] | None] | None = None) -> None:
         self.names = names
+        self.declared = declared or {}
         self.text = ""
         self.sent = 0
         self.hold_from: int | None = None
@@ -60,7 +63,7 @@ class ToolStream(PlainStream):
         found = self.parse(rest)
         if found is None:
             return rest, []
-        return found.content or "", found.calls
+        return found.content or "", [only_declared(c, self.declared.get(c.name)) for c in found.calls]
 
 
 class ReactStream(ToolStream):
