@@ -156,6 +156,11 @@ def greedy(session: Session, prompt: list[int], n: int) -> list[int]:
     return out
 
 
+def quality_text_ids(tokenizer) -> np.ndarray:
+    """The perplexity text (bench/quality_text.txt) as the model's token ids [n]."""
+    return np.array(tokenizer((REPO / "bench/quality_text.txt").read_text())["input_ids"], np.int64)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Perplexity and greedy agreement of quantized models vs fp32.")
     p.add_argument("--formats", nargs="+", default=None, choices=[*FORMATS, *ATC_FORMATS, *GGUF_FORMATS],
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(HF_DIR)
-    text_ids = np.array(tok((REPO / "bench/quality_text.txt").read_text())["input_ids"], np.int64)
+    text_ids = quality_text_ids(tok)
     prompts = [list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                             tokenize=True, return_dict=False)) for q in PROMPTS]
     results, generated = {}, {}

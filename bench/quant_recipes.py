@@ -18,16 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 if __package__:
     from bench.bench import (HF_DIR, ONNX_NAME, PY, REPO, Target, check, gguf_path, measure, model_path,
                              prompt_ids, size_mb)
-    from bench.quality import LlamaCppSession, model_session, perplexity
+    from bench.quality import LlamaCppSession, model_session, perplexity, quality_text_ids
 else:  # run as a file: its own folder comes first on the path, so `bench` is bench/bench.py itself
     from bench import (HF_DIR, ONNX_NAME, PY, REPO, Target, check, gguf_path, measure, model_path,
                        prompt_ids, size_mb)
-    from quality import LlamaCppSession, model_session, perplexity
+    from quality import LlamaCppSession, model_session, perplexity, quality_text_ids
 
 RECIPES = {
     "b64-head4": ["--block_size", "64", "--lm_head_bits", "4"],
@@ -64,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                    str(recipe_path(name)), "--bits", "4", *RECIPES[name]])
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(HF_DIR)
-    text_ids = np.array(tok((REPO / "bench/quality_text.txt").read_text())["input_ids"], np.int64)
+    text_ids = quality_text_ids(AutoTokenizer.from_pretrained(HF_DIR))
     results: dict[str, dict] = {}
     for name in [*a.recipes, PEER]:
         session = LlamaCppSession(peer, a.threads) if name == PEER else model_session(recipe_path(name), a.threads)
