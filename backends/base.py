@@ -54,22 +54,29 @@ class Session:
         of the last token."""
         n = input_ids.shape[1]
         self._check_room(n)
-        split = even_chunks if self.any_chunk_length else prefill_chunks
-        chunks = split(n, self.config.session.max_prefill_length)
+        chunks = self.chunks(n)
         start, logits = 0, None
         for i, size in enumerate(chunks):
             logits = self._forward(input_ids[:, start:start + size], 1 if i == len(chunks) - 1 else 0)
             start += size
         return logits[-1]
 
+    def chunks(self, n: int) -> list[int]:
+        """How n prompt tokens are split into graph calls: power-of-two chunks, or, for a graph that takes
+        any chunk length, as few calls as --max_prefill_length allows."""
+        split = even_chunks if self.any_chunk_length else prefill_chunks
+        return split(n, self.config.session.max_prefill_length)
+
     def feed(self, input_ids: np.ndarray, want_logits: bool) -> np.ndarray | None:
-        """One prefill chunk, input_ids [1, n] with n a power of two no longer than --max_prefill_length, in
-        one graph call; the float32 logits of its last token when wanted, else None. What lets a scheduler
-        interleave the chunks of a long prompt with other work."""
+        """One prefill chunk, input_ids [1, n] with n no longer than --max_prefill_length (and a power of two
+        unless the graph takes any chunk length), in one graph call; the float32 logits of its last token
+        when wanted, else None. What lets a scheduler interleave the chunks of a long prompt with other
+        work."""
         n = input_ids.shape[1]
         self._check_room(n)
-        if n > self.config.session.max_prefill_length or n & (n - 1):
-            raise ValueError(f"a prefill chunk of {n} tokens: not a power of two up to --max_prefill_length")
+        if n > self.config.session.max_prefill_length or (n & (n - 1) and not self.any_chunk_length):
+            raise ValueError(f"a prefill chunk of {n} tokens: longer than --max_prefill_length"
+                             f"{'' if self.any_chunk_length else ' or not a power of two'}")
         logits = self._forward(input_ids, 1 if want_logits else 0)
         return logits[-1] if want_logits else None
 

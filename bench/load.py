@@ -3,7 +3,7 @@ streaming clients, against our server (api.py on the int4 and fp32 cpu graphs, -
 llama.cpp's own server (llama-server --parallel N, continuous batching) on the default GGUF and its Q4_0
 requantization. `make bench` runs it.
 
-    python bench/load.py [--clients 1 2 4 8] [--requests 2] [--max_tokens 64] [--threads 2]
+    python bench/load.py [--prompts long|short] [--clients 1 2 4 8] [--requests 2] [--max_tokens 64]
 
 1. The graph-only ratio first: one decode step of the cpu graph for 1 to 8 rows (bench/batch_ratio.py's
    decode_ratio), the speed-up the server could reach at best.
@@ -11,7 +11,9 @@ requantization. `make bench` runs it.
    another): started, warmed up with one request, then each client sends --requests streaming chat
    requests one after another, all clients at once, then stopped. Every engine gets the same prompts,
    unique per request (so no server reuses more of its cache than the shared system prompt), greedy,
-   at most --max_tokens tokens. Our server cannot ignore the end-of-sequence token, so neither does
+   at most --max_tokens tokens. Two workloads: `long` asks in ~142 prompt tokens (a detailed coding task,
+   as an IDE client sends), `short` in ~55 (a chat question, as issue 12's "short requests"); `short`
+   writes bench/load_short.json and image/bench_load_short.png unless told otherwise. Our server cannot ignore the end-of-sequence token, so neither does
    llama-server here; the prompts ask for long answers, and the completion tokens each answer really
    had (usage) are what is counted.
 
@@ -86,6 +88,8 @@ def engines(a: argparse.Namespace) -> list[Engine]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", choices=["long", "short"], default="long",
+                   help="long: ~142-token coding tasks (default); short: ~55-token chat questions")
     p.add_argument("--clients", type=int, nargs="*", default=[1, 2, 4, 8],
                    help="concurrent clients (default 1 2 4 8; none: the graph-only ratio alone)")
     p.add_argument("--batch1_clients", type=int, nargs="+", default=[1, 8],
@@ -104,18 +108,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true",
                    help="add to --output: keep its graph ratio (measured only if absent) and its runs, replacing "
                         "those of the same engine and client count")
-    p.add_argument("--output", default=str(REPO / "bench/load.json"))
-    p.add_argument("--chart", default=str(REPO / "image/bench_load.png"))
+    p.add_argument("--output", help="results (default bench/load.json, bench/load_short.json for --prompts short)")
+    p.add_argument("--chart", help="chart (default image/bench_load.png, image/bench_load_short.png)")
     p.add_argument("--redraw", action="store_true", help="only redraw the chart and tables from --output")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    tail = "" if a.prompts == "long" else "_short"
+    a.output = a.output or str(REPO / f"bench/load{tail}.json")
+    a.chart = a.chart or str(REPO / f"image/bench_load{tail}.png")
+    return a
 
 
 # ---- prompts and one client ---------------------------------------------------------------------------
 
-def prompt(clients: int, client: int, request: int) -> list[dict]:
+def prompt(clients: int, client: int, request: int, kind: str = "long") -> list[dict]:
     """A request's messages: a tag unique to (client count, client, request) opens the user turn, so no
     two requests share more than the chat template's system prompt."""
     topic = TOPICS[(client * 2 + request) % len(TOPICS)]
+    if kind == "short":
+        return [{"role": "user", "content": f"Ticket {clients}-{client}-{request}. Explain in detail how to write "
+                                             f"{topic} in Python."}]
     text = (f"Ticket {clients}-{client}-{request}. Write a complete, well documented Python module that "
             f"implements {topic}. Start with a module docstring that explains the design, then give every "
             "class and function type hints and a docstring with an example, handle invalid input with "
@@ -157,11 +168,11 @@ async def one_request(http: "httpx.AsyncClient", url: str, messages: list[dict],
             "content_chunks": pieces}
 
 
-async def load(url: str, clients: int, requests: int, max_tokens: int) -> tuple[list[dict], float]:
+async def load(url: str, clients: int, requests: int, max_tokens: int, kind: str) -> tuple[list[dict], float]:
     import httpx
 
     async def client(i: int) -> list[dict]:
-        return [await one_request(http, url, prompt(clients, i, r), max_tokens) for r in range(requests)]
+        return [await one_request(http, url, prompt(clients, i, r, kind), max_tokens) for r in range(requests)]
 
     limits = httpx.Limits(max_connections=clients + 2)
     async with httpx.AsyncClient(timeout=httpx.Timeout(1800.0), limits=limits) as http:
@@ -241,7 +252,7 @@ class Server:
 def measure(e: Engine, clients: int, a: argparse.Namespace) -> dict:
     with Server(e, clients, a) as server:
         asyncio.run(warm_up(server.url))
-        runs, wall = asyncio.run(load(server.url, clients, a.requests, a.max_tokens))
+        runs, wall = asyncio.run(load(server.url, clients, a.requests, a.max_tokens, a.prompts))
     tokens = sum(r["completion_tokens"] for r in runs)
     ttft = [r["ttft_s"] for r in runs]
     decode = [(r["completion_tokens"] - 1) / (r["total_s"] - r["ttft_s"]) for r in runs
@@ -357,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_built()
         ensure_q4_0()
     previous = json.loads(Path(a.output).read_text()) if a.keep and Path(a.output).is_file() else {}
-    result = {"setup": {"threads": a.threads, "requests_per_client": a.requests, "max_tokens": a.max_tokens,
+    result = {"setup": {"prompts": a.prompts, "threads": a.threads, "requests_per_client": a.requests, "max_tokens": a.max_tokens,
                         "max_prefill_length": a.max_prefill_length, "slot_context": a.slot_context,
                         "greedy": True, "draft": None, "cpu": platform.processor() or platform.machine(),
                         "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d", time.gmtime())},

@@ -48,6 +48,7 @@ def draw(result: dict, out: Path) -> None:
     axes[1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes[0].legend(fontsize=7)
     s = result["setup"]
-    fig.suptitle(f"Qwen2.5-Coder-0.5B-Instruct served on CPU: {s['requests_per_client']} request{'s' if s['requests_per_client'] != 1 else ''} per client, "
+    prompts = {"long": "~142-token prompts", "short": "~55-token prompts"}[s.get("prompts", "long")]
+    fig.suptitle(f"Qwen2.5-Coder-0.5B-Instruct served on CPU, {prompts}: {s['requests_per_client']} request{'s' if s['requests_per_client'] != 1 else ''} per client, "
                  f"at most {s['max_tokens']} greedy tokens each, {s['threads']} threads per server")
     save(fig, out)

@@ -4,8 +4,11 @@
 - Admission: a request takes the free slot whose cached tokens share the longest prefix with its prompt
   (so a user's next turn finds their own cache), else the least recently used free slot; it prefills
   only the tokens past that prefix. Without a free slot it waits.
-- Prefill: the prompt runs in its power-of-two chunks on its row alone, one chunk per step, between
-  decode steps: a long prompt delays the others by one chunk at a time, not by the whole prompt.
+- Prefill: the prompt runs in chunks on its row alone (power-of-two lengths, or as few calls as
+  --max_prefill_length allows on a graph that takes any length), between decode steps. A step runs
+  whole chunks, oldest request first, while they fit in --max_prefill_length tokens (the first always
+  runs): a long prompt delays the others by one chunk at a time, not by the whole prompt, and several
+  short prompts that arrive together are all read before the next decode step.
 - Decode: every step feeds each generating request its last token, all rows in one call, and samples
   each row's next token with the request's own sampling settings and random generator, so a request's
   tokens do not depend on what else runs. A request joins after its last prefill chunk and leaves the
@@ -30,7 +33,7 @@ from typing import Iterator
 
 import numpy as np
 
-from backends.base import Session, prefill_chunks
+from backends.base import Session
 from engine.sampling import SamplingParams, TokenLogprob, sample, speculative_ok, token_logprob
 from engine.speculative import Drafter, speculative_after
 from kvcache import common_prefix
@@ -151,13 +154,13 @@ class Scheduler:
             self.drafter.reset()
 
     def step(self) -> None:
-        """Admit what fits, run one prefill chunk, then one decode step for every generating request.
+        """Admit what fits, run prefill chunks (up to --max_prefill_length tokens), then one decode step for
+        every generating request.
         A failing graph call fails the requests it ran for (their rows are forgotten); anything else that
         fails fails every running request. Errors are stored on the requests; only interrupts propagate."""
         try:
             self._admit()
-            if self.prefilling:
-                self._prefill_chunk(self.prefilling[0])
+            self._prefill()
             if self.decoding:
                 self._decode()
         except BaseException as e:
@@ -233,8 +236,21 @@ class Scheduler:
         """The longest shared prefix; among equals (none shared, say), the least recently used."""
         return max(free, key=lambda s: (common_prefix(s.held(), prompt), -s.used_at))
 
-    def _prefill_chunk(self, request: Request) -> None:
-        size = prefill_chunks(len(request.todo), self.max_prefill_length)[0]
+    def _prefill(self) -> None:
+        """Whole chunks, oldest request first, while they fit in one chunk's worth of tokens. A request's
+        split depends on its own prompt only, never on what else waits, so its logits do too."""
+        budget = self.max_prefill_length
+        while self.prefilling:
+            request = self.prefilling[0]
+            size = request.slot.row.chunks(len(request.todo))[0]
+            if size > budget and budget < self.max_prefill_length:
+                return
+            self._prefill_chunk(request, size)
+            budget -= size
+            if budget <= 0:
+                return
+
+    def _prefill_chunk(self, request: Request, size: int) -> None:
         chunk, last = request.todo[:size], size == len(request.todo)
         try:
             logits = request.slot.row.feed(np.array([chunk], np.int64), want_logits=last)

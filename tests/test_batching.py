@@ -159,6 +159,45 @@ def test_a_long_prompt_is_prefilled_between_decode_steps(models, monkeypatch):
     assert [g.error for g in got] == [None, None]
 
 
+@pytest.mark.parametrize("kind", ["cpu graph", "npu graph"])
+def test_short_prompts_arriving_together_are_all_read_before_the_next_decode_step(models, kind, monkeypatch):
+    """Chunks of several requests share a step while they fit in --max_prefill_length tokens (8 here): the
+    cpu graph reads a 3-token prompt in one call, a power-of-two graph in two (2 + 1)."""
+    engine = engine_for(models, kind, max_batch=4, max_prefill_length=8)
+    calls: list[tuple] = []
+    real_feed, real_decode = Row.feed, engine.session.decode
+    monkeypatch.setattr(Row, "feed", lambda self, ids, want_logits: calls.append(("chunk", self.index, ids.shape[1]))
+                        or real_feed(self, ids, want_logits))
+    monkeypatch.setattr(engine.session, "decode", lambda rows, tokens: calls.append(("decode", len(rows)))
+                        or real_decode(rows, tokens))
+    ids = [prompt(70 + i, 3) for i in range(3)] + [prompt(73, 12)]
+    params = SamplingParams(6, **GREEDY)
+    ref = [alone(engine, p, params) for p in ids]
+    engine.reset()
+    calls.clear()
+    got = [engine.start(p, params) for p in ids]
+    engine.step()
+    first_decode = calls.index(("decode", 2))  # two prompts read, both decode their first token
+    chunks = calls[:first_decode]
+    if kind == "cpu graph":  # 3 + 3 fit in 8, the third prompt's 3 do not: it waits for the next step
+        assert chunks == [("chunk", 0, 3), ("chunk", 1, 3)]
+    else:  # 2 + 1 + 2 + 1 + 2 = 8: the third prompt's last token waits
+        assert [c[2] for c in chunks] == [2, 1, 2, 1, 2]
+    assert len(calls) == first_decode + 1
+    while not all(g.finished for g in got):
+        engine.step()
+    assert [g.seen for g in got] == ref
+    # The 12-token prompt: at most 8 prompt tokens run between two decode steps.
+    steps, run = [], 0
+    for c in calls:
+        if c[0] == "chunk":
+            run += c[2]
+        else:
+            steps.append(run)
+            run = 0
+    assert max(steps) <= 8 and sum(steps) + run == 3 * 3 + 12
+
+
 def test_speculative_decoding_hands_over_to_batched_decoding_and_back(models, tmp_path):
     from export.quantize_onnx import main as quantize_main
 
