@@ -245,17 +245,36 @@ def test_a_cache_the_machine_cannot_map_is_one_line(models, kind, monkeypatch):
     assert "\n" not in str(e.value) and "lower --max_batch or --kv_cache_length" in str(e.value)
 
 
-def test_default_model_three_concurrent_requests_match_alone(default_model_dir, default_cpu_onnx):
-    """The real model's cpu graph, kept short: three prompts, the second arriving mid-answer."""
+def test_default_model_concurrent_requests_match_alone_and_turns_reuse_their_cache(default_model_dir,
+                                                                                   default_cpu_onnx):
+    """The real model's cpu graph, kept short: 2, 3 and 4 requests of different prompt lengths arriving at
+    different steps, the second cancelled after 3 tokens, each get the tokens they get alone; then two
+    conversations take turns, and each second turn finds its first turn in its own slot."""
     base = dict(hf_model_dir=str(default_model_dir), onnx_model_path=str(default_cpu_onnx),
-                kv_cache_length=DEFAULT_KV_CACHE_LENGTH, max_input_length=128, max_prefill_length=16)
-    engine = Inference(InferenceConfig.create(**base, max_batch=3))
-    questions = ["Write a python function that adds two numbers.", "What is a linked list?", "Say hi."]
+                kv_cache_length=DEFAULT_KV_CACHE_LENGTH, max_input_length=128, max_prefill_length=32)
+    engine = Inference(InferenceConfig.create(**base, max_batch=4))
+    questions = ["Write a python function that adds two numbers.", "What is a linked list? Explain it to a "
+                 "beginner who knows arrays but has never seen pointers.", "Say hi.", "Name three sorting algorithms."]
     ids = [engine.apply_chat_template([{"role": "user", "content": q}]) for q in questions]
-    requests = [(at, p, SamplingParams(12, **GREEDY), None) for at, p in zip((0, 5, 6), ids)]
+    assert len({len(i) for i in ids}) == 4
+    requests = [(at, p, SamplingParams(8, **GREEDY), 3 if i == 1 else None)
+                for i, (at, p) in enumerate(zip((0, 2, 5, 6), ids))]
     ref = [alone(engine, p, params) for _, p, params, _ in requests]
+    for n in range(2, 5):
+        engine.reset()
+        got = schedule(engine, requests[:n])
+        assert [g.error for g in got] == [None] * n
+        assert got[1].seen == ref[1][:len(got[1].seen)] and 3 <= len(got[1].seen) < len(ref[1])
+        assert [g.seen for i, g in enumerate(got) if i != 1] == [r for i, r in enumerate(ref[:n]) if i != 1]
     engine.reset()
-    assert [g.seen for g in schedule(engine, requests)] == ref
+    chats = [[{"role": "user", "content": q}] for q in ("What is a tuple?", "What is a set in Python?")]
+    first = schedule(engine, [(0, engine.apply_chat_template(c), SamplingParams(6, **GREEDY), None) for c in chats])
+    turns = [c + [{"role": "assistant", "content": engine.tokenizer.decode(g.seen, skip_special_tokens=True)},
+                  {"role": "user", "content": "And a list?"}] for c, g in zip(chats, first)]
+    second = schedule(engine, [(i, engine.apply_chat_template(t), SamplingParams(2, **GREEDY), None)
+                               for i, t in enumerate(reversed(turns))])
+    for g, f in zip(second, reversed(first)):
+        assert g.slot.index == f.slot.index and g.reused >= len(f.prompt_ids), (g.reused, len(f.prompt_ids))
 
 
 @pytest.mark.parametrize("kind", KINDS)
