@@ -5,10 +5,10 @@
   (so a user's next turn finds their own cache), else the least recently used free slot; it prefills
   only the tokens past that prefix. Without a free slot it waits.
 - Prefill: the prompt runs in chunks on its row alone (power-of-two lengths, or as few calls as
-  --max_prefill_length allows on a graph that takes any length), between decode steps. A step runs
-  whole chunks, oldest request first, while they fit in --max_prefill_length tokens (the first always
-  runs): a long prompt delays the others by one chunk at a time, not by the whole prompt, and several
-  short prompts that arrive together are all read before the next decode step.
+  --max_prefill_length allows on a graph that takes any length), between decode steps. A step starts
+  whole chunks, oldest request first, while fewer than --max_prefill_length prompt tokens have run in
+  it: a long prompt delays the others by under two chunks at a time, not by the whole prompt, and
+  several short prompts that arrive together are read in the same step.
 - Decode: every step feeds each generating request its last token, all rows in one call, and samples
   each row's next token with the request's own sampling settings and random generator, so a request's
   tokens do not depend on what else runs. A request joins after its last prefill chunk and leaves the
@@ -154,8 +154,8 @@ class Scheduler:
             self.drafter.reset()
 
     def step(self) -> None:
-        """Admit what fits, run prefill chunks (up to --max_prefill_length tokens), then one decode step for
-        every generating request.
+        """Admit what fits, run prefill chunks (until --max_prefill_length tokens have run), then one decode
+        step for every generating request.
         A failing graph call fails the requests it ran for (their rows are forgotten); anything else that
         fails fails every running request. Errors are stored on the requests; only interrupts propagate."""
         try:
@@ -237,18 +237,15 @@ class Scheduler:
         return max(free, key=lambda s: (common_prefix(s.held(), prompt), -s.used_at))
 
     def _prefill(self) -> None:
-        """Whole chunks, oldest request first, while they fit in one chunk's worth of tokens. A request's
-        split depends on its own prompt only, never on what else waits, so its logits do too."""
+        """Whole chunks, oldest request first, started while fewer than --max_prefill_length prompt tokens
+        have run in this step: under two chunks' worth between two decode steps. A request's split
+        depends on its own prompt only, never on what else waits, so its logits do too."""
         budget = self.max_prefill_length
-        while self.prefilling:
+        while self.prefilling and budget > 0:
             request = self.prefilling[0]
             size = request.slot.row.chunks(len(request.todo))[0]
-            if size > budget and budget < self.max_prefill_length:
-                return
             self._prefill_chunk(request, size)
             budget -= size
-            if budget <= 0:
-                return
 
     def _prefill_chunk(self, request: Request, size: int) -> None:
         chunk, last = request.todo[:size], size == len(request.todo)

@@ -160,9 +160,10 @@ def test_a_long_prompt_is_prefilled_between_decode_steps(models, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["cpu graph", "npu graph"])
-def test_short_prompts_arriving_together_are_all_read_before_the_next_decode_step(models, kind, monkeypatch):
-    """Chunks of several requests share a step while they fit in --max_prefill_length tokens (8 here): the
-    cpu graph reads a 3-token prompt in one call, a power-of-two graph in two (2 + 1)."""
+def test_short_prompts_arriving_together_are_read_in_one_step(models, kind, monkeypatch):
+    """A step starts chunks, oldest request first, while fewer than --max_prefill_length (8 here) prompt
+    tokens have run in it. The cpu graph reads a 3-token prompt in one call, a power-of-two graph in two
+    (2 + 1); a 12-token prompt is 8 + 4 on the cpu graph, 8 + 4 as powers of two too."""
     engine = engine_for(models, kind, max_batch=4, max_prefill_length=8)
     calls: list[tuple] = []
     real_feed, real_decode = Row.feed, engine.session.decode
@@ -177,25 +178,22 @@ def test_short_prompts_arriving_together_are_all_read_before_the_next_decode_ste
     calls.clear()
     got = [engine.start(p, params) for p in ids]
     engine.step()
-    first_decode = calls.index(("decode", 2))  # two prompts read, both decode their first token
-    chunks = calls[:first_decode]
-    if kind == "cpu graph":  # 3 + 3 fit in 8, the third prompt's 3 do not: it waits for the next step
-        assert chunks == [("chunk", 0, 3), ("chunk", 1, 3)]
-    else:  # 2 + 1 + 2 + 1 + 2 = 8: the third prompt's last token waits
-        assert [c[2] for c in chunks] == [2, 1, 2, 1, 2]
-    assert len(calls) == first_decode + 1
+    if kind == "cpu graph":  # 3 + 3 < 8, so the third prompt starts too: 9 tokens, three answers begin
+        assert calls == [("chunk", 0, 3), ("chunk", 1, 3), ("chunk", 2, 3), ("decode", 3)]
+    else:  # 2 + 1 + 2 + 1 + 2 = 8: the third prompt's last token waits for the next step
+        assert [c[2] for c in calls[:-1]] == [2, 1, 2, 1, 2] and calls[-1] == ("decode", 2)
     while not all(g.finished for g in got):
         engine.step()
     assert [g.seen for g in got] == ref
-    # The 12-token prompt: at most 8 prompt tokens run between two decode steps.
-    steps, run = [], 0
+    steps, run = [], 0  # prompt tokens between two decode steps
     for c in calls:
         if c[0] == "chunk":
             run += c[2]
         else:
             steps.append(run)
             run = 0
-    assert max(steps) <= 8 and sum(steps) + run == 3 * 3 + 12
+    assert max(steps) < 2 * 8 and sum(steps) + run == 3 * 3 + 12
+    assert [c[2] for c in calls if c[0] == "chunk" and c[1] == 3] == [8, 4]
 
 
 def test_speculative_decoding_hands_over_to_batched_decoding_and_back(models, tmp_path):
