@@ -87,7 +87,7 @@ def engines(a: argparse.Namespace) -> list[Engine]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--prompts", choices=["long", "short"], default="long",
                    help="long: ~142-token coding tasks (default); short: ~55-token chat questions")
     p.add_argument("--clients", type=int, nargs="*", default=[1, 2, 4, 8],
