@@ -4,6 +4,7 @@ every valid answer is the grammar's doing) and on the real default model."""
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -221,20 +222,32 @@ def test_what_cannot_be_constrained_is_a_400_naming_it(server, body, param, frag
 
 
 def test_a_constrained_neighbour_leaves_a_free_answer_unchanged(server, client) -> None:
-    def free():
-        return client.chat.completions.create(model=MODEL, messages=user("Tell me a story."), temperature=0,
-                                              max_tokens=60).choices[0].message.content
+    """The constrained request is sent once the free one streams, and the free answer is long (the tiny
+    model makes a token in about a millisecond), so the two run together whatever order the threads
+    take and however short the JSON comes out."""
+    def free(started: threading.Event | None = None) -> str:
+        stream = client.chat.completions.create(model=MODEL, messages=user("Tell me a story."), temperature=0,
+                                                max_tokens=900, stream=True)
+        parts = []
+        for chunk in stream:
+            if started is not None:
+                started.set()
+            parts += [c.delta.content or "" for c in chunk.choices]
+        return "".join(parts)
 
     def constrained():
         return client.chat.completions.create(model=MODEL, messages=user("JSON now."), temperature=0, max_tokens=300,
                                               response_format=json_format("a", SCHEMAS["array_of_objects"]))
 
     alone = free()
+    started = threading.Event()
     with ThreadPoolExecutor(2) as pool:
-        a, b = pool.submit(constrained), pool.submit(free)
+        b = pool.submit(free, started)
+        assert started.wait(60)
+        a = pool.submit(constrained)
         together, json_answer = b.result(), a.result()
     assert server.health()["peak_busy_slots"] == 2
-    assert together == alone
+    assert together == alone and len(alone) > 900
     jsonschema.validate(json.loads(json_answer.choices[0].message.content), SCHEMAS["array_of_objects"])
 
 
