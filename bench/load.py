@@ -13,9 +13,9 @@ requantization. `make bench` runs it.
    unique per request (so no server reuses more of its cache than the shared system prompt), greedy,
    at most --max_tokens tokens. Two workloads: `long` asks in ~142 prompt tokens (a detailed coding task,
    as an IDE client sends), `short` in ~55 (a chat question, as issue 12's "short requests"); `short`
-   writes bench/load_short.json and image/bench_load_short.png unless told otherwise. Our server cannot ignore the end-of-sequence token, so neither does
-   llama-server here; the prompts ask for long answers, and the completion tokens each answer really
-   had (usage) are what is counted.
+   writes bench/load_short.json and image/bench_load_short.png unless told otherwise. Our server cannot
+   ignore the end-of-sequence token, so neither does llama-server here; the prompts ask for long
+   answers, and the completion tokens each answer really had (usage) are what is counted.
 
 Our server runs without a draft model: speculative decoding serves a single request, batching is what is
 measured. Writes bench/load.json and image/bench_load.png; server logs go to output/load/.
@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---- prompts and one client ---------------------------------------------------------------------------
 
-def prompt(clients: int, client: int, request: int, kind: str = "long") -> list[dict]:
+def prompt(clients: int, client: int, request: int, kind: str) -> list[dict]:
     """A request's messages: a tag unique to (client count, client, request) opens the user turn, so no
     two requests share more than the chat template's system prompt."""
     topic = TOPICS[(client * 2 + request) % len(TOPICS)]
