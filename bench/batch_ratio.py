@@ -7,6 +7,7 @@
    scheduler prefills the long prompt one chunk (--max_prefill_length) at a time between decode steps;
    reported are the decoding request's longest wait between two tokens, its median wait, and the time
    the whole prompt's prefill took (what the wait would be if the prompt ran in one go).
+3. Prefill cost: the time to read 16 to 128 new prompt tokens on one row (what load.py's bounds use).
 
     python bench/batch_ratio.py --hf_model_dir download/Qwen2.5-Coder-0.5B-Instruct \\
         --onnx_model_path output/onnx_cpu/q.onnx [--onnx_model_path output/onnx_cpu_int4/q.onnx]
@@ -77,6 +78,33 @@ def decode_ratio(a: argparse.Namespace, model: str) -> dict:
             "per_answer_vs_alone": {k: round(step[1] / s, 2) for k, s in step.items()}}
 
 
+PREFILL_LENGTHS = (16, 32, 64, 96, 128)
+PREFILL_PREFIX = 28  # the chat template's system turn, which a server lends every new prompt (load.py)
+
+
+def prefill_cost(a: argparse.Namespace, model: str) -> dict:
+    """Seconds to read n new prompt tokens on one row holding PREFILL_PREFIX tokens, split as the server
+    splits them (--max_prefill_length chunks and one shorter rest), for each n of PREFILL_LENGTHS; rounds
+    interleaved, median. Prefill is bound by arithmetic, not by reading the weights: no other row makes
+    it cheaper, so a server with k new prompts spends k times this before the last one's first token."""
+    from session import open_session
+
+    session = open_session(config(a, model, 1, PREFILL_PREFIX + max(PREFILL_LENGTHS)))
+    rng = np.random.default_rng(2)
+    vocab = session.config.shape.vocab_size
+    session.run(rng.integers(3, vocab, (1, PREFILL_PREFIX)))
+    times: dict[int, list[float]] = {n: [] for n in PREFILL_LENGTHS}
+    for _ in range(a.rounds):
+        for n in PREFILL_LENGTHS:
+            ids = rng.integers(3, vocab, (1, n))
+            start = time.perf_counter()
+            session.run(ids)
+            times[n].append(time.perf_counter() - start)
+            session.truncate(PREFILL_PREFIX)
+    return {"model": model, "threads": a.threads, "max_prefill_length": a.max_prefill_length,
+            "prefix": PREFILL_PREFIX, "prefill_s": {n: round(statistics.median(t), 4) for n, t in times.items()}}
+
+
 def decode_gap(a: argparse.Namespace, model: str) -> dict:
     """Token times of a decoding request while a long prompt is prefilled beside it."""
     from inference import Generation, Inference, SamplingParams
@@ -120,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(a: argparse.Namespace) -> int:
     for model in a.onnx_model_path:
-        for record in (decode_ratio(a, model), decode_gap(a, model)):
+        for record in (decode_ratio(a, model), decode_gap(a, model), prefill_cost(a, model)):
             line = json.dumps(record)
             print(line, flush=True)
             if a.output:

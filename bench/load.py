@@ -6,7 +6,7 @@ requantization. `make bench` runs it.
     python bench/load.py [--prompts long|short] [--clients 1 2 4 8] [--requests 2] [--max_tokens 64]
 
 1. The graph-only ratio first: one decode step of the cpu graph for 1 to 8 rows (bench/batch_ratio.py's
-   decode_ratio), the speed-up the server could reach at best.
+   decode_ratio), and the time to read 16-128 new prompt tokens on one row (its prefill_cost).
 2. Then, for each client count, every server in turn (one at a time, so none shares the cores with
    another): started, warmed up with one request, then each client sends --requests streaming chat
    requests one after another, all clients at once, then stopped. Every engine gets the same prompts,
@@ -163,9 +163,10 @@ async def one_request(http: "httpx.AsyncClient", url: str, messages: list[dict],
     end = time.perf_counter()
     if usage is None:
         raise RuntimeError(f"{url}: the stream carried no usage")
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     return {"ttft_s": (first or end) - start, "total_s": end - start, "started": start, "ended": end,
             "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
-            "content_chunks": pieces}
+            "cached_tokens": cached, "content_chunks": pieces}
 
 
 async def load(url: str, clients: int, requests: int, max_tokens: int, kind: str) -> tuple[list[dict], float]:
@@ -261,6 +262,8 @@ def measure(e: Engine, clients: int, a: argparse.Namespace) -> dict:
             "parallel": clients if e.kind == "llama-server" else None, "clients": clients,
             "requests": len(runs), "wall_s": round(wall, 2), "completion_tokens": tokens,
             "prompt_tokens": sorted({r["prompt_tokens"] for r in runs}),
+            "prefilled_tokens": [r["prompt_tokens"] - r["cached_tokens"] for r in runs],
+            "ttft_s": [round(r["ttft_s"], 3) for r in runs],
             "agg_tok_s": round(tokens / wall, 2),
             "ttft_p50_s": round(float(np.percentile(ttft, 50)), 3),
             "ttft_p95_s": round(float(np.percentile(ttft, 95)), 3),
@@ -272,13 +275,14 @@ def measure(e: Engine, clients: int, a: argparse.Namespace) -> dict:
 # ---- the graph-only ratio -----------------------------------------------------------------------------
 
 def graph_ratio(a: argparse.Namespace) -> list[dict]:
-    from batch_ratio import decode_ratio
+    from batch_ratio import decode_ratio, prefill_cost
 
     ns = argparse.Namespace(hf_model_dir=str(HF_DIR), context=256, rounds=a.graph_rounds, steps=4,
                             threads=a.threads, max_prefill_length=a.max_prefill_length)
     out = []
     for fmt, model in (("int4", CPU_INT4), ("fp32", CPU_FP32)):
         record = json.loads(json.dumps(decode_ratio(ns, str(model))))  # row counts as keys, as in load.json
+        record["prefill_s"] = json.loads(json.dumps(prefill_cost(ns, str(model))["prefill_s"]))
         record["format"] = fmt
         record["model"] = str(model.relative_to(REPO))
         out.append(record)
@@ -317,6 +321,8 @@ def goals(result: dict) -> dict:
             cut = b1["ttft_p95_s"] / many["ttft_p95_s"]
             out[f"{fmt}_ttft_p95_cut_vs_batch1"] = round(cut, 1)
             out[f"{fmt}_ttft_goal_met"] = cut >= GOAL_TTFT_CUT
+        if one and many and graph.get(fmt, {}).get("prefill_s") and "prefilled_tokens" in many:
+            out.update({f"{fmt}_{k}": v for k, v in ceilings(graph[fmt], many, b1, top).items()})
     clients = sorted({r["clients"] for r in runs})
     best_llama = {c: max((r["agg_tok_s"] for r in runs if r["kind"] == "llama-server" and r["clients"] == c),
                          default=None) for c in clients}
@@ -324,6 +330,29 @@ def goals(result: dict) -> dict:
         ours = {c: find(runs, f"ours:{fmt}:b8", c) for c in clients}
         beats = {c: ours[c]["agg_tok_s"] > best_llama[c] for c in clients if ours[c] and best_llama[c]}
         out[f"{fmt}_beats_best_llama_server"] = beats
+    return out
+
+
+def ceilings(graph: dict, many: dict, b1: dict | None, top: int) -> dict:
+    """What a scheduler with no cost of its own could reach at `top` clients, from the graph's own times:
+    prompts are read one after another (prefill does not batch), answers decode `top` rows a step.
+    speedup = top * (P + T * s1) / (top * P + T * s_top), P the prefill of a median prompt's uncached
+    tokens, T the decode steps of an answer, s_k a k-row step. The time to first token cannot be less
+    than the prefills queued ahead: the k-th of the prompts that arrive together waits k * P, a later
+    request P; its p95 against the --max_batch 1 server's measured p95 bounds the cut."""
+    lengths = sorted(int(n) for n in graph["prefill_s"])
+    prefill = float(np.interp(float(np.median(many["prefilled_tokens"])), lengths,
+                              [graph["prefill_s"][str(n)] for n in lengths]))
+    steps = many["completion_tokens"] / many["requests"] - 1
+    s1, s_top = graph["step_ms"]["1"] / 1000, graph["step_ms"][str(top)] / 1000
+    speedup = top * (prefill + steps * s1) / (top * prefill + steps * s_top)
+    out = {"ceiling_prefill_s": round(prefill, 3), "ceiling_speedup": round(speedup, 2),
+           "ceiling_share_of_graph": round(speedup / graph["vs_1_row"][str(top)], 2)}
+    later = many["requests"] - top
+    floor = float(np.percentile([k * prefill for k in range(1, top + 1)] + [prefill] * later, 95))
+    out["ceiling_ttft_p95_s"] = round(floor, 3)
+    if b1 and floor > 0:
+        out["ceiling_ttft_cut"] = round(b1["ttft_p95_s"] / floor, 1)
     return out
 
 

@@ -84,3 +84,19 @@ def test_bench_asks_only_for_the_exports_of_the_engines_it_runs(tmp_path, capsys
     assert bench_main([*args, "--only", "ours:int4:npu"]) == 2
     err = capsys.readouterr().err
     assert f"{npu}: no such file" in err and str(cpu) not in err
+
+
+def test_load_ceilings_follow_from_the_graph_times():
+    from bench.load import ceilings
+
+    graph = {"step_ms": {"1": 20.0, "8": 60.0}, "vs_1_row": {"8": 2.67},
+             "prefill_s": {"16": 0.05, "32": 0.1, "64": 0.2, "96": 0.3, "128": 0.4}}
+    many = {"prefilled_tokens": [30, 32, 34] * 5 + [32], "completion_tokens": 16 * 64, "requests": 16}
+    out = ceilings(graph, many, {"ttft_p95_s": 8.0}, 8)
+    # P = 0.1 s, 63 steps: 8 * (0.1 + 63 * 0.02) / (8 * 0.1 + 63 * 0.06) = 2.38, 89 % of 2.67
+    assert out["ceiling_prefill_s"] == 0.1 and out["ceiling_speedup"] == 2.38
+    assert out["ceiling_share_of_graph"] == 0.89
+    # first-token floors: 0.1 .. 0.8 s for the eight that arrive together, 0.1 s for the eight after
+    assert out["ceiling_ttft_p95_s"] == 0.725 and out["ceiling_ttft_cut"] == 11.0
+    free = ceilings({**graph, "prefill_s": {"16": 0.0, "128": 0.0}}, many, None, 8)
+    assert free["ceiling_share_of_graph"] == 1.0 and "ceiling_ttft_cut" not in free  # decode alone: the graph ratio
