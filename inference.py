@@ -144,9 +144,10 @@ class Inference:
         return Generation(prompt_ids, params, partial(self.tokenizer.decode, skip_special_tokens=True),
                           self.eos_token_ids)
 
-    def step(self) -> None:
-        """One scheduler step for every running generation (engine/scheduler.py)."""
-        self.scheduler.step()
+    def step(self, first_tokens: Callable[[], None] | None = None) -> None:
+        """One scheduler step for every running generation (engine/scheduler.py); first_tokens is called
+        whenever a prompt has been read and its generation holds its first token, within the step."""
+        self.scheduler.step(first_tokens)
 
     def cancel(self, generation: "Generation") -> None:
         self.scheduler.cancel(generation)

@@ -29,7 +29,7 @@ Everything runs on the caller's thread; nothing here is thread-safe.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -153,14 +153,16 @@ class Scheduler:
         if self.drafter:
             self.drafter.reset()
 
-    def step(self) -> None:
+    def step(self, first_tokens: Callable[[], None] | None = None) -> None:
         """Admit what fits, run prefill chunks (until --max_prefill_length tokens have run), then one decode
         step for every generating request.
+        first_tokens: called each time a prompt's last chunk has given its request a first token, so that a
+        server can send it at once rather than after the step's other chunks and its decode step.
         A failing graph call fails the requests it ran for (their rows are forgotten); anything else that
         fails fails every running request. Errors are stored on the requests; only interrupts propagate."""
         try:
             self._admit()
-            self._prefill()
+            self._prefill(first_tokens)
             if self.decoding:
                 self._decode()
         except BaseException as e:
@@ -236,7 +238,7 @@ class Scheduler:
         """The longest shared prefix; among equals (none shared, say), the least recently used."""
         return max(free, key=lambda s: (common_prefix(s.held(), prompt), -s.used_at))
 
-    def _prefill(self) -> None:
+    def _prefill(self, first_tokens: Callable[[], None] | None) -> None:
         """Whole chunks, oldest request first, started while fewer than --max_prefill_length prompt tokens
         have run in this step: under two chunks' worth between two decode steps. A request's split
         depends on its own prompt only, never on what else waits, so its logits do too."""
@@ -244,16 +246,18 @@ class Scheduler:
         while self.prefilling and budget > 0:
             request = self.prefilling[0]
             size = request.slot.row.chunks(len(request.todo))[0]
-            self._prefill_chunk(request, size)
+            if self._prefill_chunk(request, size) and first_tokens:
+                first_tokens()
             budget -= size
 
-    def _prefill_chunk(self, request: Request, size: int) -> None:
+    def _prefill_chunk(self, request: Request, size: int) -> bool:
+        """One chunk of the request's prompt; True when it was the last and the request has its first token."""
         chunk, last = request.todo[:size], size == len(request.todo)
         try:
             logits = request.slot.row.feed(np.array([chunk], np.int64), want_logits=last)
         except Exception as e:
             self._fail(request, e)
-            return
+            return False
         request.slot.ids += chunk
         request.todo = request.todo[size:]
         if last:
@@ -262,6 +266,7 @@ class Scheduler:
                 self._release_followers(request, logits.copy())
             self._deliver(request, request.choose(logits))
             self._admit()
+        return last
 
     # ---- decoding ---------------------------------------------------------------------------------
     def _deliver(self, request: Request, token: int) -> None:

@@ -163,15 +163,12 @@ class Worker:
 
     def _step(self) -> None:
         try:
-            self.inference.step()
+            # A first token goes out as soon as its prompt is read, not after the step's other prompts.
+            self.inference.step(first_tokens=self._send)
         except BaseException:
             log.exception("the engine failed")  # requests it ran for carry the error; reported below
+        self._send()
         for job, generations in list(self._running.items()):
-            for i, generation in enumerate(generations):
-                for delta in generation.take():
-                    job.emit((i, delta))
-                    if delta.stats is not None and self.observer is not None:
-                        self.observer.finished(delta.stats, i % job.n == 0)
             failed = next((g.error for g in generations if g.error is not None), None)
             if failed is not None:
                 log.error("generation failed", exc_info=failed)
@@ -182,6 +179,15 @@ class Worker:
                 del self._running[job]
                 self.served += 1
                 job.emit(DONE)
+
+    def _send(self) -> None:
+        """Every running job's new Deltas, to its event queue."""
+        for job, generations in self._running.items():
+            for i, generation in enumerate(generations):
+                for delta in generation.take():
+                    job.emit((i, delta))
+                    if delta.stats is not None and self.observer is not None:
+                        self.observer.finished(delta.stats, i % job.n == 0)
 
     def _stop(self, job: Job) -> None:
         for generation in self._running.pop(job):

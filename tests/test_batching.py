@@ -196,6 +196,42 @@ def test_short_prompts_arriving_together_are_read_in_one_step(models, kind, monk
     assert [c[2] for c in calls if c[0] == "chunk" and c[1] == 3] == [8, 4]
 
 
+def test_the_server_sends_each_first_token_as_soon_as_its_prompt_is_read(models, monkeypatch):
+    """Three short prompts read in one step: the worker hands each request's first token to its client
+    right after that prompt's chunk, before the next prompt is read and before the step's decode."""
+    import asyncio
+
+    from server.worker import Job, Worker
+
+    engine = engine_for(models, "cpu graph", max_batch=4, max_prefill_length=64)
+    worker = Worker(engine, max_queue=4, max_input_length=100)
+    calls: list[tuple] = []
+    real_feed, real_decode = Row.feed, engine.session.decode
+    monkeypatch.setattr(Row, "feed", lambda self, ids, want_logits: calls.append(("chunk", self.index))
+                        or real_feed(self, ids, want_logits))
+    monkeypatch.setattr(engine.session, "decode", lambda rows, tokens: calls.append(("decode", len(rows)))
+                        or real_decode(rows, tokens))
+    send = worker._send
+    monkeypatch.setattr(worker, "_send", lambda: calls.append(("send", sum(
+        g.first_token_at is not None for gens in worker._running.values() for g in gens))) or send())
+    loop = asyncio.new_event_loop()
+    try:
+        jobs = [Job(messages=[], tools=None, params=SamplingParams(5, **GREEDY), loop=loop, texts=[text])
+                for text in ("one two", "three four", "five six")]
+        for job in jobs:
+            worker._admit(job)
+        worker._step()
+        assert calls == [("chunk", 0), ("send", 1), ("chunk", 1), ("send", 2), ("chunk", 2), ("send", 3),
+                         ("decode", 3), ("send", 3)]
+        loop.run_until_complete(asyncio.sleep(0))  # the events the worker queued with call_soon_threadsafe
+        assert all(job.events.qsize() >= 1 for job in jobs)  # each has its first token (or its text so far)
+    finally:
+        worker._send = send
+        for job in list(worker._running):
+            worker._cancel(job)
+        loop.close()
+
+
 def test_speculative_decoding_hands_over_to_batched_decoding_and_back(models, tmp_path):
     from export.quantize_onnx import main as quantize_main
 
