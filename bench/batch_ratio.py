@@ -7,7 +7,7 @@
    scheduler prefills the long prompt one chunk (--max_prefill_length) at a time between decode steps;
    reported are the decoding request's longest wait between two tokens, its median wait, and the time
    the whole prompt's prefill took (what the wait would be if the prompt ran in one go).
-3. Prefill cost: the time to read 16 to 128 new prompt tokens on one row (what load.py's bounds use).
+3. Prefill cost: the time to read 16 to 128 new prompt tokens on one row (what load.py's ceilings use).
 
     python bench/batch_ratio.py --hf_model_dir download/Qwen2.5-Coder-0.5B-Instruct \\
         --onnx_model_path output/onnx_cpu/q.onnx [--onnx_model_path output/onnx_cpu_int4/q.onnx]
