@@ -87,7 +87,7 @@ def test_bench_asks_only_for_the_exports_of_the_engines_it_runs(tmp_path, capsys
 
 
 def test_load_ceilings_follow_from_the_graph_times():
-    from bench.load import ceilings
+    from bench.load_goals import ceilings
 
     graph = {"step_ms": {"1": 20.0, "8": 60.0}, "vs_1_row": {"8": 2.67},
              "prefill_s": {"16": 0.05, "32": 0.1, "64": 0.2, "96": 0.3, "128": 0.4}}
