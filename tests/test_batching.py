@@ -42,6 +42,18 @@ def prompt(seed: int, n: int) -> list[int]:
     return np.random.default_rng(seed).integers(3, 400, n).tolist()
 
 
+def record_calls(monkeypatch, engine: Inference) -> list[tuple]:
+    """The graph calls the engine makes from here on, in order: ("chunk", row, tokens) for a prefill chunk,
+    ("decode", rows) for a decode step."""
+    calls: list[tuple] = []
+    real_feed, real_decode = Row.feed, engine.session.decode
+    monkeypatch.setattr(Row, "feed", lambda self, ids, want_logits: calls.append(("chunk", self.index, ids.shape[1]))
+                        or real_feed(self, ids, want_logits))
+    monkeypatch.setattr(engine.session, "decode", lambda rows, tokens: calls.append(("decode", len(rows)))
+                        or real_decode(rows, tokens))
+    return calls
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_concurrent_requests_get_the_tokens_they_get_alone(models, kind, monkeypatch):
     engine = engine_for(models, kind, max_batch=4)
@@ -136,26 +148,14 @@ def test_a_long_prompt_is_prefilled_between_decode_steps(models, monkeypatch):
     """A 40-token prompt in chunks of 4 while another request decodes: the decoding request gets a token
     after every chunk instead of waiting for the whole prompt."""
     engine = engine_for(models, "cpu graph", max_batch=2)
-    calls: list[str] = []
-    real_feed, real_decode = Row.feed, engine.session.decode
-
-    def feed(self, ids, want_logits):
-        calls.append("chunk")
-        return real_feed(self, ids, want_logits)
-
-    def decode(rows, tokens):
-        calls.append(f"decode {len(rows)}")
-        return real_decode(rows, tokens)
-
-    monkeypatch.setattr(Row, "feed", feed)
-    monkeypatch.setattr(engine.session, "decode", decode)
+    calls = record_calls(monkeypatch, engine)
     got = schedule(engine, [(0, prompt(51, 5), SamplingParams(20, **GREEDY), None),
                             (3, prompt(50, 40), SamplingParams(3, **GREEDY), None)])
-    long_chunks = [i for i, c in enumerate(calls) if c == "chunk"][2:]  # the short prompt's 4 + 1 come first
+    long_chunks = [i for i, c in enumerate(calls) if c[0] == "chunk"][2:]  # the short prompt's 4 + 1 come first
     assert len(long_chunks) == 10
     between = calls[long_chunks[0]:long_chunks[-1]]
-    assert between.count("decode 1") == 9 and "decode 2" not in between  # one step after each chunk
-    assert calls[long_chunks[-1] + 1] == "decode 2"  # it joins the batch at once
+    assert between.count(("decode", 1)) == 9 and ("decode", 2) not in between  # one step after each chunk
+    assert calls[long_chunks[-1] + 1] == ("decode", 2)  # it joins the batch at once
     assert [g.error for g in got] == [None, None]
 
 
@@ -165,12 +165,7 @@ def test_short_prompts_arriving_together_are_read_in_one_step(models, kind, monk
     tokens have run in it. The cpu graph reads a 3-token prompt in one call, a power-of-two graph in two
     (2 + 1); a 12-token prompt is 8 + 4 on the cpu graph, 8 + 4 as powers of two too."""
     engine = engine_for(models, kind, max_batch=4, max_prefill_length=8)
-    calls: list[tuple] = []
-    real_feed, real_decode = Row.feed, engine.session.decode
-    monkeypatch.setattr(Row, "feed", lambda self, ids, want_logits: calls.append(("chunk", self.index, ids.shape[1]))
-                        or real_feed(self, ids, want_logits))
-    monkeypatch.setattr(engine.session, "decode", lambda rows, tokens: calls.append(("decode", len(rows)))
-                        or real_decode(rows, tokens))
+    calls = record_calls(monkeypatch, engine)
     ids = [prompt(70 + i, 3) for i in range(3)] + [prompt(73, 12)]
     params = SamplingParams(6, **GREEDY)
     ref = [alone(engine, p, params) for p in ids]
@@ -205,12 +200,7 @@ def test_the_server_sends_each_first_token_as_soon_as_its_prompt_is_read(models,
 
     engine = engine_for(models, "cpu graph", max_batch=4, max_prefill_length=64)
     worker = Worker(engine, max_queue=4, max_input_length=100)
-    calls: list[tuple] = []
-    real_feed, real_decode = Row.feed, engine.session.decode
-    monkeypatch.setattr(Row, "feed", lambda self, ids, want_logits: calls.append(("chunk", self.index))
-                        or real_feed(self, ids, want_logits))
-    monkeypatch.setattr(engine.session, "decode", lambda rows, tokens: calls.append(("decode", len(rows)))
-                        or real_decode(rows, tokens))
+    calls = record_calls(monkeypatch, engine)
     send = worker._send
     monkeypatch.setattr(worker, "_send", lambda: calls.append(("send", sum(
         g.first_token_at is not None for gens in worker._running.values() for g in gens))) or send())
@@ -221,12 +211,11 @@ def test_the_server_sends_each_first_token_as_soon_as_its_prompt_is_read(models,
         for job in jobs:
             worker._admit(job)
         worker._step()
-        assert calls == [("chunk", 0), ("send", 1), ("chunk", 1), ("send", 2), ("chunk", 2), ("send", 3),
-                         ("decode", 3), ("send", 3)]
+        assert [c[:2] for c in calls] == [("chunk", 0), ("send", 1), ("chunk", 1), ("send", 2), ("chunk", 2),
+                                          ("send", 3), ("decode", 3), ("send", 3)]
         loop.run_until_complete(asyncio.sleep(0))  # the events the worker queued with call_soon_threadsafe
         assert all(job.events.qsize() >= 1 for job in jobs)  # each has its first token (or its text so far)
     finally:
-        worker._send = send
         for job in list(worker._running):
             worker._cancel(job)
         loop.close()
