@@ -31,14 +31,12 @@ def serve(args: argparse.Namespace) -> int:
     from inference import load_inference
 
     inference = load_inference(args)
-    import uvicorn
-
     from server.app import create_app
+    from server.transport import run
 
     name = server.served_model_name or Path(inference.config.session.hf_model_dir.rstrip("/")).name
-    app = create_app(inference, name, api_key=server.api_key, max_queue=server.max_queue,
-                     max_body_bytes=int(server.max_request_mb * (1 << 20)), web_ui=not server.no_web_ui)
-    uvicorn.run(app, host=server.host, port=server.port)
+    run(create_app(inference, name, server), server.host, server.port, server.header_timeout_s,
+        server.max_connections)
     return 0
 
 

@@ -98,14 +98,27 @@ class ServerOptions:
     max_queue: int = option(64, help="requests that may wait for the model; more get 429")
     max_request_mb: float = option(1.0, help="largest request body accepted, in MiB; larger gets 413")
     no_web_ui: bool = option(False, help="do not serve the chat page at / (the API alone)")
+    docs: bool = option(False, help="serve FastAPI's interactive API pages at /docs and /redoc (they load "
+                                    "scripts from a CDN, so they are off unless asked for)")
+    allowed_hosts: str | None = option(
+        None, help="comma-separated host names to answer besides the loopback ones, or '*' for any. Only used "
+                   "when bound to loopback without --api_key: then a request whose Host header is not a loopback "
+                   "name is refused, so that web pages cannot reach the server through DNS rebinding")
+    header_timeout_s: float = option(30.0, help="seconds a connection may take to send a request's headers")
+    body_timeout_s: float = option(30.0, help="seconds a request's body may pause before the request is refused")
+    max_connections: int = option(128, help="connections served at once; beyond them uvicorn answers 503")
+    watchdog_s: float = option(
+        120.0, help="an engine step running longer than this makes /health answer 503 (stalled)")
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise UserError(f"--port {self.port}: must be 1-65535")
-        if self.max_queue < 1:
-            raise UserError(f"--max_queue {self.max_queue}: must be at least 1")
-        if self.max_request_mb <= 0:
-            raise UserError(f"--max_request_mb {self.max_request_mb}: must be positive")
+        for name in ("max_queue", "max_connections"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} {getattr(self, name)}: must be at least 1")
+        for name in ("max_request_mb", "header_timeout_s", "body_timeout_s", "watchdog_s"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name} {getattr(self, name)}: must be positive")
 
 
 @dataclass

@@ -125,14 +125,34 @@ class Inference:
         self.scheduler.submit(generation)
         return generation
 
-    def start_choices(self, prompt_ids: list[int], params: SamplingParams, n: int) -> list["Generation"]:
-        """n generations after one prompt, computed once (engine/scheduler.py); choice i samples with
-        `params.for_choice(i)`."""
+    def start_choices(self, prompt_ids: list[int], params: SamplingParams, n: int,
+                      first: int = 0) -> list["Generation"]:
+        """Choices first .. first + n - 1 after one prompt, the prompt computed once (engine/scheduler.py);
+        choice i samples with `params.for_choice(i)`, its own processors and seed."""
+        group = [self._generation(prompt_ids, params.for_choice(first + i)) for i in range(n)]
         if n == 1:
-            return [self.start(prompt_ids, params)]
-        group = [self._generation(prompt_ids, params.for_choice(i)) for i in range(n)]
-        self.scheduler.submit_group(group)
+            self.scheduler.submit(group[0])
+        else:
+            self.scheduler.submit_group(group)
         return group
+
+    @property
+    def slots(self) -> int:
+        """Conversations served at once (--max_batch): one KV-cache slot each."""
+        return len(self.scheduler.slots)
+
+    def free_slots(self) -> int:
+        """Slots a new generation would get now (negative: that many already wait for one)."""
+        return self.scheduler.free_slots()
+
+    def busy_slots(self) -> int:
+        return self.scheduler.busy_slots()
+
+    def recover(self, error: BaseException) -> None:
+        """After a failure that belongs to no generation: fail every running or waiting generation with it
+        and forget every cached row, so that the engine starts again from a clean state."""
+        self.scheduler.fail_all(error)
+        self.scheduler.reset()
 
     def _generation(self, prompt_ids: list[int], params: SamplingParams) -> "Generation":
         kv_len = self.session.kv_len
@@ -151,6 +171,10 @@ class Inference:
 
     def cancel(self, generation: "Generation") -> None:
         self.scheduler.cancel(generation)
+
+    def abandon(self, generation: "Generation", error: BaseException) -> None:
+        """Take a generation out with an error, its row forgotten: when cancelling it failed."""
+        self.scheduler.fail(generation, error)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
         """Generate after prompt_ids, driving the engine from this thread. The last Delta carries

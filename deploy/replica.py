@@ -52,8 +52,7 @@ class ModelReplica:
         server = from_args(ServerOptions, args)
         inference = await asyncio.to_thread(load_inference, args)
         name = server.served_model_name or Path(inference.config.session.hf_model_dir.rstrip("/")).name
-        self.app = create_app(inference, name, api_key=server.api_key, max_queue=server.max_queue,
-                              max_body_bytes=int(server.max_request_mb * (1 << 20)), web_ui=not server.no_web_ui)
+        self.app = create_app(inference, name, server)
         self._lifespan = self.app.router.lifespan_context(self.app)
         await self._lifespan.__aenter__()  # starts the model thread, as uvicorn would
         log.info("replica %s ready (NPU %s, cores %s)", self.replica_id, self.npu_ids, self.cores)

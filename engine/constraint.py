@@ -33,6 +33,10 @@ class GrammarError(ValueError):
     """A schema or grammar the engine cannot compile; the message says why."""
 
 
+class ConstraintError(RuntimeError):
+    """A request's grammar cannot go on (its matcher hit an error or a resource limit): the request ends."""
+
+
 def _one_line(problem: str) -> str:
     """llguidance's message on one line, without the grammar excerpt it may quote (lines "  1 | ...")."""
     lines = []
@@ -155,6 +159,14 @@ class Grammars:
         """A fresh constraint for one request; its matcher is made on first use, on the model's thread."""
         return GrammarConstraint(self, grammar)
 
+    def checked_constraint(self, grammar: str) -> "GrammarConstraint":
+        """A constraint whose matcher is made and whose first mask is computed now, on the caller's thread,
+        so that a grammar that compiles but cannot run (a schema that only refers to itself, a parse
+        beyond llguidance's limits) is refused before the request reaches the engine: ConstraintError."""
+        constraint = GrammarConstraint(self, grammar)
+        constraint.allowed(self.tokenizer().vocab_size)
+        return constraint
+
 
 class GrammarConstraint(LogitsProcessor):
     """Sets every token the grammar does not allow next to -inf. When the grammar is complete only the
@@ -169,13 +181,15 @@ class GrammarConstraint(LogitsProcessor):
 
     def _matcher(self) -> llguidance.LLMatcher:
         if self.matcher is None:
+            # llguidance's default parser limits bound the work of compiling and of each mask (its "fuel");
+            # going past them puts the matcher in its error state, which fails this request alone.
             self.matcher = llguidance.LLMatcher(self.grammars.tokenizer(), self.grammar, log_level=0)
             self._raise_if_error()
         return self.matcher
 
     def _raise_if_error(self) -> None:
         if self.matcher.is_error():
-            raise RuntimeError(f"grammar: {self.matcher.get_error().splitlines()[0]}")
+            raise ConstraintError(_one_line(self.matcher.get_error()) or "the grammar's matcher failed")
 
     def allowed(self, size: int) -> np.ndarray:
         """bool [size]: the tokens the grammar allows next."""
@@ -199,5 +213,9 @@ class GrammarConstraint(LogitsProcessor):
 
     def fork(self) -> "GrammarConstraint":
         """Another choice's constraint: the same grammar from its start (choices fork before any token), and
-        the shared tokenizer, which a deep copy would duplicate."""
-        return GrammarConstraint(self.grammars, self.grammar)
+        the shared tokenizer, which a deep copy would duplicate. A matcher already made is copied, not
+        compiled again."""
+        other = GrammarConstraint(self.grammars, self.grammar)
+        if self.matcher is not None:
+            other.matcher = self.matcher.deep_copy()
+        return other

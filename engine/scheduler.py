@@ -6,9 +6,11 @@
   only the tokens past that prefix. Without a free slot it waits.
 - Prefill: the prompt runs in chunks on its row alone (power-of-two lengths, or as few calls as
   --max_prefill_length allows on a graph that takes any length), between decode steps. A step starts
-  whole chunks, oldest request first, while fewer than --max_prefill_length prompt tokens have run in
-  it: a long prompt delays the others by under two chunks at a time, not by the whole prompt, and
-  several short prompts that arrive together are read in the same step.
+  whole chunks while fewer than --max_prefill_length prompt tokens have run in it, oldest prompt first,
+  and the prompt the budget ran out on goes behind the others: a short prompt that arrives during a long
+  one's prefill waits for one step's chunks of it, not for all of it. A long prompt
+  delays decoding by under two chunks at a time, and short prompts that arrive together are read in
+  the same step.
 - Decode: every step feeds each generating request its last token, all rows in one call, and samples
   each row's next token with the request's own sampling settings and random generator, so a request's
   tokens do not depend on what else runs. A request joins after its last prefill chunk and leaves the
@@ -22,6 +24,11 @@
   row, or a first choice that left before its prefill ended, makes them prefill as any request does.
 - Speculative decoding (a draft model) runs while exactly one request is generating; when a second
   one joins, the first goes on with plain batched decoding from the token it is at.
+
+Failures stay with the request they belong to: an exception while choosing, processing or accepting a
+request's token (a grammar's matcher, the detokenizer) fails that request alone; a graph call that fails
+for one row fails that row's request, and a batched decode call that fails is retried row by row, so only
+the rows that fail alone are failed. A failed request leaves at once, its slot free and its row forgotten.
 
 The scheduler knows tokens only: a Request subclass turns them into text and decides when to stop.
 Everything runs on the caller's thread; nothing here is thread-safe.
@@ -123,6 +130,9 @@ class Scheduler:
         """Slots a new request would get now."""
         return sum(s.request is None for s in self.slots) - len(self.waiting)
 
+    def busy_slots(self) -> int:
+        return sum(s.request is not None for s in self.slots)
+
     def submit(self, request: Request) -> None:
         self.waiting.append(request)
         self._admit()
@@ -158,18 +168,24 @@ class Scheduler:
         step for every generating request.
         first_tokens: called each time a prompt's last chunk has given its request a first token, so that a
         server can send it at once rather than after the step's other chunks and its decode step.
-        A failing graph call fails the requests it ran for (their rows are forgotten); anything else that
-        fails fails every running request. Errors are stored on the requests; only interrupts propagate."""
+        A failure that belongs to one request fails it alone (see the module's docstring); anything else
+        fails every request that holds a slot. Errors are stored on the requests; only interrupts propagate."""
         try:
             self._admit()
             self._prefill(first_tokens)
             if self.decoding:
                 self._decode()
         except BaseException as e:
-            for request in self.prefilling + self.decoding:
-                self._fail(request, e)
+            self.fail_all(e)
             if not isinstance(e, Exception):
                 raise
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every request that holds a slot or waits for one, and forget every row: the state to restart
+        from after a failure that belongs to no request."""
+        while victims := [s.request for s in self.slots if s.request is not None] + list(self.waiting):
+            for request in victims:  # a failed first choice sends its followers to the queue: failed next
+                self.fail(request, error)
 
     # ---- admission and prefill ---------------------------------------------------------------------
     def _admit(self) -> None:
@@ -221,7 +237,7 @@ class Scheduler:
         request.reused, request.todo = len(prompt), []
         self._clock += 1
         slot.used_at = self._clock
-        self._deliver(request, request.choose(logits.copy()))
+        self._choose_and_deliver(request, logits.copy())
         return True
 
     def _release_followers(self, request: Request, logits: np.ndarray | None) -> None:
@@ -239,16 +255,20 @@ class Scheduler:
         return max(free, key=lambda s: (common_prefix(s.held(), prompt), -s.used_at))
 
     def _prefill(self, first_tokens: Callable[[], None] | None) -> None:
-        """Whole chunks, oldest request first, started while fewer than --max_prefill_length prompt tokens
-        have run in this step: under two chunks' worth between two decode steps. A request's split
-        depends on its own prompt only, never on what else waits, so its logits do too."""
+        """Whole chunks, started while fewer than --max_prefill_length prompt tokens have run in this step:
+        under two chunks' worth between two decode steps. Prompts take turns: the one the step's budget
+        ran out on goes behind the others. A request's split depends on its own prompt only, never on what
+        else waits, so its logits do too."""
         budget = self.max_prefill_length
+        request = None
         while self.prefilling and budget > 0:
             request = self.prefilling[0]
             size = request.slot.row.chunks(len(request.todo))[0]
             if self._prefill_chunk(request, size) and first_tokens:
                 first_tokens()
             budget -= size
+        if len(self.prefilling) > 1 and self.prefilling[0] is request:  # chunks left: the others go first
+            self.prefilling.append(self.prefilling.pop(0))
 
     def _prefill_chunk(self, request: Request, size: int) -> bool:
         """One chunk of the request's prompt; True when it was the last and the request has its first token."""
@@ -256,7 +276,7 @@ class Scheduler:
         try:
             logits = request.slot.row.feed(np.array([chunk], np.int64), want_logits=last)
         except Exception as e:
-            self._fail(request, e)
+            self.fail(request, e)
             return False
         request.slot.ids += chunk
         request.todo = request.todo[size:]
@@ -264,14 +284,29 @@ class Scheduler:
             self.prefilling.remove(request)
             if request.followers:
                 self._release_followers(request, logits.copy())
-            self._deliver(request, request.choose(logits))
+            self._choose_and_deliver(request, logits)
             self._admit()
         return last
 
     # ---- decoding ---------------------------------------------------------------------------------
+    def _choose_and_deliver(self, request: Request, logits: np.ndarray) -> None:
+        """The request's next token from its logits, handed to it; a failure there is the request's own."""
+        try:
+            token = request.choose(logits)
+        except Exception as e:
+            self.fail(request, e)
+            return
+        self._deliver(request, token)
+
     def _deliver(self, request: Request, token: int) -> None:
-        """Hand the request its next token; it is fed at the next decode step unless the request ends."""
-        if request.accept(token, len(request.slot.ids) >= request.slot.row.kv_len):
+        """Hand the request its next token; it is fed at the next decode step unless the request ends.
+        A failure in the request's own handling of the token (its text layer) fails it alone."""
+        try:
+            more = request.accept(token, len(request.slot.ids) >= request.slot.row.kv_len)
+        except Exception as e:
+            self.fail(request, e)
+            return
+        if more:
             request.pending = token
             if request not in self.decoding:
                 self.decoding.append(request)
@@ -286,15 +321,29 @@ class Scheduler:
         for request in running:
             self._stop_speculating(request)
         try:
-            logits = self.session.decode([r.slot.index for r in running], [r.pending for r in running])
+            logits = list(self.session.decode([r.slot.index for r in running], [r.pending for r in running]))
         except Exception as e:
-            for request in running:
-                self._fail(request, e)
-            return
+            if len(running) == 1:
+                self.fail(running[0], e)
+                return
+            running, logits = self._decode_alone(running)
         for request, row_logits in zip(running, logits):
             request.slot.ids.append(request.pending)
             request.pending = None
-            self._deliver(request, request.choose(row_logits))
+            self._choose_and_deliver(request, row_logits)
+
+    def _decode_alone(self, running: list[Request]) -> tuple[list[Request], list[np.ndarray]]:
+        """After a batched decode call failed: each row on its own (a row's step writes only its own cache
+        entries, at the same positions, so running it again is safe). Rows that fail alone are failed."""
+        kept, logits = [], []
+        for request in running:
+            try:
+                logits.append(self.session.decode([request.slot.index], [request.pending])[0])
+            except Exception as e:
+                self.fail(request, e)
+                continue
+            kept.append(request)
+        return kept, logits
 
     def _speculate(self, request: Request) -> None:
         """The next token of the only generating request, by speculative decoding: one draft-and-check
@@ -305,13 +354,13 @@ class Scheduler:
         judged, accepted = self.drafter.judged, self.drafter.accepted
         try:
             token = next(request.spec)
+            request.chosen(token)  # before the generator judges the next guess, which depends on it
         except Exception as e:
-            self._fail(request, e)
+            self.fail(request, e)
             return
         request.judged += self.drafter.judged - judged
         request.accepted += self.drafter.accepted - accepted
         request.pending = None
-        request.chosen(token)  # before the generator judges the next guess, which depends on it
         self._deliver(request, token)
 
     def _stop_speculating(self, request: Request) -> None:
@@ -336,16 +385,30 @@ class Scheduler:
         if finished:
             request.end()
 
-    def _fail(self, request: Request, error: BaseException) -> None:
-        """A graph call failed for the request: its row may be half-written, so it is forgotten."""
+    def fail(self, request: Request, error: BaseException) -> None:
+        """Something failed for the request: it leaves with the error, whatever state it was in, and its
+        row, which may be half-written, is forgotten. Nothing before the row's reset may raise: a failed
+        request must never keep its slot."""
         if request.finished:
             return
-        if request.spec is not None:
-            request.spec.close()
-            request.spec = None
-            if self.drafter:
-                self.drafter.reset()
-        request.slot.row.reset()
-        request.slot.ids = []
         request.error = error
-        self._leave(request)
+        request.finished = True
+        if request in self.waiting:
+            self.waiting.remove(request)
+        for queue in (self.prefilling, self.decoding):
+            if request in queue:
+                queue.remove(request)
+        self._release_followers(request, None)
+        spec, request.spec = request.spec, None
+        slot = request.slot
+        try:
+            if spec is not None:
+                spec.close()
+                if self.drafter:
+                    self.drafter.reset()
+        finally:
+            if slot is not None and slot.request is request:
+                slot.request, slot.ids = None, []
+                self._clock += 1
+                slot.used_at = self._clock
+                slot.row.reset()

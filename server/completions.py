@@ -1,25 +1,30 @@
-"""The legacy text endpoint, POST /v1/completions: raw prompts (no chat template), n choices each, the
-prompt echoed on request, and logprobs in the legacy shape. The response object is text_completion,
-streamed in the same shape."""
+"""POST /v1/completions, the legacy text endpoint: raw prompts (no chat template), n choices each, the prompt
+echoed on request, and logprobs in the legacy shape. The response object is text_completion, streamed in the
+same shape."""
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
-from inference import SamplingParams
+from inference import Delta, SamplingParams
 from server import options
 from server.errors import APIError
-from server.logprobs import TokenText, legacy
-from server.prompt import sampling
+from server.logprobs import legacy
+from server.params import Knobs, choices, legacy_logprobs, sampling_params
 from server.schema import CompletionRequest
-from server.worker import DONE, Job, next_event
+from server.serving import Context, data, usage
+from server.worker import Job
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
+# Generations one request may ask for (prompts x n). A request beyond it would hold the slots for a long time
+# while others wait; 64 is 16 times the CPU server's 4 slots, enough for a batch of prompts from a harness.
+MAX_GENERATIONS = 64
 
 
 @dataclass
@@ -42,60 +47,85 @@ def _texts(prompt: Any) -> list[str]:
                    param="prompt", code="unsupported_parameter")
 
 
-def plan(req: CompletionRequest, base: SamplingParams, max_output: int, vocab_size: int) -> Plan:
+def plan(req: CompletionRequest, ctx: Context) -> Plan:
     options.refuse_unknown(req)
     if req.suffix:
         raise APIError(400, "suffix is not supported: this model completes after the prompt only (insertion "
                             "needs a fill-in-the-middle prompt)", param="suffix", code="unsupported_parameter")
-    n = options.choices(req.n)
+    n = choices(req.n)
     if req.best_of not in (None, 1, n):
         raise APIError(400, "best_of is not supported: every choice generated is returned (use n)",
                        param="best_of", code="unsupported_parameter")
-    logprobs = options.legacy_logprobs(req.logprobs)
+    logprobs = legacy_logprobs(req.logprobs)
     if req.echo and logprobs is not None:
         raise APIError(400, "echo with logprobs is not supported: the prompt's own logprobs are not computed",
                        param="echo", code="unsupported_parameter")
     texts = _texts(req.prompt)
-    if req.max_tokens is None:
-        req = req.model_copy(update={"max_tokens": min(DEFAULT_MAX_TOKENS, max_output)})
-    params = options.apply(req, sampling(req, base, max_output), vocab_size, logprobs)
-    return Plan(texts, n, params, bool(req.echo), logprobs)
+    if len(texts) * n > MAX_GENERATIONS:
+        raise APIError(400, f"This server generates at most {MAX_GENERATIONS} completions per request (prompts "
+                            f"times n); this one asks for {len(texts)} x {n}.", param="prompt", code="invalid_value")
+    max_tokens = req.max_tokens if req.max_tokens is not None else min(DEFAULT_MAX_TOKENS, ctx.max_output)
+    k = Knobs(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
+              presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+              logit_bias=req.logit_bias, logprobs=logprobs)
+    return Plan(texts, n, sampling_params(k, ctx.base, ctx.max_output, ctx.vocab_size), bool(req.echo), logprobs)
 
 
-def usage(stats: list[Any], n: int) -> dict:
-    """Each prompt counts once (its first choice's stats), every choice's tokens count."""
-    known = [s for s in stats if s is not None]
-    prompt = sum(s.prompt_tokens for i, s in enumerate(stats) if s is not None and i % n == 0)
-    completion = sum(s.completion_tokens for s in known)
-    reused = sum(s.reused_tokens for i, s in enumerate(stats) if s is not None and i % n == 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": reused}}
+def _tokens(ctx: Context, texts: list[str]) -> list[list[int]]:
+    out = []
+    for i, text in enumerate(texts):
+        ids = ctx.inference.tokenizer.encode(text, add_special_tokens=False)
+        where = f"prompt[{i}]" if len(texts) > 1 else "prompt"
+        if not ids:
+            raise APIError(400, f"{where} is empty: there is nothing to complete", param="prompt")
+        ctx.check_length(len(ids), f"{where} is", "prompt")
+        out.append(ids)
+    return out
 
 
-class Builder:
+class CompletionServing:
+    """The legacy text door."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def __call__(self, req: CompletionRequest, request: Request) -> Response:
+        ctx = self.ctx
+        ctx.check_model(req.model)
+        c = plan(req, ctx)
+        prompts = await ctx.prepare(lambda: _tokens(ctx, c.texts))
+        job = Job(prompts, c.params, asyncio.get_running_loop(), n=c.n)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        answer = CompletionAnswer(ctx, c, bool(req.stream), include_usage)
+        return await ctx.answer(job, answer, bool(req.stream), request)
+
+
+class CompletionAnswer:
     """The text_completion objects of one request, and each choice's progress."""
 
-    def __init__(self, model: str, plan: Plan, words: TokenText) -> None:
+    def __init__(self, ctx: Context, plan: Plan, streaming: bool, include_usage: bool) -> None:
         self.id = "cmpl-" + uuid.uuid4().hex
         self.created = int(time.time())
-        self.model, self.plan, self.words = model, plan, words
+        self.model, self.plan, self.words = ctx.model_name, plan, ctx.words
+        self.streaming, self.include_usage = streaming, include_usage
         count = len(plan.texts) * plan.n
-        self.texts: list[list[str]] = [[self.prompt(i)] if plan.echo else [] for i in range(count)]
+        self.texts: list[list[str]] = [[self._prompt(i)] if plan.echo else [] for i in range(count)]
+        self.entries: list[list] = [[] for _ in range(count)]
         self.offsets = [0] * count  # characters of text a choice's logprobs have covered
         self.stats: list[Any] = [None] * count
         self.reasons: list[str | None] = [None] * count
 
-    def prompt(self, choice: int) -> str:
+    def _prompt(self, choice: int) -> str:
         return self.plan.texts[choice // self.plan.n]
 
-    def logprobs(self, choice: int, entries: list) -> dict | None:
+    def _logprobs(self, choice: int, entries: list) -> dict | None:
         if self.plan.logprobs is None:
             return None
         out = legacy(entries, self.words, self.offsets[choice])
         self.offsets[choice] += sum(len(t) for t in out["tokens"])
         return out
 
-    def body(self, choices: list[dict], with_usage: bool = False) -> dict:
+    def _body(self, choices: list[dict], with_usage: bool = False) -> dict:
         out = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                "system_fingerprint": "qwen-ascend-llm", "choices": choices}
         if with_usage:
@@ -103,49 +133,34 @@ class Builder:
         return out
 
     @staticmethod
-    def choice(index: int, text: str, logprobs: dict | None, reason: str | None) -> dict:
+    def _choice(index: int, text: str, logprobs: dict | None, reason: str | None) -> dict:
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
+    def opening(self) -> list[dict]:
+        if not self.plan.echo:
+            return []
+        return [data(self._body([self._choice(i, self._prompt(i), None, None)])) for i in range(len(self.texts))]
 
-async def collect(job: Job, event: Any, out: Builder, request: Request) -> dict:
-    entries: list[list] = [[] for _ in out.texts]
-    try:
-        while event is not DONE:
-            if isinstance(event, APIError):
-                raise event
-            i, delta = event
-            out.texts[i].append(delta.text)
-            entries[i] += delta.logprobs
-            if delta.finish_reason:
-                out.reasons[i], out.stats[i] = delta.finish_reason, delta.stats
-            event = await next_event(job, request)
-    finally:
-        job.cancel.set()  # a no-op once finished; stops the model if we leave early
-    choices = [out.choice(i, "".join(t), out.logprobs(i, entries[i]), out.reasons[i] or "stop")
-               for i, t in enumerate(out.texts)]
-    return out.body(choices, with_usage=True)
+    def feed(self, i: int, delta: Delta) -> list[dict]:
+        if delta.finish_reason:
+            self.reasons[i], self.stats[i] = delta.finish_reason, delta.stats
+        if not self.streaming:
+            self.texts[i].append(delta.text)
+            self.entries[i] += delta.logprobs
+            return []
+        if not (delta.text or delta.logprobs or delta.finish_reason):
+            return []
+        logprobs = self._logprobs(i, delta.logprobs)
+        return [data(self._body([self._choice(i, delta.text, logprobs, delta.finish_reason)]))]
 
+    def closing(self) -> list[dict]:
+        out = [data({**self._body([]), "usage": usage(self.stats, self.plan.n)})] if self.include_usage else []
+        return out + [{"data": "[DONE]"}]
 
-async def stream(job: Job, event: Any, out: Builder, include_usage: bool) -> AsyncIterator[dict]:
-    def data(body: dict) -> dict:
-        return {"data": json.dumps(body, ensure_ascii=False)}
+    def error_event(self, error: APIError) -> dict:
+        return data(error.body())
 
-    try:
-        if out.plan.echo:
-            for i in range(len(out.texts)):
-                yield data(out.body([out.choice(i, out.prompt(i), None, None)]))
-        while event is not DONE:
-            if isinstance(event, APIError):
-                yield data(event.body())  # headers are gone: in-band, as OpenAI does
-                return
-            i, delta = event
-            if delta.finish_reason:
-                out.reasons[i], out.stats[i] = delta.finish_reason, delta.stats
-            if delta.text or delta.logprobs or delta.finish_reason:
-                yield data(out.body([out.choice(i, delta.text, out.logprobs(i, delta.logprobs), delta.finish_reason)]))
-            event = await job.events.get()
-        if include_usage:
-            yield data({**out.body([]), "usage": usage(out.stats, out.plan.n)})
-        yield {"data": "[DONE]"}
-    finally:
-        job.cancel.set()
+    def result(self) -> dict:
+        choices = [self._choice(i, "".join(t), self._logprobs(i, self.entries[i]), self.reasons[i] or "stop")
+                   for i, t in enumerate(self.texts)]
+        return self._body(choices, with_usage=True)

@@ -8,18 +8,23 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("api")
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
-               429: "rate_limit_exceeded", 503: "server_overloaded"}
+               405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+               422: "invalid_request_error", 429: "rate_limit_exceeded", 503: "server_overloaded"}
+
+
+def _sendable(text: str | None) -> str | None:
+    """text as UTF-8 can carry it: a lone surrogate a client sent, quoted back, becomes its escape."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
                  type: str | None = None) -> None:
+        message, param = _sendable(message), _sendable(param)
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
         self.type = type or ERROR_TYPES.get(status, "server_error")
@@ -70,52 +75,3 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("request failed")
         return APIError(500, "The server had an error while processing your request.",
                         type="server_error").response()
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over max_bytes is refused with 413 before anything parses it;
-    bodies without Content-Length are counted as they arrive."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send, more=True)
-            return
-        chunks: list[Message] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                chunks.append(message)
-                break
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send, more=message.get("more_body", False))
-                return
-            chunks.append(message)
-            if not message.get("more_body", False):
-                break
-
-        async def replay() -> Message:
-            # the buffered body first, then whatever the server sends next (a disconnect)
-            return chunks.pop(0) if chunks else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, more: bool) -> None:
-        # Read (and drop) the rest of the body, up to a bound: a client still sending when we answer
-        # would see a reset connection instead of our 413.
-        drained = 0
-        while more and drained < 16 * self.max_bytes:
-            message = await receive()
-            drained += len(message.get("body", b""))
-            more = message["type"] == "http.request" and message.get("more_body", False)
-        error = APIError(413, f"The request body is larger than this server accepts ({self.max_bytes} bytes).",
-                         code="request_too_large")
-        await error.response()(scope, receive, send)

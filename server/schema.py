@@ -1,18 +1,22 @@
 """The request bodies the server accepts: the subset of OpenAI's chat-completions and legacy completions
 requests we honour. Unknown fields are kept aside: server/options.py refuses by name those that would change
-the answer, the rest are ignored (clients send many we have no use for); known ones are typed strictly
-enough that nonsense is a 422 before it reaches the model."""
+the answer, the rest are ignored (clients send many we have no use for); known ones are typed strictly (no
+`true` for an integer, no "3" for a number), so that nonsense is refused before it reaches the model, and
+every string is checked to be valid Unicode text (server/validation.py) before anything reads it."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from server.validation import check_text
 
 INT64 = 2**63
+MAX_TOOLS = 128  # OpenAI's limit on the tools (or functions) of one request
 
 
 class Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ContentPart(Lenient):
@@ -70,7 +74,7 @@ class NamedToolChoice(NamedByFunction, Lenient):
 
 
 class JSONSchemaFormat(Lenient):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
     # "schema" would shadow a BaseModel attribute; the alias keeps OpenAI's name on the wire.
@@ -88,10 +92,15 @@ class StreamOptions(Lenient):
 
 
 class Sampling(BaseModel):
-    """Fields both endpoints honour (server/options.py applies the penalties and bias). Fields a request
-    sends that no model here declares are kept in `model_extra`, so that those which would change the
-    answer are refused by name (server/options.py) and the rest ignored."""
-    model_config = ConfigDict(extra="allow")
+    """Fields both endpoints honour (server/params.py builds the sampling parameters from them). Fields a
+    request sends that no model here declares are kept in `model_extra`, so that those which would change
+    the answer are refused by name (server/options.py) and the rest ignored."""
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        return check_text(data)
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1, lt=INT64)
@@ -114,9 +123,9 @@ class ChatCompletionRequest(Sampling):
     max_completion_tokens: int | None = Field(None, ge=1, lt=INT64)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, json_schema_extra={"minimum": 0, "maximum": 20})
-    tools: list[ToolDef] | None = None
+    tools: list[ToolDef] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    functions: list[FunctionDef] | None = None
+    functions: list[FunctionDef] | None = Field(None, max_length=MAX_TOOLS)
     function_call: Literal["none", "auto"] | FunctionName | None = None
     response_format: ResponseFormat | None = None
 

@@ -3,13 +3,14 @@ requests and model outputs written out by hand."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from engine.constraint import Grammars
 from inference import SamplingParams
+from server.chat import plan
 from server.errors import APIError
-from server.prompt import plan
 from server.schema import ChatCompletionRequest
 from server.toolcall import parse_tool_calls, react
 from server.toolcall.stream import ReactStream, ToolStream
@@ -148,7 +149,9 @@ def test_call_missing_its_last_brace_is_still_a_call() -> None:
 def planned(**body):
     req = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], **body)
     # No tokenizer: the constraints tools bring are built and checked, never run here.
-    return plan(req, SamplingParams(max_new_tokens=16), 16, Grammars(None, []))
+    ctx = SimpleNamespace(base=SamplingParams(max_new_tokens=16), max_output=16, vocab_size=32,
+                          grammars=Grammars(None, []))
+    return plan(req, ctx, check_grammar=False)
 
 
 def read(mode, text: str) -> tuple[str, list]:

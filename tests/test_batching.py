@@ -61,7 +61,9 @@ def test_concurrent_requests_get_the_tokens_they_get_alone(models, kind, monkeyp
     real = type(engine.session)._decode
     monkeypatch.setattr(type(engine.session), "_decode",
                         lambda self, rows, tokens: batched.append(rows) or real(self, rows, tokens))
-    lengths, arrive, new = [5, 23, 9, 17], [0, 2, 3, 5], [30, 16, 24, 14]
+    # Request 2 arrives once request 1's prompt is read: prompts take turns in prefill, and request 1 must
+    # join the batch first for the rows to be laid out around it.
+    lengths, arrive, new = [5, 23, 9, 17], [0, 2, 8, 10], [30, 16, 24, 14]
     requests = [(arrive[i], prompt(i, lengths[i]), SamplingParams(new[i], **GREEDY), None) for i in range(4)]
     ref = [alone(engine, ids, params) for _, ids, params, _ in requests]
     assert all(len(r) == n for r, n in zip(ref, new))  # no early end token: every step is compared
@@ -199,25 +201,27 @@ def test_the_server_sends_each_first_token_as_soon_as_its_prompt_is_read(models,
     from server.worker import Job, Worker
 
     engine = engine_for(models, "cpu graph", max_batch=4, max_prefill_length=64)
-    worker = Worker(engine, max_queue=4, max_input_length=100)
+    worker = Worker(engine, max_queue=4)
     calls = record_calls(monkeypatch, engine)
     send = worker._send
     monkeypatch.setattr(worker, "_send", lambda: calls.append(("send", sum(
-        g.first_token_at is not None for gens in worker._running.values() for g in gens))) or send())
+        g.first_token_at is not None for run in worker._runs for g in run.live))) or send())
     loop = asyncio.new_event_loop()
     try:
-        jobs = [Job(messages=[], tools=None, params=SamplingParams(5, **GREEDY), loop=loop, texts=[text])
+        jobs = [Job([engine.tokenizer.encode(text)], SamplingParams(5, **GREEDY), loop)
                 for text in ("one two", "three four", "five six")]
         for job in jobs:
-            worker._admit(job)
+            worker.submit(job)
+        worker._admit()
         worker._step()
         assert [c[:2] for c in calls] == [("chunk", 0), ("send", 1), ("chunk", 1), ("send", 2), ("chunk", 2),
-                                          ("send", 3), ("decode", 3), ("send", 3)]
+                                          ("send", 3), ("decode", 3)]
+        worker._collect()
         loop.run_until_complete(asyncio.sleep(0))  # the events the worker queued with call_soon_threadsafe
         assert all(job.events.qsize() >= 1 for job in jobs)  # each has its first token (or its text so far)
     finally:
-        for job in list(worker._running):
-            worker._cancel(job)
+        for run in list(worker._runs):
+            worker._cancel(run)
         loop.close()
 
 

@@ -37,7 +37,7 @@ def chat(client: TestClient, text: str, **kw) -> dict:
 
 
 def test_counters_move_with_requests(inference):
-    with TestClient(create_app(inference, "m", web_ui=False)) as client:
+    with TestClient(create_app(inference, "m", no_web_ui=True, allowed_hosts="testserver")) as client:
         before = samples(client)
         assert value(before, "busy_slots") == 0 and value(before, "queue_length") == 0
         first = chat(client, "count")
@@ -70,7 +70,7 @@ def test_counters_move_with_requests(inference):
 
 
 def test_two_apps_count_apart_and_n_counts_the_prompt_once(inference):
-    with TestClient(create_app(inference, "a", web_ui=False)) as a, TestClient(create_app(inference, "b", web_ui=False)) as b:
+    with TestClient(create_app(inference, "a", no_web_ui=True, allowed_hosts="testserver")) as a, TestClient(create_app(inference, "b", no_web_ui=True, allowed_hosts="testserver")) as b:
         one = chat(a, "count", n=2)
         assert len(one["choices"]) == 2
         in_a, in_b = samples(a), samples(b)

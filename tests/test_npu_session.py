@@ -185,7 +185,7 @@ def test_api_serves_the_acl_session_like_the_onnx_one(emu, tiny_model_dir, tmp_p
         engine = Inference(InferenceConfig.create(tiny_model_dir, session_type=kind, kv_cache_length=256,
                                                   max_input_length=128, **{flag: str(path)}))
         try:
-            with TestClient(create_app(engine, "tiny")) as client:
+            with TestClient(create_app(engine, "tiny", allowed_hosts="testserver")) as client:
                 r = client.post("/v1/chat/completions", json=body)
         finally:
             if kind == "acl":

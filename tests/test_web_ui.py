@@ -154,11 +154,11 @@ def test_no_web_ui_turns_the_page_off(tiny_model_dir) -> None:
     assert from_args(ServerOptions, parse_args([*model, "--no_web_ui"])).no_web_ui is True
     assert from_args(ServerOptions, parse_args(model)).no_web_ui is False
     inference = scripted_inference(str(tiny_model_dir))
-    off = TestClient(create_app(inference, "m", web_ui=False))  # no `with`: the worker is not needed
+    off = TestClient(create_app(inference, "m", no_web_ui=True, allowed_hosts="testserver"))  # no `with`: the worker is not needed
     for path in ("/", "/web/chat.js"):
         r = off.get(path)
         assert r.status_code == 404 and r.json()["error"]["message"].startswith("Unknown request URL"), path
-    assert TestClient(create_app(inference, "m")).get("/").status_code == 200
+    assert TestClient(create_app(inference, "m", allowed_hosts="testserver")).get("/").status_code == 200
 
 
 # ---- in the browser ------------------------------------------------------------------------------------
