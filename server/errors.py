@@ -47,7 +47,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     param = ".".join(loc) or None
     where = f"'{param}': " if param else ""
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return APIError(422, f"{where}{first.get('msg', 'invalid request')}{more}", code="invalid_value",
+    # OpenAI answers a malformed body with 400 (FastAPI's own choice is 422, which OpenAI's clients raise as
+    # another exception than BadRequestError).
+    return APIError(400, f"{where}{first.get('msg', 'invalid request')}{more}", code="invalid_value",
                     param=param)
 
 

@@ -86,6 +86,32 @@ class Server:
 
 
 @contextmanager
+def running(engine, model_name: str, **options) -> Iterator[str]:
+    """api.py's app on `engine`, served by uvicorn on a thread of this process (so that a test can patch the
+    code it runs); yields its base URL. options: ServerOptions fields."""
+    import threading
+
+    import uvicorn
+
+    from server.app import create_app
+    from server.transport import guarded_protocol
+
+    config = uvicorn.Config(create_app(engine, model_name, **options), host="127.0.0.1", port=free_port(),
+                            log_level="warning", http=guarded_protocol(30.0), lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@contextmanager
 def serve(args: list[str], tmp: Path, startup_s: float = 300) -> Iterator[Server]:
     """Start `python <args> --port N`, wait for uvicorn's ready line, stop it afterwards."""
     port = free_port()

@@ -47,18 +47,18 @@ def assert_still_serving(server) -> None:
 MSG = [{"role": "user", "content": "hi"}]
 BAD = {
     "bad json": (None, b'{"messages": [', 400),
-    "not an object": (None, b"[1, 2, 3]", 422),
-    "messages not a list": ({"messages": "hello"}, None, 422),
-    "message not an object": ({"messages": ["hello"]}, None, 422),
-    "unknown role": ({"messages": [{"role": "robot", "content": "hi"}]}, None, 422),
-    "content a number": ({"messages": [{"role": "user", "content": 42}]}, None, 422),
-    "empty messages": ({"messages": []}, None, 422),
-    "missing messages": ({"model": "fake-model"}, None, 422),
-    "temperature a word": ({"messages": MSG, "temperature": "hot"}, None, 422),
-    "temperature too high": ({"messages": MSG, "temperature": 7}, None, 422),
-    "max_tokens zero": ({"messages": MSG, "max_tokens": 0}, None, 422),
+    "not an object": (None, b"[1, 2, 3]", 400),
+    "messages not a list": ({"messages": "hello"}, None, 400),
+    "message not an object": ({"messages": ["hello"]}, None, 400),
+    "unknown role": ({"messages": [{"role": "robot", "content": "hi"}]}, None, 400),
+    "content a number": ({"messages": [{"role": "user", "content": 42}]}, None, 400),
+    "empty messages": ({"messages": []}, None, 400),
+    "missing messages": ({"model": "fake-model"}, None, 400),
+    "temperature a word": ({"messages": MSG, "temperature": "hot"}, None, 400),
+    "temperature too high": ({"messages": MSG, "temperature": 7}, None, 400),
+    "max_tokens zero": ({"messages": MSG, "max_tokens": 0}, None, 400),
     "max_tokens huge": ({"messages": MSG, "max_tokens": 10**12}, None, 400),
-    "max_tokens beyond int64": ({"messages": MSG, "max_tokens": 10**30}, None, 422),
+    "max_tokens beyond int64": ({"messages": MSG, "max_tokens": 10**30}, None, 400),
     "n too many": ({"messages": MSG, "n": 17}, None, 400),
     "five stops": ({"messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, None, 400),
     "image part": ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
@@ -67,7 +67,7 @@ BAD = {
                                   "tools": [{"type": "function", "function": {"name": "y"}}]}, None, 400),
     "tools and functions": ({"messages": MSG, "tools": [{"type": "function", "function": {"name": "y"}}],
                              "functions": [{"name": "y"}]}, None, 400),
-    "seed a list": ({"messages": MSG, "seed": [1]}, None, 422),
+    "seed a list": ({"messages": MSG, "seed": [1]}, None, 400),
 }
 
 

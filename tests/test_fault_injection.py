@@ -9,24 +9,20 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
-from api_helpers import free_port
+from api_helpers import running
 from backends.base import Row
 from config import InferenceConfig
 from emulator import harness
 from engine.constraint import GrammarConstraint, Grammars
 from engine.text import Detokenizer
 from inference import Generation, Inference
-from server.app import create_app
 from server.chat import ChatAnswer
-from server.transport import guarded_protocol
 
 KV_LEN = 256
 POISON = "poison"  # the poisoned request's message
@@ -67,24 +63,6 @@ def engine_for(kind: str, model_dir: Path, graphs: dict, request) -> Inference:
         return Inference(InferenceConfig.create(model_dir, session_type="pytorch", cpu_thread=1, **base))
     return Inference(InferenceConfig.create(model_dir, session_type="onnx", onnx_model_path=str(graphs[kind]),
                                             cpu_thread=1, **base))
-
-
-@contextmanager
-def running(engine: Inference) -> Iterator[str]:
-    """The app served by uvicorn on a thread of this process; yields its base URL."""
-    config = uvicorn.Config(create_app(engine, "tiny"), host="127.0.0.1", port=free_port(), log_level="warning",
-                            http=guarded_protocol(30.0), lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def chat(url: str, text: str, max_tokens: int = 12, **extra) -> tuple[int, str]:
@@ -200,7 +178,7 @@ def test_a_fault_in_one_request_fails_it_alone(kind, stage, tiny_model_dir, grap
     armed = threading.Event()
     inject(stage, engine, monkeypatch, armed)
     try:
-        with running(engine) as url:
+        with running(engine, "tiny") as url:
             alone = [chat(url, text) for text in NORMAL]
             assert all(status == 200 and text for status, text in alone), alone
             armed.set()

@@ -47,13 +47,13 @@ def test_counters_move_with_requests(inference):
         assert streamed.status_code == 200
         assert client.post("/v1/chat/completions", json={"model": "other", "messages": [
             {"role": "user", "content": "x"}]}).status_code == 404
-        assert client.post("/v1/chat/completions", json={"messages": []}).status_code == 422
+        assert client.post("/v1/chat/completions", json={"messages": []}).status_code == 400
         assert client.get("/v1/models").status_code == 200
         after = samples(client)
     chat_ok = dict(endpoint="/v1/chat/completions", status="200")
     assert value(after, "requests_total", **chat_ok) - value(before, "requests_total", **chat_ok) == 3
     assert value(after, "requests_total", endpoint="/v1/chat/completions", status="404") == 1
-    assert value(after, "requests_total", endpoint="/v1/chat/completions", status="422") == 1
+    assert value(after, "requests_total", endpoint="/v1/chat/completions", status="400") == 1
     assert value(after, "requests_total", endpoint="/v1/models", status="200") == 1
     prompt = first["usage"]["prompt_tokens"]
     completion = first["usage"]["completion_tokens"]
