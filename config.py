@@ -10,6 +10,7 @@ InferenceConfig joins the first two with the model's shape from config.json, and
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -81,10 +82,25 @@ class GenerationOptions:
         None, help="most prompt tokens per request; older chat turns are dropped beyond it (default: 7/8 of "
                    "--kv_cache_length, the rest is room for the answer)")
     max_output_length: int = option(1024, help="most new tokens per answer")
-    sampling_method: str = option("top_p", choices=SAMPLING_METHODS,
-                                  help="greedy: always the likeliest token; top_k / top_p: sample")
-    sampling_value: float = option(0.8, help="k for top_k, p for top_p")
-    temperature: float = option(0.7, help="softmax temperature for sampling; 0 means greedy")
+    # The sampling defaults a request may override. Each one left unset here takes the value the model
+    # directory's generation_config.json recommends, if it names one, else the default in its help:
+    # a flag given explicitly always wins over the model's recommendation.
+    sampling_method: str | None = option(
+        None, choices=SAMPLING_METHODS,
+        help="greedy: always the likeliest token; top_k / top_p: sample (default: top_p; with "
+             "--sampling_value unset, the model's generation_config.json top_p if it has one)")
+    sampling_value: float | None = option(
+        None, help="k for top_k (default 40), p for top_p (default: the model's generation_config.json top_p, "
+                   "else 0.8)")
+    temperature: float | None = option(
+        None, help="softmax temperature for sampling; 0 means greedy (default: the model's "
+                   "generation_config.json temperature, else 0.7)")
+    top_k: int | None = option(
+        None, help="also sample only among the k likeliest tokens, 0 for no such cut (default: the model's "
+                   "generation_config.json top_k, else 0)")
+    repetition_penalty: float | None = option(
+        None, help="CTRL's penalty on tokens already in the prompt or answer, 1 for none (default: the model's "
+                   "generation_config.json repetition_penalty, else 1)")
     seed: int | None = option(None, help="random seed, for repeatable sampling")
 
 
@@ -102,8 +118,12 @@ class ServerOptions:
                                     "scripts from a CDN, so they are off unless asked for)")
     allowed_hosts: str | None = option(
         None, help="comma-separated host names to answer besides the loopback ones, or '*' for any. Only used "
-                   "when bound to loopback without --api_key: then a request whose Host header is not a loopback "
-                   "name is refused, so that web pages cannot reach the server through DNS rebinding")
+                   "when bound to loopback (the default --host): then a request whose Host header is not a "
+                   "loopback name is refused, so that web pages cannot reach the server through DNS rebinding")
+    allowed_origins: str | None = option(
+        None, help="comma-separated web origins (e.g. https://chat.example.com) whose pages may call the API "
+                   "besides the loopback ones (http://localhost:*, http://127.0.0.1:*, http://[::1]:*), or '*' "
+                   "for any (CORS)")
     header_timeout_s: float = option(30.0, help="seconds a connection may take to send a request's headers")
     body_timeout_s: float = option(30.0, help="seconds a request's body may pause before the request is refused")
     max_connections: int = option(128, help="connections served at once; beyond them uvicorn answers 503")
@@ -152,6 +172,7 @@ class InferenceConfig:
             session = replace(session, threads_shared=True)
         if session.max_batch is None:
             session = replace(session, max_batch=1)
+        generation = _sampling_defaults(generation, Path(session.hf_model_dir))
         if generation.max_input_length is None:
             generation = replace(generation, max_input_length=max(1, int(session.kv_cache_length * INPUT_SHARE)))
         if generation.max_input_length >= session.kv_cache_length:
@@ -174,6 +195,10 @@ class InferenceConfig:
             raise UserError(f"--cpu_thread {s.cpu_thread}: must be at least 1")
         if g.temperature < 0:
             raise UserError(f"--temperature {g.temperature}: must not be negative")
+        if g.top_k < 0:
+            raise UserError(f"--top_k {g.top_k}: must not be negative")
+        if g.repetition_penalty <= 0:
+            raise UserError(f"--repetition_penalty {g.repetition_penalty}: must be positive")
         if s.draft_onnx_model_path and s.session_type == "acl":
             raise UserError("--draft_onnx_model_path: speculative decoding runs with --session_type onnx or "
                             "pytorch, not acl")
@@ -200,6 +225,36 @@ def _check_paths(s: SessionOptions) -> None:
             raise UserError(f"--{flag} {path}: no such file")
     if s.session_type in needs and not getattr(s, needs[s.session_type]):
         raise UserError(f"--session_type {s.session_type} needs --{needs[s.session_type]}")
+
+
+# What GenerationOptions' sampling fields default to when neither a flag nor the model sets them.
+SAMPLING_DEFAULTS = {"temperature": 0.7, "top_p": 0.8, "top_k": 0, "repetition_penalty": 1.0}
+TOP_K_METHOD_DEFAULT = 40.0
+
+
+def recommended_sampling(hf_model_dir: Path) -> dict[str, float]:
+    """The sampling values the model's generation_config.json recommends (those of SAMPLING_DEFAULTS it names)."""
+    path = hf_model_dir / "generation_config.json"
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        raise UserError(f"{path}: not valid JSON") from None
+    return {k: config[k] for k in SAMPLING_DEFAULTS if isinstance(config.get(k), (int, float))
+            and not isinstance(config.get(k), bool)}
+
+
+def _sampling_defaults(g: GenerationOptions, hf_model_dir: Path) -> GenerationOptions:
+    """Fill the sampling fields no flag set: the model's recommendation, else SAMPLING_DEFAULTS."""
+    values = {**SAMPLING_DEFAULTS, **recommended_sampling(hf_model_dir)}
+    method = g.sampling_method or "top_p"
+    value = g.sampling_value
+    if value is None:  # the p of top_p; for top_k, llama.cpp's default k
+        value = values["top_p"] if method == "top_p" else TOP_K_METHOD_DEFAULT if method == "top_k" else 0.0
+    return replace(g, sampling_method=method, sampling_value=value,
+                   temperature=values["temperature"] if g.temperature is None else g.temperature,
+                   top_k=int(values["top_k"]) if g.top_k is None else g.top_k,
+                   repetition_penalty=values["repetition_penalty"] if g.repetition_penalty is None
+                   else g.repetition_penalty)
 
 
 def _recorded_kv_length(s: SessionOptions) -> int | None:

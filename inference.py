@@ -200,8 +200,9 @@ class Generation(Request):
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, decode: Callable[[list[int]], str],
                  eos_token_ids: set[int]):
-        super().__init__(prompt_ids, params)
-        self.eos_token_ids = eos_token_ids
+        # What ends the answer: the model's end tokens (unless ignore_eos) and the request's stop_token_ids.
+        self.end_ids = (set() if params.ignore_eos else set(eos_token_ids)) | set(params.stop_token_ids)
+        super().__init__(prompt_ids, params, self.end_ids)
         self.deltas: list[Delta] = []
         self.detokenizer = Detokenizer(decode)
         self.stops = StopMatcher(params.stop)
@@ -218,7 +219,7 @@ class Generation(Request):
     def accept(self, token: int, cache_full: bool) -> bool:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-        if token in self.eos_token_ids:
+        if token in self.end_ids:
             self.finish = "stop"
             return False
         self.n += 1

@@ -68,6 +68,21 @@ def json_grammar(schema: dict | None, what: str = "the schema") -> str:
     return _json_grammar(ANY_OBJECT if schema is None else schema, what)
 
 
+def gbnf_grammar(text: str, what: str = "grammar") -> str:
+    """A grammar from llama.cpp's GBNF, converted by llguidance; GrammarError when it does not convert cleanly."""
+    from llguidance.gbnf_to_lark import gbnf_to_lark
+
+    try:
+        lark = gbnf_to_lark(text)
+    except Exception as e:  # the converter raises its own error type, and plain Exceptions for some mistakes
+        raise GrammarError(f"{what} is not GBNF llguidance can convert: {_one_line(str(e))}") from None
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    except (ValueError, TypeError) as e:
+        raise GrammarError(f"{what} cannot be used as a constraint: {e}") from None
+    return _check(grammar, what)
+
+
 def declared_arguments(parameters: dict | None) -> set[str] | None:
     """The argument names a function's parameters allow, None when they allow others too. Parameters
     that do not say what other keys may be allow none: a small model otherwise pads a call with keys
@@ -96,12 +111,14 @@ def _lark_json(schema: dict) -> str:
 
 
 def tool_grammar(tools: Sequence[dict], required: bool, answer_schema: dict | None = None,
-                 what: str = "tools", tags_are_tokens: bool = True) -> str:
+                 what: str = "tools", tags_are_tokens: bool = True, parallel: bool = True) -> str:
     """A grammar for answers to a request offering tools (OpenAI's tools: [{"function": {name, parameters}}]).
 
     required: the answer is 1 to MAX_CALLS calls to the offered tools and nothing else. Otherwise
     ("auto"): free text (or, with answer_schema, JSON valid against it), and once the model opens a call
     the rest of that call is constrained; the grammar is lazy, so text is never held back.
+    parallel: False allows one call at most (exactly one when required), as OpenAI's
+    parallel_tool_calls: false does.
     tags_are_tokens: the tokenizer has <tool_call> and </tool_call> as tokens of their own (Qwen2.5 and
     later); otherwise the tags are text the model spells out."""
     calls = []
@@ -115,12 +132,14 @@ def tool_grammar(tools: Sequence[dict], required: bool, answer_schema: dict | No
     open_tag, close_tag = tags
     lines = [f'call: {open_tag} "\\n" {_lark_json(call)} "\\n" {close_tag}']
     if required:
-        lines.insert(0, f'start: call ("\\n" call){{0,{MAX_CALLS - 1}}}')
+        bounded = f'("\\n" call){{0,{MAX_CALLS - 1}}}' if parallel else ""
+        lines.insert(0, f"start: call {bounded}")
     elif answer_schema is not None:
         _json_grammar(answer_schema, "response_format.json_schema.schema")
-        lines.insert(0, f'start: {_lark_json(answer_schema)} | call ("\\n" call)*')
+        more = '("\\n" call)*' if parallel else ""
+        lines.insert(0, f"start: {_lark_json(answer_schema)} | call {more}")
     else:
-        lines.insert(0, "start: TEXT (call TEXT)*")
+        lines.insert(0, "start: TEXT (call TEXT)*" if parallel else "start: TEXT (call TEXT)?")
         lines.append(r"TEXT: /(.|\n)*/")
     return _check(llguidance.LLMatcher.grammar_from_lark("\n".join(lines)), what)
 

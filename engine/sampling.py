@@ -1,4 +1,5 @@
-"""Sampling settings and the choice of the next token from logits: greedy, top-k or top-p."""
+"""Sampling settings and the choice of the next token from logits: greedy, or sampling after temperature with
+top-k, top-p (nucleus) and min-p cut-offs, in that order (as vLLM and llama.cpp apply them)."""
 from __future__ import annotations
 
 import copy
@@ -37,26 +38,46 @@ class LogitsProcessor:
 @dataclass
 class SamplingParams:
     max_new_tokens: int
-    method: str = "top_p"
+    method: str = "top_p"  # greedy, top_k (value is k) or top_p (value is p): the seed project's two flags
     value: float = 0.8
     temperature: float = 0.7
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     processors: list[LogitsProcessor] = field(default_factory=list)
     logprobs: int | None = None  # None: none wanted; k: each chosen token's logprob and the k likeliest
+    top_k: int = 0  # also keep only the k likeliest tokens (0: no such cut), whatever the method
+    min_p: float = 0.0  # drop tokens less likely than min_p times the likeliest one
+    # CTRL's multiplicative penalty (as vLLM and llama.cpp apply it) on every token of the prompt and the
+    # answer so far: a positive logit is divided by it, a negative one multiplied.
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0  # the end tokens (and stop_token_ids) are masked until this many tokens are out
+    ignore_eos: bool = False  # the end-of-sequence tokens do not end the answer
+    stop_token_ids: list[int] = field(default_factory=list)  # tokens that end the answer, as an end token does
 
     def for_choice(self, i: int) -> "SamplingParams":
         """Choice i of n for one prompt: seed + i, so that it equals a lone request with that seed, and
         processors of its own."""
         seed = None if self.seed is None else (self.seed + i) % 2**64
-        return replace(self, seed=seed, stop=list(self.stop), processors=[p.fork() for p in self.processors])
+        return replace(self, seed=seed, stop=list(self.stop), processors=[p.fork() for p in self.processors],
+                       stop_token_ids=list(self.stop_token_ids))
 
     @classmethod
     def from_config(cls, c: InferenceConfig, **overrides) -> "SamplingParams":
         g = c.generation
         base = dict(max_new_tokens=g.max_output_length, method=g.sampling_method, value=g.sampling_value,
-                    temperature=g.temperature, seed=g.seed)
+                    temperature=g.temperature, seed=g.seed, top_k=g.top_k or 0,
+                    repetition_penalty=g.repetition_penalty)
         return cls(**{**base, **overrides})
+
+    @property
+    def cut_k(self) -> int:
+        """The top-k cut in force: the method's k, the top_k field's, or the smaller of both (0: none)."""
+        ks = [k for k in (int(self.value) if self.method == "top_k" else 0, self.top_k) if k > 0]
+        return min(ks) if ks else 0
+
+    @property
+    def cut_p(self) -> float:
+        return self.value if self.method == "top_p" else 1.0
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -65,23 +86,33 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def token_probs(logits: np.ndarray, p: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
-    """The tokens sampling may pick from float32 logits [vocab] (not greedy), and their probabilities."""
+    """The tokens sampling may pick from float32 logits [vocab] (not greedy), and their probabilities:
+    temperature, then the top-k, top-p and min-p cut-offs, each on what the one before kept."""
     scaled = logits.astype(np.float64) / p.temperature
-    if p.method == "top_k":
-        k = max(1, min(int(p.value), scaled.size))
+    if k := p.cut_k:
+        k = min(k, scaled.size)
         ids = np.argpartition(-scaled, k - 1)[:k]
-        return ids, softmax(scaled[ids])
-    probs = softmax(scaled)
-    # The nucleus almost always lies among the few hundred likeliest tokens: sort only those,
-    # and fall back to the whole vocabulary when their mass is short of p.
-    k = min(NUCLEUS_CANDIDATES, probs.size)
-    ids = np.argpartition(-probs, k - 1)[:k]
-    if probs[ids].sum() < p.value:
-        ids = np.arange(probs.size)
-    ids = ids[np.argsort(-probs[ids])]
-    keep = int(np.searchsorted(np.cumsum(probs[ids]), p.value)) + 1
-    ids = ids[:keep]
-    return ids, probs[ids] / probs[ids].sum()
+        probs = softmax(scaled[ids])
+        if p.cut_p < 1.0 or p.min_p > 0:
+            order = np.argsort(-probs)
+            ids, probs = ids[order], probs[order]
+    else:
+        full = softmax(scaled)
+        # The nucleus almost always lies among the few hundred likeliest tokens: sort only those,
+        # and fall back to the whole vocabulary when their mass is short of p.
+        k = min(NUCLEUS_CANDIDATES, full.size)
+        ids = np.argpartition(-full, k - 1)[:k]
+        if full[ids].sum() < p.cut_p:
+            ids = np.arange(full.size)
+        ids = ids[np.argsort(-full[ids])]
+        probs = full[ids]
+    if p.cut_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(probs), p.cut_p)) + 1  # probs of the whole distribution
+        ids, probs = ids[:keep], probs[:keep]
+    if p.min_p > 0:
+        keep = probs >= p.min_p * probs[0]
+        ids, probs = ids[keep], probs[keep]
+    return ids, probs / probs.sum()
 
 
 def is_greedy(p: SamplingParams) -> bool:

@@ -36,12 +36,13 @@ Everything runs on the caller's thread; nothing here is thread-safe.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from backends.base import Session
-from engine.sampling import SamplingParams, TokenLogprob, sample, speculative_ok, token_logprob
+from engine.penalties import MinTokens, RepetitionPenalty
+from engine.sampling import LogitsProcessor, SamplingParams, TokenLogprob, sample, speculative_ok, token_logprob
 from engine.speculative import Drafter, speculative_after
 from kvcache import common_prefix
 
@@ -51,9 +52,16 @@ class Request:
     finishes normally (not when cancelled or failed). After it leaves, `finished` is set and `error` holds
     what failed it, if anything."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams):
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, end_ids: Sequence[int] = ()):
+        """end_ids: the tokens that end the answer, held back while params.min_tokens asks for more."""
         self.prompt_ids = list(prompt_ids)
         self.params = params
+        # The request's own processors (after the ones it was given): they need its prompt and end tokens.
+        self.own: list[LogitsProcessor] = []
+        if params.repetition_penalty != 1.0:
+            self.own.append(RepetitionPenalty(params.repetition_penalty, prompt_ids))
+        if params.min_tokens > 0:
+            self.own.append(MinTokens(params.min_tokens, end_ids))
         self.rng = np.random.default_rng(params.seed)
         self.slot: Slot | None = None
         self.reused = 0  # prompt tokens found in the slot's cache
@@ -78,13 +86,13 @@ class Request:
 
     def process(self, logits: np.ndarray) -> np.ndarray:
         """The model's logits [vocab] changed by the request's processors."""
-        for processor in self.params.processors:
+        for processor in self.params.processors + self.own:
             logits = processor.process(logits, self.generated)
         return logits
 
     def chosen(self, token: int) -> None:
         """Tell the processors the token chosen after the last `process`."""
-        for processor in self.params.processors:
+        for processor in self.params.processors + self.own:
             processor.accept(token)
         self.generated.append(token)
 

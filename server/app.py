@@ -18,7 +18,7 @@ from inference import Inference
 from server.chat import ChatServing
 from server.completions import CompletionServing
 from server.errors import install_error_handlers
-from server.guards import BodyLimit, HostGuard, KeyGate, allowed_hosts
+from server.guards import BodyLimit, HostGuard, KeyGate, allowed_hosts, cors
 from server.metrics import CONTENT_TYPE, CountRequests, Metrics
 from server.schema import ChatCompletionRequest, CompletionRequest, ErrorResponse
 from server.serving import Context
@@ -60,14 +60,16 @@ def create_app(inference: Inference, model_name: str, options: ServerOptions | N
 
     docs = {} if opts.docs else {"docs_url": None, "redoc_url": None}
     app = FastAPI(title="qwen-ascend-llm", version="1.0", lifespan=lifespan, **docs)
-    # Starlette runs the last middleware added first: the Host, then the key, then the body's size and pace.
+    # Starlette runs the last middleware added first: CORS, the Host, the key, then the body's size and pace.
     app.add_middleware(BodyLimit, max_bytes=int(opts.max_request_mb * (1 << 20)), timeout_s=opts.body_timeout_s)
     app.add_middleware(CountRequests, metrics=metrics, endpoints=COUNTED)
     if opts.api_key is not None:
         app.add_middleware(KeyGate, api_key=opts.api_key)
-    hosts = allowed_hosts(opts.host, opts.api_key, opts.allowed_hosts)
+    hosts = allowed_hosts(opts.host, opts.allowed_hosts)
     if hosts is not None:
         app.add_middleware(HostGuard, allowed=hosts)
+    # Outermost: a preflight carries no API key, and a refusal below must still reach an allowed page.
+    app.add_middleware(cors, allowed_origins=opts.allowed_origins)
     install_error_handlers(app)
     app.state.worker = worker
     app.state.metrics = metrics

@@ -13,15 +13,16 @@ from typing import Any, Sequence
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.constraint import ANY_OBJECT, ConstraintError, GrammarError, json_grammar, tool_grammar
+from engine.constraint import ANY_OBJECT, GrammarError, json_grammar, tool_grammar
 from inference import Delta, SamplingParams
-from server import options
 from server.errors import APIError
+from server.fields import check_fields
 from server.logprobs import chat_logprobs
+from server.markup import MarkupFilter
 from server.modes import Functions, Mode, Plain, Tools
 from server.params import Knobs, chat_logprobs as wanted_logprobs, choices, sampling_params
 from server.schema import ChatCompletionRequest, FunctionDef, FunctionName, NamedToolChoice, ToolDef
-from server.serving import Context, data, usage
+from server.serving import Context, data, gbnf, usage
 from server.toolcall.common import ToolCall
 from server.worker import Job
 
@@ -53,7 +54,7 @@ def _mode(req: ChatCompletionRequest) -> Mode:
     if functions:
         return Functions(functions)
     tools = _offered(req.tools or [], req.tool_choice, "tools", "tool_choice")
-    return Tools(tools) if tools else Plain()
+    return Tools(tools, parallel=req.parallel_tool_calls is not False) if tools else Plain()
 
 
 def _answer_schema(req: ChatCompletionRequest) -> dict | None:
@@ -76,6 +77,11 @@ def grammar(req: ChatCompletionRequest, mode: Mode, tags_are_tokens: bool = True
     forced = req.tool_choice == "required" or isinstance(req.tool_choice, NamedToolChoice)
     if forced and not req.tools:
         raise APIError(400, "tool_choice: a call can only be required when 'tools' offers some", param="tool_choice")
+    if req.grammar is not None:
+        if answer is not None or not isinstance(mode, Plain):
+            raise APIError(400, "grammar cannot be combined with response_format, tools or functions",
+                           param="grammar")
+        return gbnf(req.grammar)
     if isinstance(mode, Functions):
         if answer is not None:
             raise APIError(400, "response_format cannot be combined with the legacy 'functions'; send 'tools'",
@@ -83,35 +89,27 @@ def grammar(req: ChatCompletionRequest, mode: Mode, tags_are_tokens: bool = True
         return None
     try:
         if isinstance(mode, Tools):
-            return tool_grammar(mode.tools, forced, None if forced else answer, tags_are_tokens=tags_are_tokens)
+            return tool_grammar(mode.tools, forced, None if forced else answer, tags_are_tokens=tags_are_tokens,
+                                parallel=mode.parallel)
         return None if answer is None else json_grammar(answer, "response_format.json_schema.schema")
     except GrammarError as e:
         param = "response_format" if str(e).startswith("response_format") else "tools"
         raise APIError(400, str(e), code="invalid_schema", param=param) from None
 
 
-def knobs(req: ChatCompletionRequest) -> Knobs:
-    limit_field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-    return Knobs(max_tokens=req.max_completion_tokens or req.max_tokens, limit_field=limit_field,
-                 temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
-                 presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-                 logit_bias=req.logit_bias, logprobs=wanted_logprobs(req.logprobs, req.top_logprobs))
-
-
 def plan(req: ChatCompletionRequest, ctx: Context, check_grammar: bool = True) -> Plan:
     """The messages, mode and sampling parameters of a request. check_grammar: build the constraint's
     matcher now and compute its first mask (a grammar that cannot run is a 400 before the engine)."""
-    params = sampling_params(knobs(req), ctx.base, ctx.max_output, ctx.vocab_size)
+    knobs = Knobs.from_openai(req, max_tokens=req.max_completion_tokens or req.max_tokens,
+                              limit_field="max_completion_tokens" if req.max_completion_tokens else "max_tokens",
+                              logprobs=wanted_logprobs(req.logprobs, req.top_logprobs))
+    params = sampling_params(knobs, ctx.base, ctx.max_output, ctx.vocab_size)
     mode = _mode(req)
     params.stop = params.stop + list(mode.stops)
-    constraint = grammar(req, mode, ctx.grammars.tags_are_tokens)
-    if constraint is not None:
-        try:
-            made = ctx.grammars.checked_constraint(constraint) if check_grammar else ctx.grammars.constraint(constraint)
-        except ConstraintError as e:
-            raise APIError(400, f"The output constraint cannot be used: {e}", code="invalid_schema",
-                           param="tools" if isinstance(mode, Tools) else "response_format") from None
-        params.processors = params.processors + [made]
+    text = grammar(req, mode, ctx.grammars.tags_are_tokens)
+    if text is not None:
+        param = "grammar" if req.grammar is not None else "tools" if isinstance(mode, Tools) else "response_format"
+        params.processors = params.processors + [ctx.constraint(text, param, check_grammar)]
     return Plan(mode.messages(req.messages), mode, params)
 
 
@@ -135,7 +133,7 @@ class ChatServing:
     async def __call__(self, req: ChatCompletionRequest, request: Request) -> Response:
         ctx = self.ctx
         ctx.check_model(req.model)
-        options.refuse_unknown(req)
+        check_fields(req, "/v1/chat/completions")
         n = choices(req.n)
 
         def prepare() -> tuple[Plan, list[int]]:
@@ -203,6 +201,7 @@ class ChatAnswer:
         self.builder, self.words = builder, ctx.words if logprobs else None
         self.streaming, self.include_usage = streaming, include_usage
         self.readers = [mode.reader() for _ in range(n)]
+        self.markup = [MarkupFilter() for _ in range(n)]
         self.texts: list[list[str]] = [[] for _ in range(n)]
         self.logprobs: list[list] = [[] for _ in range(n)]
         self.last: list[Delta | None] = [None] * n
@@ -224,9 +223,10 @@ class ChatAnswer:
 
     def feed(self, i: int, delta: Delta) -> list[dict]:
         self.logprobs[i] += delta.logprobs
-        text = self.readers[i].feed(delta.text)
+        text = self.readers[i].feed(self.markup[i].feed(delta.text))
         if delta.finish_reason:
             self.last[i] = delta
+            text += self.readers[i].feed(self.markup[i].finish())
         if not self.streaming:
             self.texts[i].append(text)
             return []

@@ -13,14 +13,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from inference import Delta, SamplingParams
-from server import options
 from server.errors import APIError
+from server.fields import check_fields
 from server.logprobs import legacy
 from server.params import Knobs, choices, legacy_logprobs, sampling_params
 from server.schema import CompletionRequest
-from server.serving import Context, data, usage
+from server.serving import Context, data, gbnf, usage
 from server.worker import Job
 
+ENDPOINT = "/v1/completions"
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 # Generations one request may ask for (prompts x n). A request beyond it would hold the slots for a long time
 # while others wait; 64 is 16 times the CPU server's 4 slots, enough for a batch of prompts from a harness.
@@ -34,6 +35,7 @@ class Plan:
     params: SamplingParams
     echo: bool
     logprobs: int | None
+    grammar: str | None  # the GBNF grammar's compiled form, when the request sends one
 
 
 def _texts(prompt: Any) -> list[str]:
@@ -48,10 +50,7 @@ def _texts(prompt: Any) -> list[str]:
 
 
 def plan(req: CompletionRequest, ctx: Context) -> Plan:
-    options.refuse_unknown(req)
-    if req.suffix:
-        raise APIError(400, "suffix is not supported: this model completes after the prompt only (insertion "
-                            "needs a fill-in-the-middle prompt)", param="suffix", code="unsupported_parameter")
+    check_fields(req, ENDPOINT)
     n = choices(req.n)
     if req.best_of not in (None, 1, n):
         raise APIError(400, "best_of is not supported: every choice generated is returned (use n)",
@@ -65,10 +64,9 @@ def plan(req: CompletionRequest, ctx: Context) -> Plan:
         raise APIError(400, f"This server generates at most {MAX_GENERATIONS} completions per request (prompts "
                             f"times n); this one asks for {len(texts)} x {n}.", param="prompt", code="invalid_value")
     max_tokens = req.max_tokens if req.max_tokens is not None else min(DEFAULT_MAX_TOKENS, ctx.max_output)
-    k = Knobs(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
-              presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-              logit_bias=req.logit_bias, logprobs=logprobs)
-    return Plan(texts, n, sampling_params(k, ctx.base, ctx.max_output, ctx.vocab_size), bool(req.echo), logprobs)
+    knobs = Knobs.from_openai(req, max_tokens=max_tokens, logprobs=logprobs)
+    params = sampling_params(knobs, ctx.base, ctx.max_output, ctx.vocab_size)
+    return Plan(texts, n, params, bool(req.echo), logprobs, None if req.grammar is None else gbnf(req.grammar))
 
 
 def _tokens(ctx: Context, texts: list[str]) -> list[list[int]]:
@@ -93,7 +91,13 @@ class CompletionServing:
         ctx = self.ctx
         ctx.check_model(req.model)
         c = plan(req, ctx)
-        prompts = await ctx.prepare(lambda: _tokens(ctx, c.texts))
+
+        def prepare() -> list[list[int]]:
+            if c.grammar is not None:
+                c.params.processors = c.params.processors + [ctx.constraint(c.grammar, "grammar")]
+            return _tokens(ctx, c.texts)
+
+        prompts = await ctx.prepare(prepare)
         job = Job(prompts, c.params, asyncio.get_running_loop(), n=c.n)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         answer = CompletionAnswer(ctx, c, bool(req.stream), include_usage)

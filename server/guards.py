@@ -1,8 +1,10 @@
 """ASGI middleware that stands between the network and the routes, each answering in OpenAI's error shape
 before anything is parsed:
 
-- HostGuard: a server bound to loopback without an API key refuses a Host that is not a loopback name, so a
-  page on another site cannot reach it through DNS rebinding (its Host would be the attacker's name);
+- cors: pages on loopback origins (and those --allowed_origins names) may call the API from a browser;
+  a page on any other origin gets no grant, so the browser keeps the answer from it;
+- HostGuard: a server bound to loopback refuses a Host that is not a loopback name, so a page on another
+  site cannot reach it through DNS rebinding (its Host would be the attacker's name);
 - KeyGate: the API key is checked from the headers, before the body is read, so an unauthenticated client
   cannot make the server read (or wait for) a body;
 - BodyLimit: a body over the limit is refused (413) and one that stops arriving is refused (408), so that
@@ -12,11 +14,20 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import APIError
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+LOOPBACK_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
+
+
+def cors(app: ASGIApp, allowed_origins: str | None) -> ASGIApp:
+    """Starlette's CORS middleware granting the loopback origins and those named (or every origin for '*')."""
+    extra = [o.strip().rstrip("/") for o in (allowed_origins or "").split(",") if o.strip()]
+    return CORSMiddleware(app, allow_origins=["*"] if "*" in extra else extra, allow_origin_regex=LOOPBACK_ORIGINS,
+                          allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"], max_age=600)
 
 
 def host_name(header: str) -> str:
@@ -31,11 +42,11 @@ def is_loopback_bind(host: str) -> bool:
     return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
-def allowed_hosts(bind: str, api_key: str | None, extra: str | None) -> frozenset[str] | None:
-    """The Host names to answer (--allowed_hosts adds to the loopback ones); None: any, because an API key
-    guards the server, it is not bound to loopback, or '*' was given."""
+def allowed_hosts(bind: str, extra: str | None) -> frozenset[str] | None:
+    """The Host names to answer (--allowed_hosts adds to the loopback ones); None: any, because the server is
+    not bound to loopback, or '*' was given."""
     names = {h.strip().lower() for h in (extra or "").split(",") if h.strip()}
-    if api_key is not None or not is_loopback_bind(bind) or "*" in names:
+    if not is_loopback_bind(bind) or "*" in names:
         return None
     return LOOPBACK_HOSTS | names
 
@@ -55,8 +66,8 @@ class HostGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and host_name(_header(scope, b"host")) not in self.allowed:
-            error = APIError(400, "Invalid Host header: this server, bound to loopback without an API key, answers "
-                                  "only requests addressed to a loopback name (--allowed_hosts adds others).",
+            error = APIError(400, "Invalid Host header: this server, bound to loopback, answers only requests "
+                                  "addressed to a loopback name (--allowed_hosts adds others).",
                              code="invalid_host")
             await error.response()(scope, receive, send)
             return

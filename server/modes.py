@@ -48,13 +48,14 @@ class Tools(Mode):
 
     calls_reason = "tool_calls"
 
-    def __init__(self, tools: list[dict]) -> None:
+    def __init__(self, tools: list[dict], parallel: bool = True) -> None:
         self.tools = tools
+        self.parallel = parallel  # False: one call at most (parallel_tool_calls: false)
         self.names = {t["function"]["name"] for t in tools}
         self.declared = {t["function"]["name"]: declared_arguments(t["function"].get("parameters")) for t in tools}
 
     def reader(self) -> PlainStream:
-        return ToolStream(self.names, self.declared)
+        return ToolStream(self.names, self.declared, limit=None if self.parallel else 1)
 
     def message_fields(self, calls: list[ToolCall]) -> dict:
         return {"tool_calls": [_tool_call(c) for c in calls]} if calls else {}

@@ -1,9 +1,11 @@
 """Sampling parameters from a request, built in one place for every door: the server's defaults, overridden
-by what the request sets (limit, temperature, top_p, seed, stops, penalties, logit_bias, logprobs), with the
-limits OpenAI documents checked as OpenAI answers them (a 400 that names the field)."""
+by what the request sets (limit, temperature, top_p, top_k, min_p, seed, stops, penalties, logit_bias,
+logprobs, min_tokens, ignore_eos, stop_token_ids), with the limits OpenAI documents checked as OpenAI answers
+them (a 400 that names the field)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from engine.penalties import penalty_processors
 from engine.sampling import SamplingParams
@@ -29,6 +31,20 @@ class Knobs:
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: int | None = None  # None: none; k: each token's logprob and the k likeliest
+    top_k: int | None = None  # -1 or 0: no top-k cut
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool | None = None
+    min_tokens: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_openai(cls, req: Any, **fields: Any) -> "Knobs":
+        """The knobs an OpenAI-style request (server/schema.py's Sampling) sets; fields: the door's own."""
+        names = ("max_tokens", "temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty",
+                 "logit_bias", "top_k", "min_p", "repetition_penalty", "ignore_eos", "min_tokens")
+        return cls(**{**{n: getattr(req, n) for n in names}, "stop_token_ids": list(req.stop_token_ids or []),
+                      **fields})
 
 
 def choices(n: int | None) -> int:
@@ -63,11 +79,23 @@ def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, flo
     return out
 
 
+def _token_ids(ids: list[int], vocab_size: int) -> list[int]:
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise APIError(400, f"stop_token_ids: {bad[0]} is not a token id of this model (0 to {vocab_size - 1})",
+                       param="stop_token_ids", code="invalid_value")
+    return list(ids)
+
+
 def sampling_params(k: Knobs, base: SamplingParams, max_output: int, vocab_size: int) -> SamplingParams:
     """The parameters one request samples with."""
     if k.max_tokens is not None and k.max_tokens > max_output:
         raise APIError(400, f"{k.limit_field} is too large: {k.max_tokens}. This server answers with at most "
                             f"{max_output} tokens (--max_output_length).", param=k.limit_field)
+    limit = k.max_tokens or max_output
+    if k.min_tokens is not None and k.min_tokens > limit:
+        raise APIError(400, f"min_tokens ({k.min_tokens}) must not exceed {k.limit_field} ({limit})",
+                       param="min_tokens", code="invalid_value")
     method, value, temperature = base.method, base.value, base.temperature
     if k.temperature is not None:
         temperature = k.temperature
@@ -79,9 +107,13 @@ def sampling_params(k: Knobs, base: SamplingParams, max_output: int, vocab_size:
     seed = base.seed if k.seed is None else k.seed % 2**64
     processors = penalty_processors(k.presence_penalty or 0.0, k.frequency_penalty or 0.0,
                                     _logit_bias(k.logit_bias, vocab_size))
-    return SamplingParams(max_new_tokens=k.max_tokens or max_output, method=method, value=value,
-                          temperature=temperature, seed=seed, stop=_stops(k.stop), processors=processors,
-                          logprobs=k.logprobs)
+    return SamplingParams(
+        max_new_tokens=limit, method=method, value=value, temperature=temperature, seed=seed, stop=_stops(k.stop),
+        processors=processors, logprobs=k.logprobs, top_k=base.top_k if k.top_k is None else max(k.top_k, 0),
+        min_p=k.min_p or 0.0,
+        repetition_penalty=base.repetition_penalty if k.repetition_penalty is None else k.repetition_penalty,
+        min_tokens=k.min_tokens or 0, ignore_eos=bool(k.ignore_eos),
+        stop_token_ids=_token_ids(k.stop_token_ids, vocab_size))
 
 
 def chat_logprobs(logprobs: bool | None, top_logprobs: int | None) -> int | None:

@@ -1,8 +1,9 @@
-"""The request bodies the server accepts: the subset of OpenAI's chat-completions and legacy completions
-requests we honour. Unknown fields are kept aside: server/options.py refuses by name those that would change
-the answer, the rest are ignored (clients send many we have no use for); known ones are typed strictly (no
-`true` for an integer, no "3" for a number), so that nonsense is refused before it reaches the model, and
-every string is checked to be valid Unicode text (server/validation.py) before anything reads it."""
+"""The request bodies the server accepts: the fields of OpenAI's chat-completions and legacy completions
+requests we honour, and the sampling extensions the local servers share (vLLM, llama.cpp). Fields declared
+nowhere here are kept aside: server/fields.py accepts the documented no-ops among them and refuses every
+other by name. Known ones are typed strictly (no `true` for an integer, no "3" for a number), so that
+nonsense is refused before it reaches the model, and every string is checked to be valid Unicode text
+(server/validation.py) before anything reads it."""
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -83,6 +84,8 @@ class JSONSchemaFormat(Lenient):
 
 
 class ResponseFormat(Lenient):
+    # A field beside these (llama.cpp's "schema" under json_object, say) would change the answer: refused.
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
@@ -93,8 +96,7 @@ class StreamOptions(Lenient):
 
 class Sampling(BaseModel):
     """Fields both endpoints honour (server/params.py builds the sampling parameters from them). Fields a
-    request sends that no model here declares are kept in `model_extra`, so that those which would change
-    the answer are refused by name (server/options.py) and the rest ignored."""
+    request sends that no model here declares are kept in `model_extra`, for server/fields.py to judge."""
     model_config = ConfigDict(extra="allow", strict=True)
 
     @model_validator(mode="before")
@@ -108,7 +110,7 @@ class Sampling(BaseModel):
     top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     seed: int | None = Field(None, ge=-INT64, lt=INT64)
     # The documented limits below are checked where a violation gets a 400 that names the rule, as OpenAI
-    # answers it (server/prompt.py, server/options.py); the schema only tells clients (and fuzzers) what is valid.
+    # answers it (server/params.py); the schema only tells clients (and fuzzers) what is valid.
     stop: str | list[str] | None = Field(None, json_schema_extra={"maxItems": 4})
     n: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": 16})
     stream: bool | None = False
@@ -116,6 +118,14 @@ class Sampling(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     logit_bias: dict[str, float] | None = Field(None, json_schema_extra={"maxProperties": 300})
+    # The local servers' sampling extensions, with vLLM's meanings.
+    top_k: int | None = Field(None, ge=-1, lt=INT64)  # -1 or 0: no top-k cut
+    min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    repetition_penalty: float | None = Field(None, gt=0, le=10, allow_inf_nan=False)
+    ignore_eos: bool | None = None
+    min_tokens: int | None = Field(None, ge=0, lt=INT64)
+    stop_token_ids: list[int] | None = Field(None, max_length=64)
+    grammar: str | None = None  # llama.cpp's GBNF
 
 
 class ChatCompletionRequest(Sampling):
@@ -127,6 +137,7 @@ class ChatCompletionRequest(Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     functions: list[FunctionDef] | None = Field(None, max_length=MAX_TOOLS)
     function_call: Literal["none", "auto"] | FunctionName | None = None
+    parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
 
@@ -135,8 +146,7 @@ class CompletionRequest(Sampling):
     prompt: str | list[str] | list[int] | list[list[int]] = ""
     logprobs: int | None = Field(None, json_schema_extra={"minimum": 0, "maximum": 5})
     echo: bool | None = False
-    suffix: str | None = None
-    best_of: int | None = None
+    best_of: int | None = None  # honoured when it equals n (or 1): every choice generated is returned
 
 
 class ErrorDetail(BaseModel):

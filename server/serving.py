@@ -15,7 +15,7 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.constraint import Grammars
+from engine.constraint import ConstraintError, GrammarConstraint, GrammarError, Grammars, gbnf_grammar
 from inference import Delta, Inference, SamplingParams
 from server.errors import APIError
 from server.logprobs import TokenText
@@ -65,6 +65,14 @@ def usage(stats: Sequence[Any], n: int) -> dict:
             "prompt_tokens_details": {"cached_tokens": reused}}
 
 
+def gbnf(text: str) -> str:
+    """llama.cpp's `grammar` field as a grammar; a 400 naming it when llguidance cannot convert it."""
+    try:
+        return gbnf_grammar(text)
+    except GrammarError as e:
+        raise APIError(400, str(e), code="invalid_grammar", param="grammar") from None
+
+
 @dataclass
 class Context:
     """The model and the server's settings, as every door needs them."""
@@ -94,6 +102,15 @@ class Context:
         if model is not None and model != self.model_name:
             raise APIError(404, f"The model '{model[:200]}' does not exist; this server serves "
                                 f"'{self.model_name}'.", code="model_not_found", param="model")
+
+    def constraint(self, grammar: str, param: str, check: bool = True) -> GrammarConstraint:
+        """A request's output constraint; check: its matcher made and first mask computed now, on the calling
+        (preparing) thread, so that a grammar that compiles but cannot run is a 400 before the engine."""
+        try:
+            return self.grammars.checked_constraint(grammar) if check else self.grammars.constraint(grammar)
+        except ConstraintError as e:
+            raise APIError(400, f"The output constraint cannot be used: {e}", code="invalid_schema",
+                           param=param) from None
 
     def check_length(self, tokens: int, what: str, param: str) -> None:
         """A 400 for a prompt over --max_input_length."""

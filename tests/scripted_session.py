@@ -38,6 +38,7 @@ RULES: list[tuple[str, str]] = [
     ("user: slow", SLOW),
     ("user: html please", HOSTILE),
     ("user: count", "one two three four five six seven eight nine ten"),
+    ("user: markup", "Done.</tool_response>\n<|im_start|>"),
     ("user: chinese", "你好，世界！这是一个测试。"),
     ("", "You said: {last}"),
 ]

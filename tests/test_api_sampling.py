@@ -139,7 +139,8 @@ def test_logit_bias_bans_and_forces(client, tiny_model_dir):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("top_k", 5), ("min_p", 0.1), ("repetition_penalty", 1.2), ("audio", {"voice": "alloy", "format": "wav"}),
+    ("mirostat", 2), ("n_predict", 8), ("typical_p", 0.9), ("a_field_nobody_defines", 1),
+    ("audio", {"voice": "alloy", "format": "wav"}),
     ("modalities", ["text", "audio"]), ("prediction", {"type": "content", "content": "x"}),
     ("reasoning_effort", "low"), ("web_search_options", {}), ("verbosity", "low"),
 ])

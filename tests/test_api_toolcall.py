@@ -149,8 +149,9 @@ def test_call_missing_its_last_brace_is_still_a_call() -> None:
 def planned(**body):
     req = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], **body)
     # No tokenizer: the constraints tools bring are built and checked, never run here.
-    ctx = SimpleNamespace(base=SamplingParams(max_new_tokens=16), max_output=16, vocab_size=32,
-                          grammars=Grammars(None, []))
+    grammars = Grammars(None, [])
+    ctx = SimpleNamespace(base=SamplingParams(max_new_tokens=16), max_output=16, vocab_size=32, grammars=grammars,
+                          constraint=lambda text, param, check: grammars.constraint(text))
     return plan(req, ctx, check_grammar=False)
 
 

@@ -114,7 +114,8 @@ def test_legacy_logprobs(client):
     ({"logprobs": 6}, "logprobs"),
     ({"best_of": 3}, "best_of"),
     ({"n": 0}, "n"),
-    ({"top_k": 4}, "top_k"),
+    ({"mirostat": 2}, "mirostat"),
+    ({"made_up": True}, "made_up"),
     ({"logit_bias": {"-1": 5}}, "logit_bias"),
 ])
 def test_refused_by_name(server, body, param):

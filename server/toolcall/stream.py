@@ -21,9 +21,11 @@ class PlainStream:
 class ToolStream(PlainStream):
     """declared: per tool, the argument names its call may carry (None: any); others are dropped."""
 
-    def __init__(self, names: set[str], declared: dict[str, set[str] | None] | None = None) -> None:
+    def __init__(self, names: set[str], declared: dict[str, set[str] | None] | None = None,
+                 limit: int | None = None) -> None:
         self.names = names
         self.declared = declared or {}
+        self.limit = limit  # the most calls an answer may make (None: any)
         self.text = ""
         self.sent = 0
         self.hold_from: int | None = None
@@ -63,7 +65,7 @@ class ToolStream(PlainStream):
         found = self.parse(rest)
         if found is None:
             return rest, []
-        return found.content or "", [only_declared(c, self.declared.get(c.name)) for c in found.calls]
+        return found.content or "", [only_declared(c, self.declared.get(c.name)) for c in found.calls[:self.limit]]
 
 
 class ReactStream(ToolStream):
