@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,7 +18,7 @@ from inference import Delta, SamplingParams
 from server.errors import APIError
 from server.fields import check_fields
 from server.logprobs import chat_logprobs
-from server.markup import MarkupFilter
+from server.reading import ChoiceReader
 from server.modes import Functions, Mode, Plain, Tools
 from server.params import Knobs, chat_logprobs as wanted_logprobs, choices, sampling_params
 from server.schema import ChatCompletionRequest, FunctionDef, FunctionName, NamedToolChoice, ToolDef
@@ -32,6 +32,12 @@ class Plan:
     messages: list[dict]
     mode: Mode
     params: SamplingParams
+    thinks: bool = False  # the model may think first (<think>...</think>), to be split from the answer
+    starts_inside: bool = False  # the template opens the <think> at the end of the prompt
+
+    def reader(self) -> ChoiceReader:
+        """A fresh reader of one choice's text."""
+        return ChoiceReader(self.mode, self.thinks, self.starts_inside)
 
 
 def _offered(defs: Sequence[ToolDef | FunctionDef], choice: str | NamedToolChoice | FunctionName | None,
@@ -143,7 +149,7 @@ class ChatServing:
         p, ids = await ctx.prepare(prepare)
         job = Job([ids], p.params, asyncio.get_running_loop(), n=n)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        answer = ChatAnswer(Builder(ctx.model_name, p.mode), p.mode, n, p.params.logprobs is not None,
+        answer = ChatAnswer(Builder(ctx.model_name, p.mode), p.reader, n, p.params.logprobs is not None,
                             ctx, bool(req.stream), include_usage)
         return await ctx.answer(job, answer, bool(req.stream), request)
 
@@ -161,13 +167,14 @@ class Builder:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "system_fingerprint": "qwen-ascend-llm"}
 
-    def message(self, content: str, calls: list[ToolCall]) -> dict:
+    def message(self, content: str, calls: list[ToolCall], reasoning: str = "") -> dict:
+        thought = {"reasoning_content": reasoning} if reasoning else {}
         return {"role": "assistant", "content": (content.strip() or None) if calls else content, "refusal": None,
-                **self.mode.message_fields(calls)}
+                **thought, **self.mode.message_fields(calls)}
 
     def choice(self, index: int, content: str, calls: list[ToolCall], model_reason: str | None,
-               logprobs: dict | None = None) -> dict:
-        return {"index": index, "message": self.message(content, calls), "logprobs": logprobs,
+               logprobs: dict | None = None, reasoning: str = "") -> dict:
+        return {"index": index, "message": self.message(content, calls, reasoning), "logprobs": logprobs,
                 "finish_reason": self.mode.finish_reason(calls, model_reason)}
 
     def completion(self, choices: list[dict], stats: Sequence[Any]) -> dict:
@@ -193,16 +200,17 @@ class Builder:
 
 
 class ChatAnswer:
-    """A chat answer's n choices as their Deltas come in: each with its own reader of the mode's format
-    and the logprobs not yet sent (when asked for); streamed as chunks, or collected into one completion."""
+    """A chat answer's n choices as their Deltas come in: each read by its own ChoiceReader (markup, thinking,
+    calls), with the logprobs not yet sent (when asked for); streamed as chunks, or collected into one
+    completion. Thinking goes out as `reasoning_content`, as vLLM and llama.cpp send it."""
 
-    def __init__(self, builder: Builder, mode: Mode, n: int, logprobs: bool, ctx: Context, streaming: bool,
-                 include_usage: bool) -> None:
+    def __init__(self, builder: Builder, reader: Callable[[], ChoiceReader], n: int, logprobs: bool, ctx: Context,
+                 streaming: bool, include_usage: bool) -> None:
         self.builder, self.words = builder, ctx.words if logprobs else None
         self.streaming, self.include_usage = streaming, include_usage
-        self.readers = [mode.reader() for _ in range(n)]
-        self.markup = [MarkupFilter() for _ in range(n)]
-        self.texts: list[list[str]] = [[] for _ in range(n)]
+        self.readers = [reader() for _ in range(n)]
+        self.texts: list[dict[str, list[str]]] = [{"answer": [], "thinking": []} for _ in range(n)]
+        self.calls: list[list[ToolCall]] = [[] for _ in range(n)]
         self.logprobs: list[list] = [[] for _ in range(n)]
         self.last: list[Delta | None] = [None] * n
 
@@ -223,20 +231,22 @@ class ChatAnswer:
 
     def feed(self, i: int, delta: Delta) -> list[dict]:
         self.logprobs[i] += delta.logprobs
-        text = self.readers[i].feed(self.markup[i].feed(delta.text))
+        pieces = self.readers[i].feed(delta.text)
         if delta.finish_reason:
             self.last[i] = delta
-            text += self.readers[i].feed(self.markup[i].finish())
+            more, self.calls[i] = self.readers[i].finish()
+            pieces += more
         if not self.streaming:
-            self.texts[i].append(text)
+            for piece in pieces:
+                self.texts[i][piece.kind].append(piece.text)
             return []
-        out = [self._chunk({"content": text}, i, logprobs=self._take_logprobs(i))] if text else []
+        field = {"answer": "content", "thinking": "reasoning_content"}
+        out = [self._chunk({field[p.kind]: p.text}, i, logprobs=self._take_logprobs(i)) for p in pieces]
         if delta.finish_reason:
-            tail, calls = self.readers[i].finish()
-            if tail or self.logprobs[i]:  # text the reader held, or tokens that showed no text
-                out.append(self._chunk({"content": tail}, i, logprobs=self._take_logprobs(i)))
-            out += [data(c) for c in self.builder.closing_chunks(calls, delta.finish_reason, self.include_usage,
-                                                                  index=i)]
+            if self.logprobs[i]:  # tokens that showed no text
+                out.append(self._chunk({"content": ""}, i, logprobs=self._take_logprobs(i)))
+            out += [data(c) for c in self.builder.closing_chunks(self.calls[i], delta.finish_reason,
+                                                                  self.include_usage, index=i)]
         return out
 
     def closing(self) -> list[dict]:
@@ -248,9 +258,8 @@ class ChatAnswer:
 
     def result(self) -> dict:
         out = []
-        for i, reader in enumerate(self.readers):
-            tail, calls = reader.finish()
+        for i, texts in enumerate(self.texts):
             last = self.last[i]
-            out.append(self.builder.choice(i, "".join(self.texts[i]) + tail, calls, last and last.finish_reason,
-                                           self._take_logprobs(i)))
+            out.append(self.builder.choice(i, "".join(texts["answer"]), self.calls[i], last and last.finish_reason,
+                                           self._take_logprobs(i), "".join(texts["thinking"])))
         return self.builder.completion(out, self._stats())
