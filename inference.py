@@ -66,14 +66,6 @@ class Inference:
         self.scheduler = Scheduler(self.session, drafter)
         self.eos_token_ids = self._eos_ids(Path(config.session.hf_model_dir))
 
-    @property
-    def drafter(self) -> Drafter | None:
-        return self.scheduler.drafter
-
-    @drafter.setter
-    def drafter(self, drafter: Drafter | None) -> None:
-        self.scheduler.drafter = drafter
-
     def _eos_ids(self, model_dir: Path) -> set[int]:
         ids = set()
         gen = model_dir / "generation_config.json"
@@ -107,17 +99,9 @@ class Inference:
                                          f"(--max_input_length {limit}, --kv_cache_length {self.session.kv_len})")
             del kept[first]
 
-    def chat(self, messages: list[dict], params: SamplingParams, tools: list[dict] | None = None) -> Iterator[Delta]:
-        return self.stream(self.apply_chat_template(messages, tools), params)
-
     def reset(self) -> None:
         """Forget every cached conversation (nothing may be running)."""
         self.scheduler.reset()
-
-    @property
-    def _cached_ids(self) -> list[int]:
-        """The tokens slot 0's cache holds (the only slot of a one-conversation engine)."""
-        return self.scheduler.slots[0].ids
 
     def start(self, prompt_ids: list[int], params: SamplingParams) -> "Generation":
         """Queue a generation after prompt_ids; `step` runs it, its Deltas collect in `take()`."""

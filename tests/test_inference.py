@@ -141,13 +141,13 @@ def test_second_turn_reuses_the_cache_and_answers_the_same(tiny_model_dir):
     cfg = config_for(tiny_model_dir)
     engine = Inference(cfg)
     turn1 = [{"role": "user", "content": "hello there"}]
-    answer, first = collect(engine.chat(turn1, SamplingParams(6, **GREEDY)))
+    answer, first = collect(engine.stream(engine.apply_chat_template(turn1), SamplingParams(6, **GREEDY)))
     assert first.stats.reused_tokens == 0
     turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": "and again"}]
-    reused_text, second = collect(engine.chat(turn2, SamplingParams(6, **GREEDY)))
+    reused_text, second = collect(engine.stream(engine.apply_chat_template(turn2), SamplingParams(6, **GREEDY)))
     assert second.stats.reused_tokens >= len(engine.apply_chat_template(turn1))
     fresh = Inference(cfg)
-    fresh_text, _ = collect(fresh.chat(turn2, SamplingParams(6, **GREEDY)))
+    fresh_text, _ = collect(fresh.stream(fresh.apply_chat_template(turn2), SamplingParams(6, **GREEDY)))
     assert reused_text == fresh_text
 
 
@@ -157,7 +157,7 @@ def test_abandoned_stream_keeps_a_consistent_cache_for_reuse(tiny_model_dir):
     stream = engine.stream(prompt, SamplingParams(8, **GREEDY))
     next(stream), next(stream)
     stream.close()
-    assert engine.session.length == len(engine._cached_ids) > len(prompt)
+    assert engine.session.length == len(engine.scheduler.slots[0].ids) > len(prompt)
     again, last = collect(engine.stream(prompt, SamplingParams(8, **GREEDY)))
     fresh, _ = collect(Inference(config_for(tiny_model_dir)).stream(prompt, SamplingParams(8, **GREEDY)))
     assert again == fresh and last.stats.reused_tokens == len(prompt) - 1
@@ -170,7 +170,7 @@ def test_failing_graph_call_resets_the_cache(tiny_model_dir):
     engine.session.script = []  # the next graph call fails (nothing left to answer with)
     with pytest.raises(IndexError):
         list(stream)
-    assert engine.session.length == 0 and engine._cached_ids == []
+    assert engine.session.length == 0 and engine.scheduler.slots[0].ids == []
 
 
 @pytest.mark.parametrize("answer, stop", [("a ST", ["STOP"]), ("ok\n", ["\n\n"]), ("a STaR", ["STOP"])])

@@ -70,11 +70,11 @@ def test_two_dependent_turns_match_onnx_across_half_cache(monkeypatch, default_o
 
     def conversation(engine: Inference) -> tuple[list[int], list[int]]:
         msgs = [{"role": "user", "content": " ".join([QUESTION] * 5)}]
-        first = [d.token_id for d in engine.chat(msgs, params) if d.token_id is not None]
+        first = [d.token_id for d in engine.stream(engine.apply_chat_template(msgs), params) if d.token_id is not None]
         msgs += [{"role": "assistant", "content": engine.tokenizer.decode(first)},
                  {"role": "user", "content": "Shorter, please."}]
         assert engine.session.length > kv // 2
-        return first, [d.token_id for d in engine.chat(msgs, params) if d.token_id is not None]
+        return first, [d.token_id for d in engine.stream(engine.apply_chat_template(msgs), params) if d.token_id is not None]
 
     ref = conversation(Inference(config(default_onnx, max_prefill_length=mpl)))
     gc.collect()

@@ -54,7 +54,7 @@ def reference(tiny_model_dir, onnx):
         key = repr(messages)
         with lock:
             if key not in memo:
-                memo[key] = "".join(d.text for d in engine.chat(messages, params))
+                memo[key] = "".join(d.text for d in engine.stream(engine.apply_chat_template(messages), params))
             return memo[key]
 
     return answer

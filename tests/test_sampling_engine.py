@@ -184,11 +184,11 @@ def test_a_request_with_logprobs_or_penalties_does_not_speculate(models):
     engine = engine_for(models, "cpu graph", max_batch=1, draft_onnx_model_path=str(models["cpu graph"]))
     ids = prompt(2, 9)
     plain = alone(engine, ids, SamplingParams(16, **GREEDY))
-    assert engine.drafter.judged > 0  # the control: a plain request speculates
+    assert engine.scheduler.drafter.judged > 0  # the control: a plain request speculates
     for params in (SamplingParams(16, **GREEDY, logprobs=0), SamplingParams(16, **GREEDY, processors=[Penalties(0, 0)])):
-        judged = engine.drafter.judged
+        judged = engine.scheduler.drafter.judged
         engine.reset()
         generation, deltas = run(engine, ids, params)
-        assert engine.drafter.judged == judged and generation.seen == plain
+        assert engine.scheduler.drafter.judged == judged and generation.seen == plain
         entries = [e for d in deltas for e in d.logprobs]
         assert len(entries) == (generation.n if params.logprobs is not None else 0)

@@ -80,7 +80,7 @@ def test_greedy_answer_is_the_plain_answer(tiny, draft, draft_tokens):
         assert acceptance == 1.0
     elif draft == "other":  # unrelated random weights: most guesses are wrong, the answer is unchanged
         assert acceptance < 0.5
-    assert engine.drafter.judged > 0
+    assert engine.scheduler.drafter.judged > 0
 
 
 def test_turns_stop_strings_and_a_full_cache_keep_the_cache_right(tiny):
@@ -108,7 +108,7 @@ def test_turns_stop_strings_and_a_full_cache_keep_the_cache_right(tiny):
     long = SamplingParams(10_000, **GREEDY)
     results = [list(e.stream(ids, long)) for e in (spec, plain)]
     assert [d.text for d in results[0]] == [d.text for d in results[1]]
-    assert results[0][-1].finish_reason == "length" and len(spec._cached_ids) == KV_LEN
+    assert results[0][-1].finish_reason == "length" and len(spec.scheduler.slots[0].ids) == KV_LEN
 
 
 class ConstantSession(Session):
@@ -134,7 +134,7 @@ def test_sampling_follows_the_target_distribution_not_the_drafts(tiny_model_dir)
     target[tokens] = [2.0, 1.5, 1.0, 0.5, 0.0, -0.5]
     draft[tokens] = [1.0, 2.0, 0.5, 1.5, 0.0, 2.5]  # another order, and token 45 (outside the target's top 4) most
     engine = Inference(cfg, session=ConstantSession(cfg, target))
-    engine.drafter = Drafter(ConstantSession(cfg, draft), 4)
+    engine.scheduler.drafter = Drafter(ConstantSession(cfg, draft), 4)
     n = 4000
     params = SamplingParams(n, method="top_k", value=4, temperature=1.0, seed=7)
     out = [d.token_id for d in engine.stream([5, 6, 7], params) if d.token_id is not None]
@@ -145,7 +145,7 @@ def test_sampling_follows_the_target_distribution_not_the_drafts(tiny_model_dir)
     np.testing.assert_allclose(counts[:4], want, atol=0.03)
     assert counts[4:].sum() == 0
     # The draft was often wrong (its distribution is far from the target's), so the rule was exercised.
-    assert 0.1 < engine.drafter.accepted / engine.drafter.judged < 0.9
+    assert 0.1 < engine.scheduler.drafter.accepted / engine.scheduler.drafter.judged < 0.9
 
 
 def args_for(tiny: dict, *extra: str) -> argparse.Namespace:
