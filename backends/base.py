@@ -16,7 +16,7 @@ import numpy as np
 from config import InferenceConfig
 from core.contract import mismatches, read_meta
 from core.errors import UserError
-from kvcache import CacheFullError
+from backends.kv_cache import CacheFullError
 
 
 def prefill_chunks(n: int, max_prefill_length: int) -> list[int]:

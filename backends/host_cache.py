@@ -5,7 +5,7 @@ import numpy as np
 
 from backends.base import MultiRowSession
 from config import InferenceConfig
-from kvcache import KVCache
+from backends.kv_cache import KVCache
 
 NP_DTYPES = {"float32": np.float32, "float16": np.float16}
 

@@ -13,7 +13,7 @@ from backends.base import MultiRowSession, refuse
 from backends.ort_cache import bind, cpu_session
 from config import InferenceConfig
 from core.errors import UserError
-from kvcache import lazy_zeros
+from backends.kv_cache import lazy_zeros
 
 
 class _Bound:
@@ -67,7 +67,7 @@ class OnnxCpuGraphSession(MultiRowSession):
         self.kv_len = s.kv_cache_length
         # [layer, key/value, row, kv_heads, slot, head_dim]: each layer's key and value blocks are
         # contiguous for any run of rows, as GroupQueryAttention's BNSH layout needs. A row costs memory
-        # only for the slots it has filled (kvcache.lazy_zeros).
+        # only for the slots it has filled (backends/kv_cache.py lazy_zeros).
         self.cache = lazy_zeros((shape.num_hidden_layers, 2, self.rows, shape.num_key_value_heads,
                                  s.kv_cache_length, shape.head_dim), np.float32)
         self._bound: dict[tuple[int, int], _Bound] = {}

@@ -11,7 +11,7 @@ class PyTorchSession(HostCacheSession):
     def __init__(self, config: InferenceConfig):
         import torch
 
-        from export.qwen_model import load_model
+        from backends.qwen_torch import load_model
 
         s = config.session
         dtype = s.dtype or "float32"

@@ -1,6 +1,6 @@
 """The graph contract: what an exported model's inputs, outputs and metadata are called, and the shape
-read from config.json. The exporter writes it, onnx2om.py compiles it, the sessions check it; all of
-them import it from here.
+read from config.json (its one parser). The exporter writes it, onnx2om.py compiles it, the sessions
+check it; all of them import it from here.
 
 npu graph (plain ONNX, what atc compiles):
   input_ids [batch, seq] int64; attention_mask [batch, kv_len + seq] int64; position_ids [batch, seq]
@@ -29,21 +29,52 @@ INT_KEYS = ("kv_cache_length",) + SHAPE_KEYS
 TARGETS = ("npu", "cpu")
 
 
+def cache_width(num_hidden_layers: int, num_key_value_heads: int) -> int:
+    """The third dim of past_key_values: every layer's keys, then its values, per KV head."""
+    return num_hidden_layers * 2 * num_key_value_heads
+
+
 @dataclass(frozen=True)
 class ModelShape:
-    """The sizes a graph and its KV cache are built from, as config.json gives them."""
+    """A Qwen (1.5 / 2 / 2.5 / 3) model's shape and settings, as its config.json gives them: the sizes a
+    graph and its KV cache are built from, and what the exporters and the torch reference build layers
+    from. Plain Python: the exporters read it without torch."""
     num_hidden_layers: int
     num_key_value_heads: int
     head_dim: int
     vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    rope_theta: float = 1e6
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = True
+    qk_norm: bool = False
 
     @classmethod
     def from_hf_config(cls, cfg: dict) -> "ModelShape":
+        """Read a config.json written by transformers 4.x (`rope_theta`) or 5.x (`rope_parameters`)."""
+        model_type = cfg.get("model_type", "qwen2")
+        if model_type not in ("qwen2", "qwen3"):
+            raise ValueError(f"unsupported model_type {model_type!r}: expected a Qwen1.5/Qwen2/Qwen2.5/Qwen3 model")
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", None):
+            raise ValueError(f"unsupported rope scaling {rope_type!r}: only plain RoPE is exported")
         heads = cfg["num_attention_heads"]
         return cls(num_hidden_layers=cfg["num_hidden_layers"],
                    num_key_value_heads=cfg.get("num_key_value_heads") or heads,
                    head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-                   vocab_size=cfg["vocab_size"])
+                   vocab_size=cfg["vocab_size"],
+                   hidden_size=cfg["hidden_size"],
+                   intermediate_size=cfg["intermediate_size"],
+                   num_attention_heads=heads,
+                   rope_theta=float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0))),
+                   rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+                   tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                   qkv_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
+                   qk_norm=model_type == "qwen3")
 
     @classmethod
     def from_dir(cls, hf_model_dir: str | Path) -> "ModelShape":
@@ -58,8 +89,7 @@ class ModelShape:
 
     @property
     def cache_width(self) -> int:
-        """The third dim of past_key_values: every layer's keys, then its values, per KV head."""
-        return self.num_hidden_layers * 2 * self.num_key_value_heads
+        return cache_width(self.num_hidden_layers, self.num_key_value_heads)
 
     def as_meta(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in SHAPE_KEYS}

@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from core.contract import ModelShape
 from export.block_quant import QuantSpec
-from export.model_args import ModelArgs
-from export.npu_graph import head_weight
+from export.npu_graph import head_weight, rope_inv_freq
 from export.onnx_weights import MS, GraphBuilder, Matrix, WeightFile
 from export.safetensors_io import Checkpoint
 
@@ -41,7 +41,7 @@ def rope_tables(inv_freq: np.ndarray, kv_len: int) -> tuple[np.ndarray, np.ndarr
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def build(ckpt: Checkpoint, a: ModelArgs, kv_len: int, data_path: Path, quant: QuantSpec | None = None,
+def build(ckpt: Checkpoint, a: ModelShape, kv_len: int, data_path: Path, quant: QuantSpec | None = None,
           progress=None) -> onnx.ModelProto:
     """The float32 graph of a checkpoint, or with `quant` its MatMulNBits weights quantized as they are
     read; every weight goes to data_path as it is made."""
@@ -52,11 +52,11 @@ def build(ckpt: Checkpoint, a: ModelArgs, kv_len: int, data_path: Path, quant: Q
         w.close()
 
 
-def _build(ckpt: Checkpoint, a: ModelArgs, kv_len: int, g: GraphBuilder, progress) -> onnx.ModelProto:
+def _build(ckpt: Checkpoint, a: ModelShape, kv_len: int, g: GraphBuilder, progress) -> onnx.ModelProto:
     eps, d, nh, kvh = a.rms_norm_eps, a.head_dim, a.num_attention_heads, a.num_key_value_heads
     w, quant = g.w, g.quant
     bits = quant.bits if quant else None
-    cos, sin = rope_tables(a.rope_inv_freq(), kv_len)
+    cos, sin = rope_tables(rope_inv_freq(a), kv_len)
     cos_name, sin_name = w.add("rope.cos", cos), w.add("rope.sin", sin)
     split_name = w.add("mlp.split", np.array([a.intermediate_size] * 2, dtype=np.int64))
 
@@ -141,7 +141,7 @@ def qk_normed(g: GraphBuilder, qkv: str, ckpt: Checkpoint, name: str, nh: int, k
     return out + [v]
 
 
-def make_model(g: GraphBuilder, a: ModelArgs) -> onnx.ModelProto:
+def make_model(g: GraphBuilder, a: ModelShape) -> onnx.ModelProto:
     f32, kv_shape = TensorProto.FLOAT, ["batch", a.num_key_value_heads, "kv_len", a.head_dim]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),

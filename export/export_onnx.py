@@ -19,11 +19,10 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from core.contract import write_meta
+from core.contract import ModelShape, write_meta
 from core.errors import UserError, run_main
 from core.flags import ArgumentParser
 from export.block_quant import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK, QuantSpec
-from export.model_args import ModelArgs
 from export.safetensors_io import Checkpoint
 
 PROG = "export_onnx.py"
@@ -70,7 +69,7 @@ def save(model_proto: onnx.ModelProto, out: Path) -> None:
                     location=data_name, size_threshold=1024)
 
 
-def model_meta(args: ModelArgs, hf_model_dir: Path, kv_cache_length: int, dtype_name: str, target: str) -> dict:
+def model_meta(args: ModelShape, hf_model_dir: Path, kv_cache_length: int, dtype_name: str, target: str) -> dict:
     return {
         "kv_cache_length": kv_cache_length, "dtype": dtype_name, "target": target,
         "num_hidden_layers": args.num_hidden_layers, "num_key_value_heads": args.num_key_value_heads,
@@ -88,7 +87,7 @@ def export(hf_model_dir: Path, onnx_path: Path, kv_cache_length: int, dtype_name
     """Write <onnx_path> and <onnx_path>.data; returns the recorded metadata."""
     from export import cpu_graph, npu_graph
 
-    args = ModelArgs.from_dir(hf_model_dir)
+    args = ModelShape.from_dir(hf_model_dir)
     try:
         ckpt = Checkpoint(hf_model_dir)
         npu_graph.check_weights(ckpt, args)
@@ -122,17 +121,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(a: argparse.Namespace) -> int:
     hf_dir, out = Path(a.hf_model_dir), Path(a.onnx_model_path)
-    if not (hf_dir / "config.json").is_file():
-        raise UserError(f"--hf_model_dir {hf_dir}: no config.json there (expected a HuggingFace model "
-                        "directory)")
+    ModelShape.from_dir(hf_dir)  # a missing or unusable config.json is a UserError before any work
     if out.suffix != ".onnx":
         raise UserError(f"--onnx_model_path {out}: the file name must end in .onnx")
     if a.kv_cache_length < 2:
         raise UserError(f"--kv_cache_length {a.kv_cache_length}: must be at least 2")
-    try:
-        ModelArgs.from_dir(hf_dir)
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{hf_dir}/config.json: {e}")
     if a.target == "cpu" and a.dtype != "float32":
         raise UserError(f"--target cpu --dtype {a.dtype}: the CPU graph is float32 (use --bits 4 or 8 for "
                         "smaller weights)")

@@ -25,6 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
+from core.contract import ModelShape
 from core.errors import UserError, run_main
 from export.checksum import file_sha256
 from export.safetensors_io import SafetensorsWriter, bf16_to_f32, f32_to_bf16
@@ -158,10 +159,9 @@ def hf_name(gguf_name: str) -> str | None:
 
 
 def expected_weights(config) -> set[str]:
-    from export.model_args import ModelArgs
     from export.npu_graph import required_weights
 
-    args = ModelArgs.from_hf_config(config.to_dict())
+    args = ModelShape.from_hf_config(config.to_dict())
     names = set(required_weights(args))
     if not config.tie_word_embeddings:
         names.add("lm_head.weight")

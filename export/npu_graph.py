@@ -1,6 +1,6 @@
 """The `--target npu` graph, written node by node from the safetensors weights (no tracing, no torch).
 
-It computes what export/qwen_model.py's forward pass computes, with the ops torch's exporter made of it
+It computes what backends/qwen_torch.py's forward pass computes, with the ops torch's exporter made of it
 (plain ONNX, opset 17, all on CANN's documented op list; the causal mask from comparisons, no Trilu;
 Pow and ReduceMean in the RMSNorm, which ops_info.json keeps in float32 on the NPU). The contract is in
 core/contract.py:
@@ -18,8 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from core.contract import NPU_INPUTS, NPU_OUTPUTS
-from export.model_args import ModelArgs
+from core.contract import NPU_INPUTS, NPU_OUTPUTS, ModelShape
 from export.onnx_weights import GraphBuilder, Matrix, WeightFile
 from export.safetensors_io import Checkpoint
 
@@ -27,14 +26,20 @@ OPSET, IR_VERSION = 17, 8
 F32 = TensorProto.FLOAT
 
 
-def head_weight(ckpt: Checkpoint, args: ModelArgs) -> str:
+def rope_inv_freq(a: ModelShape) -> np.ndarray:
+    """The rotary frequencies, float32 [head_dim / 2], computed as the reference model does."""
+    exponents = np.arange(0, a.head_dim, 2, dtype=np.float32) / np.float32(a.head_dim)
+    return (np.float32(1.0) / np.power(np.float32(a.rope_theta), exponents)).astype(np.float32)
+
+
+def head_weight(ckpt: Checkpoint, args: ModelShape) -> str:
     """The output projection's checkpoint name: the embedding table when the head is tied."""
     if args.tie_word_embeddings or "lm_head.weight" not in ckpt:
         return "model.embed_tokens.weight"
     return "lm_head.weight"
 
 
-def required_weights(args: ModelArgs) -> list[str]:
+def required_weights(args: ModelShape) -> list[str]:
     """Every checkpoint tensor the graphs read (the output projection aside: it may be tied)."""
     names = ["model.embed_tokens.weight", "model.norm.weight"]
     for i in range(args.num_hidden_layers):
@@ -49,14 +54,14 @@ def required_weights(args: ModelArgs) -> list[str]:
     return names
 
 
-def check_weights(ckpt: Checkpoint, args: ModelArgs) -> None:
+def check_weights(ckpt: Checkpoint, args: ModelShape) -> None:
     missing = [n for n in required_weights(args) if n not in ckpt]
     if missing:
         raise ValueError(f"weights missing from {ckpt.dir}: {', '.join(missing[:5])}")
 
 
 class NpuGraph:
-    def __init__(self, ckpt: Checkpoint, args: ModelArgs, dtype: np.dtype, weights: WeightFile):
+    def __init__(self, ckpt: Checkpoint, args: ModelShape, dtype: np.dtype, weights: WeightFile):
         self.ckpt, self.a = ckpt, args
         self.g = GraphBuilder(weights, dtype)
         self.dtype = np.dtype(dtype)
@@ -91,7 +96,7 @@ class NpuGraph:
         g = self.g
         pos = g.op("Unsqueeze", ["position_ids", g.const([-1])], 1, "rope/unsqueeze")[0]
         pos = g.op("Cast", [pos], 1, "rope/cast", to=F32)[0]
-        inv = self.a.rope_inv_freq()
+        inv = rope_inv_freq(self.a)
         angles = g.op("Mul", [pos, g.const(np.concatenate([inv, inv]), np.float32)], 1, "rope/angles")[0]
         angles = g.op("Unsqueeze", [angles, g.const([2])], 1, "rope/heads")[0]
         cos = self.cast(g.op("Cos", [angles], 1, "rope/cos")[0], self.onnx_dtype, "rope/cos_cast")
@@ -198,7 +203,7 @@ class NpuGraph:
 
     def model(self) -> onnx.ModelProto:
         a, t = self.a, self.onnx_dtype
-        width = a.num_hidden_layers * 2 * a.num_key_value_heads
+        width = a.cache_width
         io = {"input_ids": (TensorProto.INT64, ["batch", "seq"]),
               "attention_mask": (TensorProto.INT64, ["batch", "kv_len_plus_seq"]),
               "position_ids": (TensorProto.INT64, ["batch", "seq"]),
@@ -213,7 +218,7 @@ class NpuGraph:
         return model
 
 
-def build(ckpt: Checkpoint, args: ModelArgs, dtype: np.dtype, data_path: Path, progress=None) -> onnx.ModelProto:
+def build(ckpt: Checkpoint, args: ModelShape, dtype: np.dtype, data_path: Path, progress=None) -> onnx.ModelProto:
     """The npu graph of a checkpoint; every weight goes to data_path as it is read."""
     weights = WeightFile(data_path)
     try:

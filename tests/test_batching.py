@@ -261,12 +261,12 @@ def test_max_batch_must_be_positive(models):
 
 @pytest.mark.parametrize("kind", ["cpu graph", "npu graph"])
 def test_a_cache_the_machine_cannot_map_is_one_line(models, kind, monkeypatch):
-    import kvcache
+    from backends import kv_cache
 
     def refuse(*_):
         raise OSError(12, "Cannot allocate memory")
 
-    monkeypatch.setattr(kvcache.mmap, "mmap", refuse)
+    monkeypatch.setattr(kv_cache.mmap, "mmap", refuse)
     with pytest.raises(UserError) as e:
         engine_for(models, kind, max_batch=64)
     assert "\n" not in str(e.value) and "lower --max_batch or --kv_cache_length" in str(e.value)

@@ -117,7 +117,7 @@ def run_prefill_and_decode(path) -> list[np.ndarray]:
 def test_each_simplifier_keeps_the_graph_outputs(tool, make_tiny, tmp_path, capsys):
     """On the traced graph (what other exporters write), which has shape subgraphs to fold; our direct
     export has none left, so there a simplifier finds nothing to remove."""
-    from export.qwen_model import export_traced
+    from traced_export import export_traced
 
     src = tmp_path / "traced.onnx"
     export_traced(make_tiny(), src, 32)

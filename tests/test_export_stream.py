@@ -1,5 +1,5 @@
 """The streaming exporters: the npu graph written node by node equals the one torch traces from
-export/qwen_model.py; weights written in small row chunks equal weights written whole; quantizing in the
+backends/qwen_torch.py; weights written in small row chunks equal weights written whole; quantizing in the
 export pass equals quantize_onnx.py, which equals onnxruntime's own quantizer; sharded bf16 checkpoints;
 no torch needed."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ from script_exit import exit_status
 from export import onnx_weights
 from export.check_ops import unlisted_ops
 from export.export_onnx import main as export_main
-from export.qwen_model import export_traced
+from traced_export import export_traced
 from export.quantize_onnx import main as quantize_main
 from export.safetensors_io import INDEX_NAME, Checkpoint, SafetensorsWriter, f32_to_bf16
 
@@ -37,7 +37,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 @pytest.fixture(scope="module")
 def traced_of(tmp_path_factory):
-    """`traced_of(model_dir, dtype)` -> the npu graph torch traces from export/qwen_model.py."""
+    """`traced_of(model_dir, dtype)` -> the npu graph torch traces from backends/qwen_torch.py."""
     built: dict[tuple[str, str], Path] = {}
 
     def make(model_dir: Path, dtype: str) -> Path:

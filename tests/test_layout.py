@@ -77,8 +77,8 @@ def test_no_script_edits_sys_path():
 
 def test_the_project_is_installed_in_editable_mode():
     """`make setup` installs the project into .venv: its modules import from any directory."""
-    out = subprocess.run([sys.executable, "-c", "import config, session, core.contract, export.qwen_model; "
-                          "print(config.__file__)"], cwd="/", capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", "import config, session, core.contract, backends.qwen_torch, "
+                          "export.export_onnx; print(config.__file__)"], cwd="/", capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).resolve() == (ROOT / "config.py").resolve()
 

@@ -1,5 +1,6 @@
-"""A compact Qwen (1.5 / 2 / 2.5 / 3) decoder in PyTorch: the reference the exporters are held to
-(export/npu_graph.py writes the graph this model's trace gives, without torch) and the torch backend.
+"""A compact Qwen (1.5 / 2 / 2.5 / 3) decoder in PyTorch: what the torch backend (backends/torch_reference.py)
+runs, and the reference the exporters are held to (export/npu_graph.py writes the graph this model's trace
+gives, without torch; tests/traced_export.py traces it).
 
 Its forward pass *is* the ONNX graph contract: new tokens plus a static KV cache laid out as
 [batch, kv_len, num_layers * 2 * num_kv_heads, head_dim] go in, logits and the new tokens' keys and
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from export.model_args import ModelArgs
+from core.contract import ModelShape
 
 
 class RMSNorm(nn.Module):
@@ -36,7 +37,7 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, a: ModelArgs):
+    def __init__(self, a: ModelShape):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = a.num_attention_heads, a.num_key_value_heads, a.head_dim
         self.q_proj = nn.Linear(a.hidden_size, self.heads * a.head_dim, bias=a.qkv_bias)
@@ -70,7 +71,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, a: ModelArgs):
+    def __init__(self, a: ModelShape):
         super().__init__()
         self.gate_proj = nn.Linear(a.hidden_size, a.intermediate_size, bias=False)
         self.up_proj = nn.Linear(a.hidden_size, a.intermediate_size, bias=False)
@@ -81,7 +82,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, a: ModelArgs):
+    def __init__(self, a: ModelShape):
         super().__init__()
         self.input_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps)
         self.self_attn = Attention(a)
@@ -96,21 +97,21 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, a: ModelArgs):
+    def __init__(self, a: ModelShape):
         super().__init__()
         self.embed_tokens = nn.Embedding(a.vocab_size, a.hidden_size)
         self.layers = nn.ModuleList(Block(a) for _ in range(a.num_hidden_layers))
         self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
 
 
-def rope_inv_freq(a: ModelArgs) -> Tensor:
+def rope_inv_freq(a: ModelShape) -> Tensor:
     return 1.0 / (a.rope_theta ** (torch.arange(0, a.head_dim, 2, dtype=torch.float32) / a.head_dim))
 
 
 class QwenForExport(nn.Module):
     """forward(input_ids, attention_mask, position_ids, past_key_values) -> (logits, out_key_values)."""
 
-    def __init__(self, a: ModelArgs):
+    def __init__(self, a: ModelShape):
         super().__init__()
         self.args = a
         self.model = Decoder(a)
@@ -167,7 +168,7 @@ def load_model(hf_model_dir: str | Path, dtype: torch.dtype = torch.float32) -> 
     from safetensors import safe_open
 
     hf_model_dir = Path(hf_model_dir)
-    args = ModelArgs.from_dir(hf_model_dir)
+    args = ModelShape.from_dir(hf_model_dir)
     with torch.device("meta"):
         model = QwenForExport(args)
     wanted = dict(model.named_parameters())
@@ -185,39 +186,3 @@ def load_model(hf_model_dir: str | Path, dtype: torch.dtype = torch.float32) -> 
     model.load_state_dict(state, assign=True)
     model.inv_freq = rope_inv_freq(args)  # buffers are not in the checkpoint; the meta one must be rebuilt
     return model.eval()
-
-
-def export_traced(hf_model_dir: str | Path, onnx_path: str | Path, kv_cache_length: int,
-                  dtype: torch.dtype = torch.float32) -> None:
-    """This model traced by torch's TorchScript exporter into the npu graph, as export_onnx.py made it
-    before it wrote graphs directly: the reference that tests and bench/export_memory.py compare
-    export/npu_graph.py against. It holds the whole model (and the exporter's copies) in memory."""
-    import tempfile
-    import warnings
-
-    import onnx
-
-    from core.contract import NPU_INPUTS, NPU_OUTPUTS, write_meta
-    from export.export_onnx import model_meta, save
-
-    hf_model_dir, onnx_path = Path(hf_model_dir), Path(onnx_path)
-    model = load_model(hf_model_dir, dtype)
-    a = model.args
-    seq, kv = 2, 4
-    example = (torch.zeros(1, seq, dtype=torch.long), torch.ones(1, kv + seq, dtype=torch.long),
-               torch.arange(seq).unsqueeze(0) + kv,
-               torch.zeros(1, kv, a.num_hidden_layers * 2 * a.num_key_value_heads, a.head_dim, dtype=dtype))
-    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "kv_len_plus_seq"},
-            "position_ids": {0: "batch", 1: "seq"}, "past_key_values": {0: "batch", 1: "kv_len"},
-            "logits": {0: "batch", 1: "seq"}, "out_key_values": {0: "batch", 1: "seq"}}
-    with tempfile.TemporaryDirectory(prefix="qwen_trace_") as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        raw = Path(tmp) / "model.onnx"
-        torch.onnx.export(model, example, str(raw), dynamo=False, input_names=list(NPU_INPUTS),
-                          output_names=list(NPU_OUTPUTS), dynamic_axes=axes, opset_version=17,
-                          do_constant_folding=True)
-        del model
-        proto = onnx.load(str(raw))
-    dtype_name = "float16" if dtype == torch.float16 else "float32"
-    write_meta(proto, model_meta(a, hf_model_dir, kv_cache_length, dtype_name, "npu"))
-    save(proto, onnx_path)
