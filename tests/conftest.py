@@ -76,6 +76,17 @@ def cpu_onnx_of(tmp_path_factory):
     return export
 
 
+DEFAULT_MODEL_FIXTURE = "default_model_dir"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reaches the default model, through any fixture, is in the default_model group: the
+    model exists only after `make model`, and `make test-fast` must pass on a fresh clone without it."""
+    for item in items:
+        if DEFAULT_MODEL_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.default_model)
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     # A missing model is a broken setup, not a reason to skip: `make test` builds it first.

@@ -11,6 +11,8 @@ import pytest
 
 from api_helpers import ROOT, serve, validate
 
+pytestmark = pytest.mark.default_model
+
 WEATHER_TOOL = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "city name"}},

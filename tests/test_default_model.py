@@ -15,6 +15,8 @@ from config import InferenceConfig
 from inference import Inference, SamplingParams
 from session import open_session
 
+pytestmark = pytest.mark.default_model
+
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Write a python function that checks whether a number is prime."
 

@@ -21,6 +21,8 @@ from onnx import TensorProto, helper
 
 from emulator import harness
 
+pytestmark = pytest.mark.emulator
+
 DOC_INPUT_SHAPE = "data:1,1,40,-1;label:1,-1;mask:-1,-1"
 DOC_DYNAMIC_DIMS = "20,20,1,1; 40,40,2,2; 80,60,4,4"
 # aclpythondevg_01_0217: gear 0 is data(1,1,40,20)+label(1,20)+mask(1,1), and so on.

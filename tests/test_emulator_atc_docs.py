@@ -25,6 +25,8 @@ from onnx import TensorProto, helper
 
 from emulator import emu_om, emu_precision, harness
 
+pytestmark = pytest.mark.emulator
+
 
 @functools.cache
 def atc_module():

@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 from emulator import emu_om, emu_precision, harness
 from export.onnx2om import MIXLIST
 
+pytestmark = pytest.mark.emulator
+
 KV = 32
 PREFILL = 4
 # Logits of the tiny model are O(1); float16 weights plus float16 activations move them by ~1e-3.

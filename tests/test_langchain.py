@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field
 from api_helpers import serve, validate
 from structured_helpers import default_int4_long
 
+pytestmark = pytest.mark.default_model
+
 MODEL = "qwen"
 
 

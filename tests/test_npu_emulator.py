@@ -9,6 +9,8 @@ import pytest
 
 from emulator import harness
 
+pytestmark = pytest.mark.emulator
+
 KV, WIDTH, D = 16, 8, 16  # tiny model: 2 layers * 2 * 2 kv heads, head_dim 16
 SHAPE = f"input_ids:1,-1;attention_mask:1,-1;position_ids:1,-1;past_key_values:1,-1,{WIDTH},{D}"
 PROFILES = "1,9,1,8;2,10,2,8;1,17,1,16;2,18,2,16"

@@ -14,6 +14,8 @@ from onnx import TensorProto, helper
 from emulator import emu_om, harness
 from export import check_ops, onnx2om
 
+pytestmark = pytest.mark.emulator
+
 KV = 64
 
 

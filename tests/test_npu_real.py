@@ -14,6 +14,8 @@ from config import InferenceConfig
 from emulator import harness
 from inference import Inference, SamplingParams
 
+pytestmark = pytest.mark.emulator
+
 QUESTION = "Write a python function that checks whether a number is prime, and explain how it works."
 
 

@@ -16,6 +16,8 @@ from emulator import harness
 from inference import Inference, SamplingParams
 from session import Session, open_session
 
+pytestmark = pytest.mark.emulator
+
 KV = 64  # the half-cache profile covers the first 32 tokens
 
 

@@ -25,6 +25,8 @@ from config import InferenceConfig
 from deploy.ray_serve import APP_NAME, deploy, parse_args
 from inference import Inference, SamplingParams
 
+pytestmark = pytest.mark.ray
+
 MODEL = "tiny"
 KV_LEN = 512
 MAX_TOKENS = 16

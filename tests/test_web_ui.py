@@ -24,6 +24,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from api_helpers import ROOT, fake_server_args, serve
 from scripted_session import HOSTILE, reply_to
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
 AXE = ROOT / "tests" / "web" / "node_modules" / "axe-core" / "axe.min.js"
