@@ -35,10 +35,10 @@ CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
 AXE := tests/web/node_modules/axe-core/axe.min.js
 
-.PHONY: help setup model onnx demo test web-test-deps ray-test-deps serve bench lint-docker
+.PHONY: help setup model onnx demo test test-fast web-test-deps ray-test-deps serve bench lint-docker
 
 help:
-	@echo "targets: setup model onnx demo test web-test-deps ray-test-deps serve bench lint-docker"
+	@echo "targets: setup model onnx demo test test-fast web-test-deps ray-test-deps serve bench lint-docker"
 	@echo "variables: MODEL_DIR=$(MODEL_DIR) ONNX_NAME=$(ONNX_NAME) KV_CACHE_LENGTH=$(KV_CACHE_LENGTH)" \
 	  "CPU_KV_CACHE_LENGTH=$(CPU_KV_CACHE_LENGTH)"
 
@@ -93,6 +93,11 @@ demo: onnx
 
 test: model web-test-deps ray-test-deps
 	$(PY) -m pytest -q tests
+
+# The edit-test loop: tiny models only, no default model, Chromium, Ray or emulated NPU, nothing marked
+# slow (markers in pytest.ini); a few minutes on 2 cores. `make test` is the whole suite.
+test-fast: setup
+	$(PY) -m pytest -q tests -m "not browser and not ray and not default_model and not emulator and not slow"
 
 # The chat page's tests need Debian's Chromium and its WebDriver: installed here when make runs as root
 # with apt (as CI and a fresh board do), else a clear failure before the suite starts (they never skip).
