@@ -76,7 +76,8 @@ class AclSession(MultiRowSession):
     def _handle(self, value: int, call: str) -> int:
         """The create_* calls return a pointer instead of a code: 0 (NULL) is their failure."""
         if not value:
-            raise AclError(f"{call} failed: it returned NULL")
+            detail = (getattr(self.acl, "get_recent_err_msg", lambda: "")() or "").strip()
+            raise AclError(f"{call} failed: it returned NULL" + (f": {detail}" if detail else ""))
         return value
 
     # ---- loading -----------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class AclSession(MultiRowSession):
                           for i in range(acl.mdl.get_num_outputs(self.desc))]
         if len(self.out_sizes) != 2:
             raise UserError(f"{self.om_path}: expected 2 outputs (logits, out_key_values), "
-                              f"found {len(self.out_sizes)}")
+                            f"found {len(self.out_sizes)}")
         self.logits_dtype, self.cache_dtype = (ACL_DTYPES.get(acl.mdl.get_output_data_type(self.desc, i))
                                                for i in (0, 1))
         if self.logits_dtype is None or self.cache_dtype is None:
@@ -137,7 +138,7 @@ class AclSession(MultiRowSession):
         self.kv_len = max(g["past_key_values"][1] for g in self.gears) if self.dynamic else self.static_kv
         if self.kv_len != c.session.kv_cache_length:
             raise UserError(f"{self.om_path} was compiled for kv_cache_length {self.kv_len}, this run asks for "
-                              f"{c.session.kv_cache_length}: pass --kv_cache_length {self.kv_len}")
+                            f"{c.session.kv_cache_length}: pass --kv_cache_length {self.kv_len}")
         self._check_profiles()
         self._check_sizes()
 
@@ -152,7 +153,7 @@ class AclSession(MultiRowSession):
             shapes[name] = [int(d) for d in dims["dims"][:dims["dimCount"]]]
             if len(shapes[name]) != rank:
                 raise UserError(f"{self.om_path}: input {name} has dims {shapes[name]}, expected rank {rank} "
-                                  "(not built by onnx2om.py?)")
+                                "(not built by onnx2om.py?)")
         batches = {shape[0] for shape in shapes.values()}
         if any(b < 1 for b in batches):
             raise UserError(f"{self.om_path}: its batch dimension is not a fixed number (a shape range); a batch "
@@ -168,7 +169,7 @@ class AclSession(MultiRowSession):
         want = (c.shape.num_hidden_layers * 2 * c.shape.num_key_value_heads, c.shape.head_dim)
         if (self.width, self.head_dim) != want:
             raise UserError(f"{self.om_path}: its cache rows are {self.width} x {self.head_dim}, the model in "
-                              f"--hf_model_dir needs {want[0]} x {want[1]}: --hf_model_dir does not belong to it")
+                            f"--hf_model_dir needs {want[0]} x {want[1]}: --hf_model_dir does not belong to it")
         self.static_kv = shapes["past_key_values"][1]
 
     def _read_gears(self) -> list[dict[str, list[int]]]:
@@ -180,11 +181,11 @@ class AclSession(MultiRowSession):
         if not self.dynamic:
             if count:
                 raise UserError(f"{self.om_path}: reports {count} dynamic-dims gears but no {DYNAMIC_INPUT} "
-                                  "input (not built by onnx2om.py?)")
+                                "input (not built by onnx2om.py?)")
             return []
         if not count:
             raise UserError(f"{self.om_path}: has an {DYNAMIC_INPUT} input but no dynamic-dims gears "
-                              "(built with another kind of dynamic shape?)")
+                            "(built with another kind of dynamic shape?)")
         dims_out, ret = acl.mdl.get_input_dynamic_dims(self.desc, -1, count)
         self._call(ret, "acl.mdl.get_input_dynamic_dims")
         gears = []
@@ -192,7 +193,7 @@ class AclSession(MultiRowSession):
             values = [int(d) for d in gear["dims"][:gear["dimCount"]]]
             if len(values) != sum(RANKS.values()):
                 raise UserError(f"{self.om_path}: a dynamic-dims gear has {len(values)} dims, expected "
-                                  f"{sum(RANKS.values())} (every dimension of the four inputs)")
+                                f"{sum(RANKS.values())} (every dimension of the four inputs)")
             shapes, at = {}, 0
             for name in self.order:
                 shapes[name] = values[at:at + RANKS[name]]
@@ -222,7 +223,7 @@ class AclSession(MultiRowSession):
         if not self.dynamic:
             if c.session.max_prefill_length != 1:
                 raise UserError(f"{self.om_path} has static shapes (built with --max_prefill_length 1): "
-                                  "pass --max_prefill_length 1")
+                                "pass --max_prefill_length 1")
             return
         built = max(g["input_ids"][1] for g in self.gears)
         # the chunk lengths Session.run uses
@@ -233,8 +234,8 @@ class AclSession(MultiRowSession):
                 dims = self._dims_of(self._shapes(n, kv))
                 if tuple(dims) not in self.gear_dims:
                     raise UserError(f"{self.om_path} has no profile for a {n}-token chunk on a {kv}-row cache "
-                                      f"(dims {dims}); it was built with --max_prefill_length {built}: pass that "
-                                      f"value, or rebuild with --max_prefill_length {c.session.max_prefill_length}")
+                                    f"(dims {dims}); it was built with --max_prefill_length {built}: pass that "
+                                    f"value, or rebuild with --max_prefill_length {c.session.max_prefill_length}")
 
     def _check_sizes(self) -> None:
         """Buffers are sized from get_input_size_by_index, documented as the largest gear's size for
@@ -247,13 +248,13 @@ class AclSession(MultiRowSession):
             need, have = int(np.prod(shape)) * item, self.in_sizes[self.index[name]]
             if have < need:
                 raise UserError(f"{self.om_path}: the runtime reports {have} bytes for input {name}, its largest "
-                                  f"shape {shape} needs {need}")
+                                f"shape {shape} needs {need}")
         if self.dynamic and self.in_sizes[self.dynamic_index] <= 0:
             raise UserError(f"{self.om_path}: the runtime reports no size for {DYNAMIC_INPUT}; its size and "
-                              "format are not documented, so this session does not guess one")
+                            "format are not documented, so this session does not guess one")
         if self.out_sizes[0] < self.rows * longest * c.shape.vocab_size * np.dtype(self.logits_dtype).itemsize:
             raise UserError(f"{self.om_path}: its logits are smaller than vocab {c.shape.vocab_size}: "
-                              "--hf_model_dir does not belong to this model")
+                            "--hf_model_dir does not belong to this model")
 
     def _allocate(self) -> None:
         """Device buffers for every input and output (sized for the largest profile), the logits row on

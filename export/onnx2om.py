@@ -208,6 +208,8 @@ def run(a: argparse.Namespace) -> int:
         print(shlex.join(cmd))
         raise UserError("atc is not on PATH: source the CANN toolkit's set_env.sh, then run the command above", 1)
     Path(a.om_model_path).parent.mkdir(parents=True, exist_ok=True)
+    # The exact command goes first into the log, so a failed compile can be rerun and reported as it ran.
+    print(f"running: {shlex.join(cmd)}", flush=True)
     done = subprocess.run(cmd, env=compile_env(a.cpu_thread))
     if done.returncode != 0:
         raise UserError(f"atc exited with {done.returncode}; its messages are above", 1)

@@ -3,7 +3,8 @@
 Tests put tests/emulator on sys.path explicitly; it is never installed. Only the calls the
 project uses are implemented, with the documented pyACL signatures and return conventions.
 Environment: EMU_ACL_SOC (chip of the emulated board, default Ascend310B1), EMU_ACL_RUN_MODE
-(device|host), EMU_ACL_DEVICE_MEMORY (bytes), EMU_ACL_THREADS (onnxruntime threads).
+(device|host), EMU_ACL_DEVICE_MEMORY (bytes: what malloc may take and get_mem_info reports), EMU_ACL_THREADS
+(onnxruntime threads). tests/emulator/npu-smi prints `npu-smi info` for the same board.
 """
 from __future__ import annotations
 

@@ -91,6 +91,38 @@ def get_run_mode() -> tuple[int, int]:
     return s.run_mode(), s.SUCCESS
 
 
+# aclrtMemAttr (pyACL get_mem_info): 0 DDR, 1 HBM, 2 DDR huge, 3 DDR normal, 4 HBM huge, 5 HBM normal,
+# 6-9 the reserved peer-to-peer kinds.
+_MEM_ATTRS = range(10)
+
+
+def _has_hbm() -> bool:
+    """Training chips (Ascend910*) carry on-chip memory; the inference chips the emulator knows have DDR only."""
+    return s.soc_name().startswith("Ascend910")
+
+
+def get_mem_info(attr: int) -> tuple[int, int, int]:
+    """(free, total, ret) of device memory, as the pyACL reference describes it: a device must have been
+    set first; a kind of memory the chip lacks reports 0 and 0, except that on chips without HBM the HBM
+    kinds are answered as the matching DDR kinds. The emulated device allocates everything from huge
+    pages (every malloc policy here), so the normal-page and reserved kinds report 0 and 0."""
+    st = state()
+    if not st.initialised:
+        return 0, 0, s.UNINITIALIZE
+    if not st.devices:
+        return 0, 0, st.fail(s.INVALID_PARAM, "get_mem_info: no device set (call acl.rt.set_device first)")
+    if attr not in _MEM_ATTRS:
+        return 0, 0, st.fail(s.INVALID_PARAM, f"get_mem_info: attr {attr} is not an aclrtMemAttr")
+    if not _has_hbm():
+        attr = {1: 0, 4: 2, 5: 3}.get(attr, attr)  # HBM -> DDR, HBM huge -> DDR huge, HBM normal -> DDR normal
+    present = {1, 4} if _has_hbm() else {0, 2}
+    if attr not in present:
+        return 0, 0, s.SUCCESS
+    total = _device_limit()
+    used = sum(len(r.data) for r in st.regions.values() if r.kind == s.DEVICE)
+    return max(0, total - used), total, s.SUCCESS
+
+
 def malloc(size: int, policy: int) -> tuple[int, int]:
     st = state()
     ret = s.need_context(st)
