@@ -1,7 +1,8 @@
 """Command-line flags declared once, on the dataclass fields they fill.
 
 A field becomes `--name`; its default, type and choices come from the field, its help text from
-`metadata["help"]`. A field with `metadata["flag"] = False` is set by code, never by a flag.
+`metadata["help"]`. A field with `metadata["flag"] = False` is set by code, never by a flag. A
+`list[X]` field takes several values (`--name a b`); one without a default may also be repeated.
 """
 from __future__ import annotations
 
@@ -28,13 +29,28 @@ def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | 
     meta = {"help": help, "choices": choices, "required": required, "flag": flag, "show_default": show_default}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
+    if isinstance(default, list):  # a dataclass field may not share one list between instances
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def _base_type(annotation: Any) -> type:
-    """int | None -> int; the type argparse converts the flag's text with."""
+    """int | None -> int, list[int] -> int; the type argparse converts the flag's text with."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if args else annotation
+    kind = args[0] if args else annotation
+    if typing.get_origin(kind) is list:
+        return typing.get_args(kind)[0]
+    return kind
+
+
+def _is_list(annotation: Any) -> bool:
+    return any(typing.get_origin(a) is list for a in (annotation, *typing.get_args(annotation)))
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
@@ -47,9 +63,11 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = No
             continue
         kind = _base_type(hints[f.name])
         help_text = meta["help"]
-        has_default = f.default is not dataclasses.MISSING
-        if has_default and meta["show_default"] and f.default is not None and kind is not bool:
-            help_text += f" (default {f.default})"
+        default = _default(f)
+        has_default = default is not dataclasses.MISSING
+        if has_default and meta["show_default"] and default is not None and kind is not bool:
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            help_text += f" (default {shown})"
         kwargs: dict[str, Any] = {"help": help_text, "dest": f.name}
         if kind is bool:  # an on-switch: a bool field defaults to off
             kwargs["action"] = "store_true"
@@ -57,8 +75,13 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = No
             kwargs["type"] = kind
             if meta["choices"]:
                 kwargs["choices"] = meta["choices"]
+            if _is_list(hints[f.name]):
+                # "extend" would add to a default list instead of replacing it
+                kwargs["nargs"] = "*" if has_default else "+"
+                if not has_default:
+                    kwargs["action"] = "extend"
             if has_default:
-                kwargs["default"] = f.default
+                kwargs["default"] = default
             else:
                 kwargs["required"] = True
         group.add_argument(f"--{f.name}", **kwargs)
