@@ -20,12 +20,15 @@ from server.completions import CompletionServing
 from server.errors import install_error_handlers
 from server.guards import BodyLimit, HostGuard, KeyGate, allowed_hosts, cors
 from server.metrics import CONTENT_TYPE, CountRequests, Metrics
+from server.responses import ResponsesServing
+from server.responses_schema import ResponsesRequest
 from server.schema import ChatCompletionRequest, CompletionRequest, ErrorResponse
 from server.serving import Context
 from server.worker import Worker
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 429, 503)}
-COUNTED = {"/v1/chat/completions", "/v1/completions", "/v1/models"}  # endpoints /metrics counts requests of
+# endpoints /metrics counts requests of
+COUNTED = {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models"}
 WEB_DIR = Path(__file__).resolve().parent / "web"
 # The chat page shows model output, which is untrusted: it renders it as text, and this policy is the second
 # line of defence (no inline script or style, no other origin, nothing may frame the page).
@@ -47,7 +50,7 @@ def create_app(inference: Inference, model_name: str, options: ServerOptions | N
     metrics = Metrics(worker.queued, worker.busy_slots)
     worker.observer = metrics
     ctx = Context.create(inference, worker, model_name)
-    chat, legacy = ChatServing(ctx), CompletionServing(ctx)
+    chat, legacy, responses = ChatServing(ctx), CompletionServing(ctx), ResponsesServing(ctx)
     started = int(time.time())
 
     @asynccontextmanager
@@ -105,6 +108,10 @@ def create_app(inference: Inference, model_name: str, options: ServerOptions | N
     @app.post("/v1/completions", responses=ERRORS)
     async def completions(req: CompletionRequest, request: Request) -> Response:
         return await legacy(req, request)
+
+    @app.post("/v1/responses", responses=ERRORS)
+    async def create_response(req: ResponsesRequest, request: Request) -> Response:
+        return await responses(req, request)
 
     return app
 

@@ -6,9 +6,12 @@ supplied"), so nothing that would change an answer is silently ignored.
 Honoured fields are those the endpoint's request model declares (server/schema.py)."""
 from __future__ import annotations
 
+import json
+
 from pydantic import BaseModel
 
 from server.errors import APIError
+from server.responses_schema import ResponsesRequest
 from server.schema import ChatCompletionRequest, CompletionRequest
 
 # Fields that change nothing about the answer, and why accepting them is harmless.
@@ -54,16 +57,42 @@ REFUSED = {
 CHAT_ONLY_REFUSED = {"best_of": "every choice generated is returned (use n)"}
 COMPLETIONS_ONLY_REFUSED = {"suffix": "this model completes after the prompt only (insertion needs a "
                                       "fill-in-the-middle prompt)"}
+# The Responses API's own fields: its no-ops, and what needs state or OpenAI's hosted machinery. This server
+# keeps no responses, so anything that would store one or refer to a stored one is refused.
+RESPONSES_NO_OP = {**{k: v for k, v in NO_OP.items() if k not in ("store", "modalities")},
+                   "store": "false only: this server keeps no responses (true is refused)",
+                   "truncation": "\"disabled\" only: a prompt over --max_input_length is refused, never cut",
+                   "stream_options": "include_obfuscation pads events against a side channel of the provider's "
+                                     "network; nothing is padded here"}
+RESPONSES_REFUSED = {
+    "previous_response_id": "this server keeps no responses; send the whole conversation in input",
+    "conversation": "this server keeps no conversations; send the whole conversation in input",
+    "background": "a response is answered while the client waits",
+    "prompt": "this server keeps no prompt templates; send instructions and input",
+    "include": "no extra output data (encrypted reasoning, logprobs, search results) is produced",
+    "max_tool_calls": "only function tools are offered, and the client runs those",
+    "top_logprobs": "this endpoint reports no logprobs",
+    "context_management": "a prompt over --max_input_length is refused, never compacted",
+}
+# No-op fields accepted with these values only (None: the field sent as null); another value is refused.
+ACCEPTED_VALUES = {("/v1/responses", "store"): (None, False), ("/v1/responses", "truncation"): (None, "disabled")}
 
 ENDPOINTS: dict[str, type[BaseModel]] = {"/v1/chat/completions": ChatCompletionRequest,
-                                         "/v1/completions": CompletionRequest}
+                                         "/v1/completions": CompletionRequest,
+                                         "/v1/responses": ResponsesRequest}
 
 
 def honoured(endpoint: str) -> list[str]:
     return sorted(ENDPOINTS[endpoint].model_fields)
 
 
+def no_op(endpoint: str) -> dict[str, str]:
+    return RESPONSES_NO_OP if endpoint == "/v1/responses" else NO_OP
+
+
 def refused(endpoint: str) -> dict[str, str]:
+    if endpoint == "/v1/responses":
+        return dict(RESPONSES_REFUSED)
     out = dict(REFUSED)
     out.update(CHAT_ONLY_REFUSED if endpoint == "/v1/chat/completions" else COMPLETIONS_ONLY_REFUSED)
     return {k: v for k, v in out.items() if k not in ENDPOINTS[endpoint].model_fields}
@@ -76,7 +105,11 @@ def check_fields(req: BaseModel, endpoint: str) -> None:
         if name == "modalities" and value not in (None, ["text"]):
             raise APIError(400, "modalities: this model answers in text only (send [\"text\"] or leave it out)",
                            param="modalities", code="unsupported_parameter")
-        if name in NO_OP:
+        allowed = ACCEPTED_VALUES.get((endpoint, name))
+        if allowed is not None and value not in allowed:
+            raise APIError(400, f"{name}: {json.dumps(value)[:40]} is not supported by this server: "
+                                f"{no_op(endpoint)[name]}", param=name, code="unsupported_parameter")
+        if name in no_op(endpoint):
             continue
         if name in refusals:
             raise APIError(400, f"{name} is not supported by this server: {refusals[name]}", param=name,
@@ -88,7 +121,7 @@ def check_fields(req: BaseModel, endpoint: str) -> None:
 def fields_table(endpoint: str) -> str:
     """The endpoint's fields as a Markdown table: what docs/api-fields.md shows."""
     rows = [f"| `{name}` | honoured | |" for name in honoured(endpoint)]
-    rows += [f"| `{name}` | accepted, changes nothing | {why} |" for name, why in sorted(NO_OP.items())]
+    rows += [f"| `{name}` | accepted, changes nothing | {why} |" for name, why in sorted(no_op(endpoint).items())]
     rows += [f"| `{name}` | refused (400) | {why} |" for name, why in sorted(refused(endpoint).items())]
     return "\n".join([f"### `POST {endpoint}`", "", "| field | what the server does | why |", "|---|---|---|",
                       *rows, "", "Any other top-level field is refused (400, `unknown_parameter`)."])
