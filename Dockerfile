@@ -4,8 +4,23 @@
 #     --build-arg OM_NAME=qwen2.5_coder_0.5b_instruct.om .
 # BASE_IMAGE must be a CANN image for your chip (it provides pyACL and the driver user space);
 # log in to its registry first. The .om only runs on the chip it was compiled for.
+#
+# Python: the runtime's requirements need 3.11 (transformers 5.x, fastapi, sse-starlette and numpy 2.x declare
+# Requires-Python >= 3.11; tests/test_dockerfiles.py checks every pin), while CANN's ubuntu22.04 images ship
+# 3.10. Ubuntu 22.04's own python3.11 (3.11.0) is installed and a venv made from it comes first on PATH;
+# CANN 8.0.0 supports Python 3.7.x to 3.11.4 for pyACL, so set_env.sh's pyACL imports in it.
 ARG BASE_IMAGE=swr.cn-south-1.myhuaweicloud.com/ascendhub/cann:8.0.0-310b-ubuntu22.04-py3.10
 FROM ${BASE_IMAGE}
+
+ARG PYTHON_VERSION=3.11
+# Not pinned to a patch release: the base image decides the Ubuntu release, and apt keeps only its newest build.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python${PYTHON_VERSION} python${PYTHON_VERSION}-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && python${PYTHON_VERSION} -m venv /opt/venv
+ENV PATH=/opt/venv/bin:${PATH}
 
 ARG MODEL_NAME=Qwen2.5-Coder-0.5B-Instruct
 ARG OM_NAME=qwen2.5_coder_0.5b_instruct.om

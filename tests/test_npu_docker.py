@@ -36,7 +36,7 @@ def defaults(steps: list[tuple[str, str]]) -> dict[str, str]:
     for word, rest in steps:
         if word in ("ARG", "ENV"):
             for name, value in re.findall(r"(\w+)=(\S+)", rest):
-                values[name] = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], value)
+                values[name] = re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), value)
     return values
 
 
