@@ -144,7 +144,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
     """The log-softmax of the logits a token was chosen from (after the processors, before temperature and
     top-p, as OpenAI reports the model's own distribution), at the token and at the `top` likeliest."""
-    lp = np.maximum(log_softmax(logits), LOGPROB_FLOOR)
+    lp = np.nan_to_num(np.maximum(log_softmax(logits), LOGPROB_FLOOR), nan=LOGPROB_FLOOR, posinf=0.0)
     ids = np.argpartition(-lp, top - 1)[:top] if top else np.array([], np.int64)
     ids = ids[np.lexsort((ids, -lp[ids]))]  # likeliest first, ties by id: the same order every time
     return TokenLogprob(token, float(lp[token]), [(int(i), float(lp[i])) for i in ids])

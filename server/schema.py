@@ -121,7 +121,7 @@ class Sampling(BaseModel):
     # The local servers' sampling extensions, with vLLM's meanings.
     top_k: int | None = Field(None, ge=-1, lt=INT64)  # -1 or 0: no top-k cut
     min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
-    repetition_penalty: float | None = Field(None, gt=0, le=10, allow_inf_nan=False)
+    repetition_penalty: float | None = Field(None, ge=0.01, le=10, allow_inf_nan=False)
     ignore_eos: bool | None = None
     min_tokens: int | None = Field(None, ge=0, lt=INT64)
     stop_token_ids: list[int] | None = Field(None, max_length=64)
