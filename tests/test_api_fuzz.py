@@ -12,6 +12,8 @@ import pytest
 
 from api_helpers import ROOT, fake_server_args, serve, tiny_server_args
 
+pytestmark = pytest.mark.slow
+
 ST = Path(sys.executable).parent / "st"  # installed beside the interpreter running the tests
 
 

@@ -43,6 +43,7 @@ def test_clear_starts_over(tiny_model_dir, tiny_onnx):
     assert len(turns) == 2 and turns[0][0] == turns[1][0] and turns[1][1] == "0"
 
 
+@pytest.mark.slow  # several cli_chat.py processes, ~16 s
 def test_sampling_with_a_seed_is_repeatable(tiny_model_dir, tiny_onnx):
     args = ["--hf_model_dir", str(tiny_model_dir), "--onnx_model_path", str(tiny_onnx), "--max_output_length", "12",
             "--sampling_method", "top_k", "--sampling_value", "20", "--temperature", "1.5", "--seed", "3"]
