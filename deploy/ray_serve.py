@@ -17,7 +17,6 @@ from config import InferenceConfig, ServerOptions, add_model_args
 from core.errors import UserError, run_main
 from core.flags import ArgumentParser, add_flags, from_args, option
 
-ROUTING = ("affinity", "random")
 APP_NAME = "qwen"
 
 
@@ -43,10 +42,6 @@ class RayOptions:
     pin_cores: bool = option(
         False, help="pin each replica's process to one core, the replica's rank on its node (a CPU host that "
                     "runs one replica per core)")
-    routing: str = option(
-        "affinity", choices=ROUTING,
-        help="affinity: a conversation's later turns go to the replica that holds its cache, new ones to the "
-             "least loaded; random: any replica (for comparison)")
 
     def __post_init__(self) -> None:
         if self.replicas is not None and (self.min_replicas is not None or self.max_replicas is not None):
@@ -102,8 +97,7 @@ def build_app(args: argparse.Namespace):  # -> ray.serve.Application (Ray is imp
     actor = {"num_cpus": ray_options.num_cpus_per_replica}
     if ray_options.npus_per_replica:
         actor["resources"] = {"NPU": ray_options.npus_per_replica}
-    router = RequestRouterConfig(request_router_class=ConversationRouter,
-                                 request_router_kwargs={"policy": ray_options.routing})
+    router = RequestRouterConfig(request_router_class=ConversationRouter)
     replicas = serve.deployment(ModelReplica, name="ModelReplica", ray_actor_options=actor,
                                 max_ongoing_requests=ray_options.max_ongoing_requests,
                                 request_router_config=router, **scaling(ray_options))

@@ -10,30 +10,22 @@ Ray picks the lowest queue length within a rank.
 
 Ray asks a replica for its queue length with a short deadline and skips one that answers late, so a rank
 that names one replica is kept for several tries: re-choosing at once would, under load, favour whichever
-replica answered last.
-
-policy "random" (for bench/ray_load.py) ignores the key: each request goes to a replica drawn at random."""
+replica answered last."""
 from __future__ import annotations
 
-import random
 from collections import OrderedDict
 
 from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
 
-POLICIES = ("affinity", "random")
 HOME_TRIES = 4
 MAX_PENDING = 10_000  # bookkeeping of requests being routed; a client that left early leaves an entry
 
 
 class ConversationRouter(RequestRouter):
-    def initialize_state(self, policy: str = "affinity", max_conversations: int = 100_000) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"routing policy {policy!r}: one of {POLICIES}")
-        self.policy = policy
+    def initialize_state(self, max_conversations: int = 100_000) -> None:
         self.max_conversations = max_conversations
         self.homes: OrderedDict[str, ReplicaID] = OrderedDict()  # conversation key -> its replica, oldest first
         self.tries: dict[str, int] = {}  # request -> times its conversation's replica was offered
-        self.draws: dict[str, ReplicaID] = {}  # policy random: request -> the replica drawn for it
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
@@ -45,15 +37,8 @@ class ConversationRouter(RequestRouter):
         if pending_request is None:
             return [list(candidate_replicas)]
         request = pending_request.metadata.internal_request_id
-        if len(self.tries) + len(self.draws) > MAX_PENDING:
+        if len(self.tries) > MAX_PENDING:
             self.tries.clear()
-            self.draws.clear()
-        if self.policy == "random":
-            drawn = [r for r in candidate_replicas if r.replica_id == self.draws.get(request)]
-            if not drawn:
-                drawn = [random.choice(candidate_replicas)]
-                self.draws[request] = drawn[0].replica_id
-            return [drawn]
         home = self.homes.get(_key(pending_request))
         ranked = [r for r in candidate_replicas if r.replica_id == home]
         if not ranked:
@@ -67,7 +52,6 @@ class ConversationRouter(RequestRouter):
                           result: ReplicaResult) -> None:
         request = pending_request.metadata.internal_request_id
         self.tries.pop(request, None)
-        self.draws.pop(request, None)
         key = _key(pending_request)
         if key is None:
             return
