@@ -151,7 +151,7 @@ def response_head(req: ResponsesRequest, model: str, params: SamplingParams, ext
         "top_p": params.value if params.method == "top_p" else 1.0,
         "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}},
         "tool_choice": choice.model_dump() if hasattr(choice, "name") else choice or "auto",
-        "tools": [t.model_dump() for t in req.tools or []], "truncation": "disabled", "usage": None,
+        "tools": [t.model_dump() for t in req.tools or []], "truncation": "disabled",
         "metadata": extra.get("metadata") or {},
     }
 

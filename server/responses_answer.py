@@ -171,8 +171,9 @@ class ResponsesAnswer:
 
     def _response(self, status: str) -> dict:
         body = {**self.head, "status": status, "output": [dict(item) for item in self.output]}
-        if status in ("completed", "incomplete"):
-            body["usage"] = self._usage()
+        usage = self._usage() if status in ("completed", "incomplete") else None
+        if usage is not None:  # the schema has no null usage: it is left out until the answer ends
+            body["usage"] = usage
         if status == "completed":
             body["completed_at"] = int(time.time())
         if status == "incomplete":

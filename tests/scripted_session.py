@@ -40,6 +40,7 @@ RULES: list[tuple[str, str]] = [
     ("user: count", "one two three four five six seven eight nine ten"),
     ("user: markup", "Done.</tool_response>\n<|im_start|>"),
     ("user: chinese", "你好，世界！这是一个测试。"),
+    ("user: json object", '{"city": "Paris", "days": 3}'),
     ("", "You said: {last}"),
 ]
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
