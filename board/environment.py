@@ -96,8 +96,10 @@ def check_toolkit(env: Environment, environ: dict[str, str]) -> None:
         env.add("cann_toolkit", WARN, f"installed at {found[0]} but its environment is not set: run "
                                       f"`. {found[0].parent / 'set_env.sh'}` first")
         return
+    # Not a failure by itself: what the check needs from the toolkit is atc and pyACL, checked next, and
+    # their own lines say how to get them.
     has_tools = shutil.which("atc") is not None
-    env.add("cann_toolkit", WARN if has_tools else FAIL,
+    env.add("cann_toolkit", WARN,
             "ASCEND_TOOLKIT_HOME / ASCEND_HOME_PATH are not set and no toolkit is in its default place"
             + (" (atc is on PATH, so the toolkit's version is not known)" if has_tools else
                ": install the CANN toolkit for your chip (Ascend-cann-toolkit from the Ascend community), "
@@ -109,7 +111,7 @@ def check_atc(env: Environment) -> None:
     if atc:
         env.add("atc", OK, atc)
     else:
-        env.add("atc", FAIL, "atc is not on PATH: it comes with the CANN toolkit; "
+        env.add("atc", FAIL, "atc is not on PATH: it comes with the CANN toolkit (Ascend-cann-toolkit); "
                              f"`. {SET_ENV}` puts it there (install the toolkit first if that file is missing)")
 
 

@@ -91,7 +91,7 @@ class Runner:
         self.o = options
         self.out = Path(options.output_dir)
         self.logs = self.out / "logs"
-        self.report = report.Report(command=shlex.join(["make npu-check" if not argv else PROG, *argv]),
+        self.report = report.Report(command=shlex.join([PROG, *argv]),
                                     options=asdict(options), versions=report.versions(ROOT))
         self.failed: Failure | None = None
 
@@ -128,11 +128,15 @@ class Runner:
 
     def run(self) -> int:
         o = self.o
-        need, what = TINY_DEVICE_BYTES, "the tiny model"
-        if not o.skip_model:
-            need = max(need, default_model.needed_device_bytes(Path(o.hf_model_dir), o.kv_cache_length))
-            what = f"{Path(o.hf_model_dir).name} at float16, loaded twice, and its cache"
-        env = self.step("environment", lambda: environment.run(o.soc_version, need, what))
+
+        def check_environment() -> environment.Environment:
+            need, what = TINY_DEVICE_BYTES, "the tiny model"
+            if not o.skip_model:
+                need = max(need, default_model.needed_device_bytes(Path(o.hf_model_dir), o.kv_cache_length))
+                what = f"{Path(o.hf_model_dir).name} at float16, loaded twice, and its cache"
+            return environment.run(o.soc_version, need, what)
+
+        env = self.step("environment", check_environment)
         if env is not None:
             for check in env.checks:
                 self.say(f"  {check.line()}")
