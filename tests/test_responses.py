@@ -296,7 +296,9 @@ def test_a_failure_mid_stream_is_a_failed_response_event() -> None:
 @pytest.fixture(scope="module")
 def tiny_server(tiny_model_dir, cpu_onnx_of, tmp_path_factory):
     onnx = cpu_onnx_of(tiny_model_dir, 1024)
-    with serve(tiny_server_args(tiny_model_dir, onnx), tmp_path_factory.mktemp("responses-tiny")) as s:
+    # the cpu graph reads only the filled part of its cache: api.py refuses a cache method for it
+    args = [a for a in tiny_server_args(tiny_model_dir, onnx) if a not in ("--kv_cache_method", "basic")]
+    with serve(args, tmp_path_factory.mktemp("responses-tiny")) as s:
         yield s
 
 
