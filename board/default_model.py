@@ -108,9 +108,12 @@ class Chat:
         return answer
 
 
-def free_memory(acl) -> int:
-    free, _ = device_memory(acl)
-    return free
+def free_memory(acl) -> int | None:
+    """Free device memory now, or None where this pyACL cannot tell (then no peak is reported)."""
+    if not hasattr(acl.rt, "get_mem_info"):
+        return None
+    free, total = device_memory(acl)
+    return free if total else None
 
 
 def run(hf_model_dir: Path, soc: str, kv: int, mpl: int, max_new_tokens: int, cpu_thread: int, work: Path,
@@ -143,7 +146,8 @@ def run(hf_model_dir: Path, soc: str, kv: int, mpl: int, max_new_tokens: int, cp
             messages += [{"role": "assistant", "content": tokenizer.decode(first)},
                          {"role": "user", "content": QUESTIONS[1]}]
             second = chat.turn("turn 2", tokenizer.prompt(messages), max_new_tokens)
-            lowest = min(lowest, free_memory(acl))
+            after = free_memory(acl)
+            lowest = min(lowest, after) if lowest is not None and after is not None else None
         finally:
             npu.close()
     finally:
@@ -160,7 +164,7 @@ def run(hf_model_dir: Path, soc: str, kv: int, mpl: int, max_new_tokens: int, cp
         **{k: v for k, v in chat.cmp.summary().items()},
         "prefill_tokens": chat.prefill_tokens, "decode_steps": chat.decode_steps,
         "prefill_tok_s": round(prefill_tok_s, 2) if prefill_tok_s else None, "decode_tok_s": round(decode_tok_s, 2),
-        "peak_device_mem_mb": round((before - lowest) / 1024 ** 2, 1) if before else None,
+        "peak_device_mem_mb": round((before - lowest) / 1024 ** 2, 1) if before and lowest is not None else None,
         "answers": [tokenizer.decode(first), tokenizer.decode(second)],
         **bandwidth.decode_bound(soc, weights + cache_bytes(shape, kv), decode_tok_s),
     }

@@ -171,7 +171,7 @@ def check_driver(env: Environment) -> None:
 
 
 def check_soc(env: Environment, acl, wanted: str) -> None:
-    name = acl.get_soc_name()
+    name = acl.get_soc_name() if hasattr(acl, "get_soc_name") else None
     if not name:
         env.add("soc", FAIL, "acl.get_soc_name() returned None: no NPU is visible to pyACL (check `npu-smi info` "
                              "and /dev/davinci*; in a container, pass the devices: run_container.sh)")
@@ -205,6 +205,9 @@ def device_memory(acl) -> tuple[int, int]:
 def check_memory(env: Environment, acl, need_bytes: int, need_what: str) -> None:
     from backends.acl_runtime import check
 
+    if not hasattr(acl.rt, "get_mem_info"):   # every pyACL documents it; a stand-in may lack it
+        env.add("device_memory", WARN, "this pyACL has no acl.rt.get_mem_info: free device memory unknown")
+        return
     check(acl, acl.rt.set_device(DEVICE_ID), "acl.rt.set_device")
     try:
         free, total = device_memory(acl)
