@@ -116,8 +116,16 @@ def _response_format(req: ResponsesRequest) -> dict | None:
     return {"type": "json_schema", "json_schema": {k: v for k, v in spec.items() if v is not None}}
 
 
+def _check_reasoning(req: ResponsesRequest) -> None:
+    """An effort asks to switch thinking on or off, which needs a template with that switch."""
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        raise APIError(400, "reasoning: this model's chat template has no thinking switch; leave reasoning.effort "
+                            "out", param="reasoning", code="unsupported_parameter")
+
+
 def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     """The chat-completions request that asks what req asks."""
+    _check_reasoning(req)
     tools = [{"type": "function", "function": {k: v for k, v in
                                                {"name": t.name, "description": t.description,
                                                 "parameters": t.parameters}.items() if v is not None}}

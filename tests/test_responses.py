@@ -233,6 +233,7 @@ def test_store_false_is_accepted(client) -> None:
     ({"max_output_tokens": 10 ** 6}, "max_output_tokens"),
     ({"text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}, "text.format.name"),
     ({"tool_choice": "required"}, "tool_choice"),
+    ({"reasoning": {"effort": "low"}}, "reasoning"),  # the tiny model's template has no thinking switch
 ])
 def test_refusals_name_the_param(client, server, body, param) -> None:
     with pytest.raises(openai.BadRequestError) as e:
