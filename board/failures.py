@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 from core.errors import UserError
 
 # backends/acl_runtime.check writes "<call> failed with aclError <code>[: <recent error message>]".
-ACL_MESSAGE = re.compile(r"(?P<call>acl\.[\w.]+(?: \([^)]*\))?) failed with aclError (?P<code>-?\d+)(?:: (?P<detail>.*))?")
+ACL_MESSAGE = re.compile(r"(?P<call>acl\.[\w.]+(?: \([^)]*\))?) failed with aclError (?P<code>-?\d+)"
+                         r"(?:: (?P<detail>.*))?")
 NULL_MESSAGE = re.compile(r"(?P<call>acl\.[\w.]+) failed: it returned NULL(?:: (?P<detail>.*))?")
 
 

@@ -36,7 +36,8 @@ def emulated(**extra: str) -> dict[str, str]:
                      PYTHONPATH=str(harness.EMULATOR), **extra)
 
 
-def check(tmp_path: Path, env: dict[str, str], *flags: str, timeout: int = 300) -> tuple[subprocess.CompletedProcess, dict]:
+def check(tmp_path: Path, env: dict[str, str], *flags: str,
+          timeout: int = 300) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(out), *flags], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=timeout)
