@@ -57,7 +57,7 @@ def image_python(text: str) -> tuple[str, list[str]]:
             command = expand(rest, values)
             for version, folder in re.findall(r"python(\d+\.\d+) -m venv (\S+)", command):
                 venvs[folder] = version
-            if re.search(r"-m pip install", command):
+            if re.search(r"-m pip install .*-r ", command):
                 first = values["PATH"].split(":")[0]
                 runs = next((v for folder, v in venvs.items() if first == f"{folder}/bin"), python)
                 path = re.search(r"-r (\S+)", command).group(1)
