@@ -22,10 +22,10 @@ from core.flags import add_flags, from_args, option
 SESSION_TYPES = ("onnx", "pytorch", "acl")
 SAMPLING_METHODS = ("greedy", "top_k", "top_p")
 DEFAULT_KV_CACHE_LENGTH = 1024
-# api.py's --max_batch on the CPU (onnx, pytorch), from bench/batch_ratio.py (two runs, 2 shared cores): one
-# decode step of the default model's cpu graph for 4 rows gives 3.1-3.5x the tokens/s of 1 row at fp32 and
-# 1.8-2.0x at int4, each answer at 0.77-0.86x / 0.45-0.5x its speed alone; 8 rows give 4.5-5.8x / 2.1-2.3x,
-# each answer at 0.56-0.73x / 0.26-0.29x. 4 keeps every answer near its own speed at fp32 (what make serve
+# api.py's --max_batch on the CPU (onnx, pytorch). On 2 shared cores one decode step of the default model's
+# cpu graph for 4 rows gives 3.1-3.5x the tokens/s of 1 row at fp32 and 1.8-2.0x at int4, each answer at
+# 0.77-0.86x / 0.45-0.5x its speed alone; 8 rows give 4.5-5.8x / 2.1-2.3x, each answer at 0.56-0.73x /
+# 0.26-0.29x. 4 keeps every answer near its own speed at fp32 (what make serve
 # runs), and at int4 8 rows add little over 4 while halving each answer's speed.
 CPU_SERVER_MAX_BATCH = 4
 # --max_input_length when not given: this share of the cache, the rest is room for the answer.

@@ -16,6 +16,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from core.flags import ArgumentParser
+
 REPO = Path(__file__).resolve().parents[1]
 VERSION = "0.3.36"  # the llama-cpp-python of bench/requirements-peers.txt
 PEERS = REPO / "output/peers"
@@ -76,7 +78,8 @@ def ensure_q4_0() -> Path:
     return GGUF_Q4_0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split())).parse_args(argv)  # --help only
     ensure_built()
     ensure_q4_0()
     print(f"{SERVER}\n{GGUF_Q4_0}")

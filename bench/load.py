@@ -5,7 +5,7 @@ requantization. `make bench` runs it.
 
     python bench/load.py [--prompts long|short] [--clients 1 2 4 8] [--requests 2] [--max_tokens 64]
 
-1. The graph-only ratio first: one decode step of the cpu graph for 1 to 8 rows (bench/batch_ratio.py's
+1. The graph-only ratio first: one decode step of the cpu graph for 1 to 8 rows (bench/graph_ratio.py's
    decode_ratio), and the time to read 16-128 new prompt tokens on one row (its prefill_cost).
 2. Then, for each client count, every server in turn (one at a time, so none shares the cores with
    another): started, warmed up with one request, then each client sends --requests streaming chat
@@ -22,7 +22,6 @@ measured. Writes bench/load.json and image/bench_load.png; server logs go to out
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import json
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from core.flags import ArgumentParser, add_flags, from_args, option
 
 if TYPE_CHECKING:
     import httpx
@@ -71,7 +72,36 @@ class Engine:
     clients: list[int] = field(default_factory=list)  # client counts it runs at
 
 
-def engines(a: argparse.Namespace) -> list[Engine]:
+@dataclass
+class LoadOptions:
+    prompts: str = option("long", choices=("long", "short"),
+                          help="long: ~142-token coding tasks; short: ~55-token chat questions")
+    clients: list[int] = option([1, 2, 4, 8], help="concurrent clients (none: the graph-only ratio alone)")
+    batch1_clients: list[int] = option(
+        [1, 8], help="client counts at which our --max_batch 1 servers run (the TTFT goal compares them at 8)")
+    requests: int = option(2, help="requests each client sends, one after another")
+    max_tokens: int = option(64, help="most completion tokens per request")
+    threads: int = option(2, help="CPU threads of every server")
+    max_prefill_length: int = option(64, help="our server's prefill chunk, as make serve")
+    slot_context: int = option(512, help="llama-server context per slot: -c is this times --parallel")
+    engines: list[str] | None = option(
+        None, help="names to run (default all): ours:int4:b8 ours:int4:b1 ours:fp32:b8 ours:fp32:b1 "
+                   "llama-server:gguf llama-server:q4_0")
+    graph_rounds: int = option(5, help="rounds of the graph-only ratio (median)")
+    keep: bool = option(False, help="add to --output: keep its graph ratio (measured only if absent) and its "
+                                    "runs, replacing those of the same engine and client count")
+    output: str | None = option(None, help="results (default bench/load.json, bench/load_short.json for "
+                                           "--prompts short)")
+    chart: str | None = option(None, help="chart (default image/bench_load.png, image/bench_load_short.png)")
+    redraw: bool = option(False, help="only redraw the chart and tables from --output")
+
+    def __post_init__(self) -> None:
+        tail = "" if self.prompts == "long" else "_short"
+        self.output = self.output or str(REPO / f"bench/load{tail}.json")
+        self.chart = self.chart or str(REPO / f"image/bench_load{tail}.png")
+
+
+def engines(a: LoadOptions) -> list[Engine]:
     from llama_server import GGUF, GGUF_Q4_0
 
     batch1 = [c for c in a.clients if c in a.batch1_clients]
@@ -84,36 +114,10 @@ def engines(a: argparse.Namespace) -> list[Engine]:
     return [e for e in all_ if not a.engines or e.name in a.engines]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    p.add_argument("--prompts", choices=["long", "short"], default="long",
-                   help="long: ~142-token coding tasks (default); short: ~55-token chat questions")
-    p.add_argument("--clients", type=int, nargs="*", default=[1, 2, 4, 8],
-                   help="concurrent clients (default 1 2 4 8; none: the graph-only ratio alone)")
-    p.add_argument("--batch1_clients", type=int, nargs="+", default=[1, 8],
-                   help="client counts at which our --max_batch 1 servers run (default 1 8: the TTFT goal "
-                        "compares them at 8)")
-    p.add_argument("--requests", type=int, default=2, help="requests each client sends, one after another (default 2)")
-    p.add_argument("--max_tokens", type=int, default=64, help="most completion tokens per request (default 64)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads of every server (default 2)")
-    p.add_argument("--max_prefill_length", type=int, default=64, help="our server's prefill chunk (default 64, "
-                   "as make serve)")
-    p.add_argument("--slot_context", type=int, default=512,
-                   help="llama-server context per slot: -c is this times --parallel (default 512)")
-    p.add_argument("--engines", nargs="*", help="names to run (default all): ours:int4:b8 ours:int4:b1 ours:fp32:b8 "
-                   "ours:fp32:b1 llama-server:gguf llama-server:q4_0")
-    p.add_argument("--graph_rounds", type=int, default=5, help="rounds of the graph-only ratio (median; default 5)")
-    p.add_argument("--keep", action="store_true",
-                   help="add to --output: keep its graph ratio (measured only if absent) and its runs, replacing "
-                        "those of the same engine and client count")
-    p.add_argument("--output", help="results (default bench/load.json, bench/load_short.json for --prompts short)")
-    p.add_argument("--chart", help="chart (default image/bench_load.png, image/bench_load_short.png)")
-    p.add_argument("--redraw", action="store_true", help="only redraw the chart and tables from --output")
-    a = p.parse_args(argv)
-    tail = "" if a.prompts == "long" else "_short"
-    a.output = a.output or str(REPO / f"bench/load{tail}.json")
-    a.chart = a.chart or str(REPO / f"image/bench_load{tail}.png")
-    return a
+def parse_args(argv: list[str] | None = None) -> LoadOptions:
+    p = ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    add_flags(p, LoadOptions)
+    return from_args(LoadOptions, p.parse_args(argv))
 
 
 # ---- prompts and one client ---------------------------------------------------------------------------
@@ -196,7 +200,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(e: Engine, clients: int, port: int, a: argparse.Namespace) -> list[str]:
+def server_command(e: Engine, clients: int, port: int, a: LoadOptions) -> list[str]:
     if e.kind == "ours":
         return [PY, str(REPO / "api.py"), "--session_type", "onnx", "--hf_model_dir", str(HF_DIR),
                 "--onnx_model_path", str(e.model), "--max_batch", str(e.max_batch), "--cpu_thread",
@@ -211,7 +215,7 @@ def server_command(e: Engine, clients: int, port: int, a: argparse.Namespace) ->
 class Server:
     """One server process, up while the `with` block runs; stopped (and waited for) on the way out."""
 
-    def __init__(self, e: Engine, clients: int, a: argparse.Namespace):
+    def __init__(self, e: Engine, clients: int, a: LoadOptions):
         self.port, self.threads = free_port(), a.threads
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = server_command(e, clients, self.port, a)
@@ -248,7 +252,7 @@ class Server:
                 self.proc.wait()
 
 
-def measure(e: Engine, clients: int, a: argparse.Namespace) -> dict:
+def measure(e: Engine, clients: int, a: LoadOptions) -> dict:
     with Server(e, clients, a) as server:
         asyncio.run(warm_up(server.url))
         runs, wall = asyncio.run(load(server.url, clients, a.requests, a.max_tokens, a.prompts))
@@ -272,15 +276,15 @@ def measure(e: Engine, clients: int, a: argparse.Namespace) -> dict:
 
 # ---- the graph-only ratio -----------------------------------------------------------------------------
 
-def graph_ratio(a: argparse.Namespace) -> list[dict]:
-    from batch_ratio import decode_ratio, prefill_cost
+def graph_ratio(a: LoadOptions) -> list[dict]:
+    from graph_ratio import GraphTiming, decode_ratio, prefill_cost
 
-    ns = argparse.Namespace(hf_model_dir=str(HF_DIR), context=256, rounds=a.graph_rounds, steps=4,
-                            threads=a.threads, max_prefill_length=a.max_prefill_length)
+    timing = GraphTiming(hf_model_dir=str(HF_DIR), context=256, rounds=a.graph_rounds, steps=4,
+                         threads=a.threads, max_prefill_length=a.max_prefill_length)
     out = []
     for fmt, model in (("int4", CPU_INT4), ("fp32", CPU_FP32)):
-        record = json.loads(json.dumps(decode_ratio(ns, str(model))))  # row counts as keys, as in load.json
-        record["prefill_s"] = json.loads(json.dumps(prefill_cost(ns, str(model))["prefill_s"]))
+        record = json.loads(json.dumps(decode_ratio(timing, str(model))))  # row counts as keys, as in load.json
+        record["prefill_s"] = json.loads(json.dumps(prefill_cost(timing, str(model))["prefill_s"]))
         record["format"] = fmt
         record["model"] = str(model.relative_to(REPO))
         out.append(record)
@@ -289,7 +293,7 @@ def graph_ratio(a: argparse.Namespace) -> list[dict]:
     return out
 
 
-def finish(result: dict, a: argparse.Namespace) -> None:
+def finish(result: dict, a: LoadOptions) -> None:
     from load_goals import goals, table
 
     if not result["runs"]:

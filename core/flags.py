@@ -2,7 +2,8 @@
 
 A field becomes `--name`; its default, type and choices come from the field, its help text from
 `metadata["help"]`. A field with `metadata["flag"] = False` is set by code, never by a flag. A
-`list[X]` field takes several values (`--name a b`); one without a default may also be repeated.
+`list[X]` field takes several values (`--name a b`); one without a default may also be repeated. A
+field with `bare` may be given without a value, which then means `bare`.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None,
-           required: bool = False, flag: bool = True, show_default: bool = True) -> Any:
+           required: bool = False, flag: bool = True, show_default: bool = True, bare: Any = None) -> Any:
     """A dataclass field that is also a command-line flag."""
-    meta = {"help": help, "choices": choices, "required": required, "flag": flag, "show_default": show_default}
+    meta = {"help": help, "choices": choices, "required": required, "flag": flag, "show_default": show_default,
+            "bare": bare}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     if isinstance(default, list):  # a dataclass field may not share one list between instances
@@ -75,6 +77,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = No
             kwargs["type"] = kind
             if meta["choices"]:
                 kwargs["choices"] = meta["choices"]
+            if meta.get("bare") is not None:
+                kwargs["nargs"], kwargs["const"] = "?", meta["bare"]
             if _is_list(hints[f.name]):
                 # "extend" would add to a default list instead of replacing it
                 kwargs["nargs"] = "*" if has_default else "+"

@@ -6,15 +6,15 @@
   and triu(x, 0) lose their k. Other k values cannot be rewritten exactly and are reported.
 - Cast to INT8 becomes AscendQuant(scale=1, offset=0), the Ascend op that does that cast.
 - --simplify [onnxsim|onnxslim] also simplifies the result (constant folding, shape ops removed); a bare
-  --simplify uses onnxsim (bench/simplify_compare.py measured both on the default model).
+  --simplify uses onnxsim (see DEFAULT_SIMPLIFIER).
 - Ops outside CANN's documented ONNX op list are listed (export/check_ops.py).
 Our own exporter emits neither op; the rewrites serve graphs from other exporters.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from core.errors import UserError, run_main
-from core.flags import ArgumentParser
+from core.flags import ArgumentParser, add_flags, from_args, option
 from export.check_ops import unlisted_ops
 from export.export_onnx import save
 
@@ -83,7 +83,7 @@ def patch(model: onnx.ModelProto) -> list[str]:
 
 SIMPLIFIERS = ("onnxsim", "onnxslim")
 # onnxsim: on the default model's fp32 graph it peaked at half of onnxslim's memory (5.7 against 11.0 GB),
-# for ~10 % more time; greedy tokens equal to the input graph's for both (bench/simplify_compare.json).
+# for ~10 % more time; greedy tokens equal to the input graph's for both.
 DEFAULT_SIMPLIFIER = "onnxsim"
 
 
@@ -116,15 +116,21 @@ def one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass
+class ChangeNodeOptions:
+    input_model_path: str = option(help="the .onnx written by export_onnx.py")
+    output_model_path: str = option(
+        help="where to write the patched .onnx (a different path; the input is never modified)")
+    simplify: str | None = option(
+        None, choices=SIMPLIFIERS, bare=DEFAULT_SIMPLIFIER,
+        help=f"also simplify the graph with onnxsim or onnxslim (bare --simplify: {DEFAULT_SIMPLIFIER})")
+
+
+def parse_args(argv: list[str] | None = None) -> ChangeNodeOptions:
     p = ArgumentParser(description="Make an exported ONNX model acceptable to atc: rewrite Trilu nodes "
                                    "with a k input and INT8 Casts, report what changed.")
-    p.add_argument("--input_model_path", required=True, help="the .onnx written by export_onnx.py")
-    p.add_argument("--output_model_path", required=True,
-                   help="where to write the patched .onnx (a different path; the input is never modified)")
-    p.add_argument("--simplify", nargs="?", const=DEFAULT_SIMPLIFIER, choices=SIMPLIFIERS, default=None,
-                   help=f"also simplify the graph with onnxsim or onnxslim (bare --simplify: {DEFAULT_SIMPLIFIER})")
-    return p.parse_args(argv)
+    add_flags(p, ChangeNodeOptions)
+    return from_args(ChangeNodeOptions, p.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_main("change_node.py", lambda: run(a))
 
 
-def run(a: argparse.Namespace) -> int:
+def run(a: ChangeNodeOptions) -> int:
     src, dst = Path(a.input_model_path), Path(a.output_model_path)
     if not src.is_file():
         raise UserError(f"--input_model_path {src}: no such file")

@@ -100,3 +100,32 @@ def test_load_ceilings_follow_from_the_graph_times():
     assert out["ceiling_ttft_p95_s"] == 0.725 and out["ceiling_ttft_cut"] == 11.0
     free = ceilings({**graph, "prefill_s": {"16": 0.0, "128": 0.0}}, many, None, 8)
     assert free["ceiling_share_of_graph"] == 1.0 and "ceiling_ttft_cut" not in free  # decode alone: the graph ratio
+
+
+def test_graph_ratio_times_every_row_count_and_prompt_length(tiny_model_dir, cpu_onnx_of):
+    """load.py's graph-only ratio (bench/graph_ratio.py) on a tiny cpu graph: one time per row count and
+    per prompt length, all positive, and one row against itself is 1."""
+    from bench.graph_ratio import PREFILL_LENGTHS, PREFILL_PREFIX, ROWS, GraphTiming, decode_ratio, prefill_cost
+
+    model = str(cpu_onnx_of(tiny_model_dir, PREFILL_PREFIX + max(PREFILL_LENGTHS) + 1))
+    timing = GraphTiming(hf_model_dir=str(tiny_model_dir), context=16, rounds=1, steps=1, threads=1)
+    ratio = decode_ratio(timing, model)
+    assert sorted(ratio["step_ms"]) == list(ROWS) and min(ratio["step_ms"].values()) > 0
+    assert ratio["vs_1_row"][1] == 1.0 and ratio["per_answer_vs_alone"][1] == 1.0
+    cost = prefill_cost(timing, model)
+    assert sorted(cost["prefill_s"]) == list(PREFILL_LENGTHS) and min(cost["prefill_s"].values()) > 0
+
+
+def bench_scripts() -> list[str]:
+    return sorted(str(p.relative_to(REPO)) for folder in ("bench", "bench/experiments")
+                  for p in (REPO / folder).glob("*.py") if 'if __name__ == "__main__"' in p.read_text())
+
+
+def test_every_bench_script_and_decision_record_answers_help():
+    scripts = bench_scripts()
+    assert {"bench/bench.py", "bench/quality.py", "bench/load.py", "bench/experiments/batch_ratio.py",
+            "bench/experiments/ray_load.py"} <= set(scripts)
+    for script in scripts:
+        done = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0 and "usage:" in done.stdout, f"{script} --help: {done.stderr[-500:]}"

@@ -1,32 +1,27 @@
 """How the int4 recipe was chosen: perplexity and warm speed of a few int4 quantizations of the cpu graph,
 beside llama.cpp's Q4_0 of the same model, in one run.
 
-    python bench/quant_recipes.py [--rounds 4] [--recipes b64 b128-head8 ...]
+    python bench/experiments/quant_recipes.py [--rounds 4] [--recipes b64 b128-head8 ...]
 
 Each recipe is quantize_onnx.py with explicit flags (so a change of its defaults does not change what a
 row means), written once under output/recipes/<name>/. Perplexity is bench/quality.py's, on the same
 text and windows; speed is bench/engines.py's warm generation on bench.py's prompt, every engine in its
 own process, rounds interleaved so a slow spell hits all of them alike; medians are reported.
-Writes bench/quant_recipes.json.
+Writes bench/experiments/quant_recipes.json.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-
-if __package__:
-    from bench.bench import (HF_DIR, ONNX_NAME, PY, REPO, Target, check, gguf_path, measure, model_path,
-                             prompt_ids, size_mb)
-    from bench.quality import LlamaCppSession, model_session, perplexity, quality_text_ids
-else:  # run as a file: its own folder comes first on the path, so `bench` is bench/bench.py itself
-    from bench import (HF_DIR, ONNX_NAME, PY, REPO, Target, check, gguf_path, measure, model_path,
-                       prompt_ids, size_mb)
-    from quality import LlamaCppSession, model_session, perplexity, quality_text_ids
+from bench.bench import (HF_DIR, ONNX_NAME, PY, REPO, Target, check, gguf_path, measure, model_path, prompt_ids,
+                         size_mb)
+from bench.quality import LlamaCppSession, model_session, perplexity, quality_text_ids
+from core.flags import ArgumentParser, add_flags, from_args, option
 
 RECIPES = {
     "b64-head4": ["--block_size", "64", "--lm_head_bits", "4"],
@@ -43,14 +38,19 @@ def recipe_path(name: str) -> Path:
     return REPO / "output/recipes" / name / ONNX_NAME
 
 
+@dataclass
+class RecipeOptions:
+    recipes: list[str] = option(list(RECIPES), choices=tuple(sorted(RECIPES)), help="the recipes to measure")
+    rounds: int = option(4, help="speed rounds, engines interleaved")
+    new_tokens: int = option(128, help="tokens generated per speed run")
+    threads: int = option(2, help="CPU threads")
+    output: str = option(str(REPO / "bench/experiments/quant_recipes.json"), help="results")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Perplexity and warm speed of int4 recipes against llama.cpp Q4_0.")
-    p.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
-    p.add_argument("--rounds", type=int, default=4, help="speed rounds, engines interleaved (default 4)")
-    p.add_argument("--new_tokens", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--output", default=str(REPO / "bench/quant_recipes.json"))
-    a = p.parse_args(argv)
+    p = ArgumentParser(description="Perplexity and warm speed of int4 recipes against llama.cpp Q4_0.")
+    add_flags(p, RecipeOptions)
+    a = from_args(RecipeOptions, p.parse_args(argv))
     source, peer = model_path("cpu", "fp32"), gguf_path("Q4_0")
     for needed in (source, peer):
         if not needed.is_file():

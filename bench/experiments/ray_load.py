@@ -1,23 +1,23 @@
 """Two Ray Serve replicas (deploy/ray_serve.py), each pinned to one core, against one api.py on both cores:
 
-    python bench/ray_load.py --hf_model_dir download/Qwen2.5-Coder-0.5B-Instruct \
+    python bench/experiments/ray_load.py --hf_model_dir download/Qwen2.5-Coder-0.5B-Instruct \
         --onnx_model_path output/onnx_cpu_int4/qwen2.5_coder_0.5b_instruct.onnx
 
 - throughput: 8 streaming clients at once, each sending its requests one after another; completion tokens
   of all clients over the wall time, api.py (--cpu_thread 2) against the Ray replicas (--replicas 2
   --num_cpus_per_replica 1 --pin_cores: each replica's process, all its threads, on its own core, one
   onnxruntime thread), and api.py with --cpu_thread 1 beside them;
-- turn-2 first-token latency: a conversation's first turn, then its second, one conversation at a time;
-  the second turn's time to its first streamed token with conversation affinity against random routing
-  (a second Ray application started with --routing random).
+- turn-2 first-token latency on the replicas: a conversation's first turn, then its second, one
+  conversation at a time; the second turn's time to its first streamed token, and how many second turns
+  left their first turn's replica (conversation affinity keeps them: none should).
 
 The servers run as the user would start them (subprocesses) and stay up for the whole run; each round
 measures every variant once, back to back, so the shared machine's noise falls on all alike, and the
-median of the rounds is reported. Writes bench/ray_load.json.
+median of the rounds is reported. Writes bench/experiments/ray_load.json. (The recorded run also compared
+random routing, a router policy kept only for it and since removed.)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -28,12 +28,15 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from core.flags import ArgumentParser, add_flags, from_args, option
+
+ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 8
 QUESTIONS = ["Write a Python function that checks whether a string is a palindrome.",
              "Explain what a Python generator is, with a short example.",
@@ -122,9 +125,9 @@ def throughput(url: str, requests_per_client: int, max_tokens: int, round_no: in
 
 
 def turn2_latency(url: str, conversations: int, context: str, turn1_tokens: int, tag: str) -> dict:
-    """Turn-2 first-token times of conversations asked one at a time (mean and median: under random routing
-    they are bimodal, a turn that stays reuses its cache and one that moves prefills it all), and the share
-    of second turns that went to another replica than their first."""
+    """Turn-2 first-token times of conversations asked one at a time (mean and median: they are bimodal when
+    turns move, a turn that stays reuses its cache and one that moves prefills it all), and the share of
+    second turns that went to another replica than their first."""
     times, moved = [], 0
     for i in range(conversations):
         turn1 = [{"role": "system", "content": f"You are a careful reviewer ({tag} {i})."},
@@ -149,23 +152,29 @@ def replicas_seen(url: str) -> list[dict]:
     return list({h["replica_id"]: {k: h[k] for k in ("replica_id", "cores", "slots")} for h in health}.values())
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--hf_model_dir", default="download/Qwen2.5-Coder-0.5B-Instruct")
-    p.add_argument("--onnx_model_path", default="output/onnx_cpu_int4/qwen2.5_coder_0.5b_instruct.onnx")
-    p.add_argument("--max_prefill_length", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--requests_per_client", type=int, default=1)
-    p.add_argument("--max_tokens", type=int, default=48)
-    p.add_argument("--conversations", type=int, default=4, help="turn-2 latency: conversations per round")
-    p.add_argument("--turn1_tokens", type=int, default=64)
-    p.add_argument("--output", default=str(ROOT / "bench" / "ray_load.json"))
-    p.add_argument("--log_dir", default=str(ROOT / "output"))
-    a = p.parse_args()
+@dataclass
+class RayLoadOptions:
+    hf_model_dir: str = option("download/Qwen2.5-Coder-0.5B-Instruct", help="the model directory")
+    onnx_model_path: str = option("output/onnx_cpu_int4/qwen2.5_coder_0.5b_instruct.onnx",
+                                  help="the cpu graph every server runs")
+    max_prefill_length: int = option(64, help="the servers' prefill chunk")
+    rounds: int = option(3, help="rounds; the median is reported")
+    requests_per_client: int = option(1, help="throughput: requests each client sends, one after another")
+    max_tokens: int = option(48, help="throughput: most completion tokens per request")
+    conversations: int = option(4, help="turn-2 latency: conversations per round")
+    turn1_tokens: int = option(64, help="turn-2 latency: most tokens of the first turn's answer")
+    output: str = option(str(ROOT / "bench/experiments/ray_load.json"), help="results")
+    log_dir: str = option(str(ROOT / "output"), help="where the servers' logs go")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    add_flags(p, RayLoadOptions)
+    a = from_args(RayLoadOptions, p.parse_args(argv))
     model = ["--hf_model_dir", a.hf_model_dir, "--onnx_model_path", a.onnx_model_path,
              "--max_prefill_length", str(a.max_prefill_length), "--no_web_ui"]
     ray_args = ["deploy/ray_serve.py", *model, "--replicas", "2", "--num_cpus_per_replica", "1", "--pin_cores"]
-    context = (ROOT / "bench" / "prompt.txt").read_text()
+    context = (ROOT / "bench/prompt.txt").read_text()
     log_dir = Path(a.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     rounds = []
@@ -175,8 +184,7 @@ def main() -> int:
         # process (no thread pool to synchronise on a busy machine) rather than two processes.
         single_1t = stack.enter_context(server("api_1thread", ["api.py", *model, "--cpu_thread", "1"], log_dir))
         affinity = stack.enter_context(server("ray_affinity", ray_args, log_dir))
-        random_ = stack.enter_context(server("ray_random", [*ray_args, "--routing", "random"], log_dir))
-        for url in (single, single_1t, affinity, random_):
+        for url in (single, single_1t, affinity):
             warm_up(url)
         placement = replicas_seen(affinity)
         for r in range(a.rounds):
@@ -184,12 +192,9 @@ def main() -> int:
                    "ray_tok_s": throughput(affinity, a.requests_per_client, a.max_tokens, r),
                    "api_1thread_tok_s": throughput(single_1t, a.requests_per_client, a.max_tokens, r)}
             aff = turn2_latency(affinity, a.conversations, context, a.turn1_tokens, f"a{r}")
-            rnd = turn2_latency(random_, a.conversations, context, a.turn1_tokens, f"r{r}")
             one.update({f"affinity_turn2_{k}": v for k, v in aff.items()})
-            one.update({f"random_turn2_{k}": v for k, v in rnd.items()})
             one["throughput_ratio"] = one["ray_tok_s"] / one["api_tok_s"]
             one["throughput_ratio_vs_1thread"] = one["ray_tok_s"] / one["api_1thread_tok_s"]
-            one["turn2_mean_ratio"] = one["random_turn2_mean_s"] / one["affinity_turn2_mean_s"]
             print(json.dumps(one), flush=True)
             rounds.append(one)
     result = {"model": Path(a.onnx_model_path).name, "graph": "int4 cpu graph", "cpu_count": os.cpu_count(),

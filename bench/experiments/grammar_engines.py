@@ -2,19 +2,21 @@
 to load the tokenizer, to compile a few JSON schemas, and to compute one token mask (median over the
 tokens of a valid answer, walked through the grammar), all on the host, one thread.
 
-    pip install -r bench/requirements-peers.txt   # xgrammar
-    python bench/grammar_engines.py [--model_dir download/Qwen2.5-Coder-0.5B-Instruct]
+    pip install -r bench/experiments/requirements.txt   # xgrammar
+    python bench/experiments/grammar_engines.py [--model_dir download/Qwen2.5-Coder-0.5B-Instruct]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+
+from core.flags import ArgumentParser, add_flags, from_args, option
 
 SCHEMAS = {
     "flat": ({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
@@ -79,11 +81,16 @@ def bench_xgrammar(tokenizer, vocab: int) -> dict:
     return out
 
 
+@dataclass
+class EngineOptions:
+    model_dir: str = option("download/Qwen2.5-Coder-0.5B-Instruct", help="the model whose tokenizer is used")
+    out: str = option("bench/experiments/grammar_engines.json", help="results")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model_dir", default="download/Qwen2.5-Coder-0.5B-Instruct")
-    ap.add_argument("--out", default="bench/grammar_engines.json")
-    a = ap.parse_args(argv)
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
+    add_flags(ap, EngineOptions)
+    a = from_args(EngineOptions, ap.parse_args(argv))
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(a.model_dir)
     vocab = json.loads((Path(a.model_dir) / "config.json").read_text())["vocab_size"]

@@ -2,8 +2,8 @@
 beside the traced exporter export_onnx.py had before it streamed, and a 7B int4 cpu graph run by our
 session.
 
-    python bench/export_memory.py [--sizes 0.5b 1.5b 3b 7b] [--baseline_sizes 0.5b 1.5b]
-        [--work_dir output/export_memory] [--output bench/export_memory.json]
+    python bench/experiments/export_memory.py [--sizes 0.5b 1.5b 3b 7b] [--baseline_sizes 0.5b 1.5b]
+        [--work_dir output/export_memory] [--output bench/experiments/export_memory.json]
 
 For each size: a subprocess writes the random checkpoint as bf16 safetensors shards with an index, like
 a hub download, tensor by tensor; then each export runs in its own subprocess and its peak RSS is that
@@ -15,18 +15,20 @@ Not part of the test suite: it takes about half an hour and that disk.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from core.flags import ArgumentParser, add_flags, from_args, option
+
+REPO = Path(__file__).resolve().parents[2]
 # The published Qwen2.5 shapes; only the weights are random.
 SHAPES = {
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -155,7 +157,24 @@ def export_cmd(tree: Path, hf_dir: Path, out: Path, kv: int, *flags: str) -> tup
              "--onnx_model_path", str(out), "--kv_cache_length", str(kv), *flags], env)
 
 
-def measure_size(size: str, a: argparse.Namespace, baseline: Path | None) -> dict:
+@dataclass
+class MemoryOptions:
+    sizes: list[str] = option(["0.5b", "1.5b", "3b", "7b"], choices=tuple(sorted(SHAPES)), help="shapes exported")
+    baseline_sizes: list[str] = option(
+        ["0.5b", "1.5b"], choices=tuple(sorted(SHAPES)),
+        help="sizes also exported by the traced exporter of --baseline_rev (it needs ~2.2x the weights in RAM)")
+    baseline_rev: str = option(BASELINE_REV, help="the commit whose exporter is the baseline")
+    session_sizes: list[str] = option(["7b"], choices=tuple(sorted(SHAPES)),
+                                      help="sizes whose int4 cpu graph is run by our session for 16 tokens")
+    tokenizer_dir: str = option(str(REPO / "download/Qwen2.5-Coder-0.5B-Instruct"),
+                                help="tokenizer files copied into each random model (Qwen2.5's vocabulary)")
+    work_dir: str = option(str(REPO / "output/export_memory"), help="checkpoints and graphs, each deleted once "
+                                                                    "measured")
+    kv_cache_length: int = option(1024, help="the exports' cache length")
+    output: str = option(str(REPO / "bench/experiments/export_memory.json"), help="results")
+
+
+def measure_size(size: str, a: MemoryOptions, baseline: Path | None) -> dict:
     work = Path(a.work_dir)
     hf_dir = work / f"qwen2.5-{size}-random"
     weights_gb = sum(int(np.prod(s)) for s in tensor_shapes({**SHAPES[size]}).values()) * 2 / 2 ** 30
@@ -167,7 +186,7 @@ def measure_size(size: str, a: argparse.Namespace, baseline: Path | None) -> dic
             shutil.rmtree(hf_dir)  # made by this script, kept by nothing
 
 
-def measure_exports(size: str, a: argparse.Namespace, baseline: Path | None, hf_dir: Path) -> dict:
+def measure_exports(size: str, a: MemoryOptions, baseline: Path | None, hf_dir: Path) -> dict:
     work = Path(a.work_dir)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     build = run_measured([sys.executable, __file__, "--_build", size, str(hf_dir), a.tokenizer_dir], env)
@@ -192,7 +211,7 @@ def measure_exports(size: str, a: argparse.Namespace, baseline: Path | None, hf_
     return row
 
 
-def measure_export(size: str, label: str, flags: list[str], a: argparse.Namespace, hf_dir: Path, out: Path,
+def measure_export(size: str, label: str, flags: list[str], a: MemoryOptions, hf_dir: Path, out: Path,
                    weights_gb: float) -> dict:
     check_free(Path(a.work_dir), weights_gb * (1.1 if label == "npu_fp16" else 0.4))
     cmd, env = export_cmd(REPO, hf_dir, out, a.kv_cache_length, *flags)
@@ -261,20 +280,9 @@ def session_check(hf_dir: Path, onnx_path: Path, kv_cache_length: int, report: P
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Peak RSS and time of streaming exports of 0.5B-7B-shaped models.")
-    p.add_argument("--sizes", nargs="+", choices=sorted(SHAPES), default=["0.5b", "1.5b", "3b", "7b"])
-    p.add_argument("--baseline_sizes", nargs="*", choices=sorted(SHAPES), default=["0.5b", "1.5b"],
-                   help="sizes also exported by the traced exporter of --baseline_rev (it needs ~2.2x the "
-                        "weights in RAM)")
-    p.add_argument("--baseline_rev", default=BASELINE_REV)
-    p.add_argument("--session_sizes", nargs="*", choices=sorted(SHAPES), default=["7b"],
-                   help="sizes whose int4 cpu graph is run by our session for 16 tokens")
-    p.add_argument("--tokenizer_dir", default=str(REPO / "download/Qwen2.5-Coder-0.5B-Instruct"),
-                   help="tokenizer files copied into each random model (Qwen2.5's vocabulary)")
-    p.add_argument("--work_dir", default=str(REPO / "output/export_memory"))
-    p.add_argument("--kv_cache_length", type=int, default=1024)
-    p.add_argument("--output", default=str(REPO / "bench/export_memory.json"))
-    a = p.parse_args(argv)
+    p = ArgumentParser(description="Peak RSS and time of streaming exports of 0.5B-7B-shaped models.")
+    add_flags(p, MemoryOptions)
+    a = from_args(MemoryOptions, p.parse_args(argv))
     work = Path(a.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     baseline = None

@@ -1,6 +1,6 @@
 """onnxsim against onnxslim as `change_node.py --simplify` on exported npu graphs, side by side.
 
-    python bench/simplify_compare.py --onnx_model_path output/onnx/q.onnx [more .onnx ...]
+    python bench/experiments/simplify_compare.py --onnx_model_path output/onnx/q.onnx [more .onnx ...]
 
 For each graph, change_node.py runs three times, each in its own process: without --simplify (the
 cost of loading and writing the graph, the baseline), with --simplify onnxsim and with --simplify
@@ -10,12 +10,11 @@ prompt (bench/prompt.txt through the chat template) in one prefill call and --de
 decode calls, with the static KV cache fed as the sessions feed it. onnxruntime's own graph
 optimizations are off there, so each graph computes as written. Reported against the input graph:
 max abs diff of the logits and of out_key_values, and whether the greedy tokens are the same.
-Writes bench/simplify_compare.json. Minutes per graph, and the fp32 default model needs ~11 GB of
+Writes bench/experiments/simplify_compare.json. Minutes per graph, and the fp32 default model needs ~11 GB of
 RAM at the peak (onnxslim). Run it once; it is not part of the test suite.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -24,11 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 import numpy as np
+
+from core.flags import ArgumentParser, add_flags, from_args, option
+
+REPO = Path(__file__).resolve().parents[2]
 
 TOOLS = ("none", "onnxsim", "onnxslim")
 
@@ -129,7 +131,20 @@ def compare(ref: dict, got: dict) -> dict:
             "decode_steps_compared": steps}
 
 
-def measure_graph(onnx_path: Path, work: Path, ids_file: Path, a: argparse.Namespace) -> dict:
+@dataclass
+class CompareOptions:
+    onnx_model_path: list[str] = option(help="npu graphs from export_onnx.py")
+    hf_model_dir: str = option(str(REPO / "download/Qwen2.5-Coder-0.5B-Instruct"),
+                               help="the model the graphs were exported from (its tokenizer builds the prompt)")
+    decode_steps: int = option(16, help="greedy decode calls after the prefill")
+    threads: int = option(os.cpu_count() or 1, help="onnxruntime threads")
+    work_dir: str = option(str(REPO / "output/simplify_compare"),
+                           help="a fresh run-* directory is made in it for the simplified graphs and logs")
+    keep: bool = option(False, help="keep that directory afterwards")
+    output: str = option(str(REPO / "bench/experiments/simplify_compare.json"), help="results")
+
+
+def measure_graph(onnx_path: Path, work: Path, ids_file: Path, a: CompareOptions) -> dict:
     facts = graph_facts(onnx_path)
     meta = facts.pop("meta")
     dtype = meta.get("dtype", "unknown")
@@ -191,17 +206,9 @@ def versions() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Compare onnxsim and onnxslim as change_node.py --simplify.")
-    p.add_argument("--onnx_model_path", nargs="+", required=True, help="npu graphs from export_onnx.py")
-    p.add_argument("--hf_model_dir", default=str(REPO / "download/Qwen2.5-Coder-0.5B-Instruct"),
-                   help="the model the graphs were exported from (its tokenizer builds the prompt)")
-    p.add_argument("--decode_steps", type=int, default=16)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--work_dir", default=str(REPO / "output/simplify_compare"),
-                   help="a fresh run-* directory is made in it for the simplified graphs and logs")
-    p.add_argument("--keep", action="store_true", help="keep that directory afterwards")
-    p.add_argument("--output", default=str(REPO / "bench/simplify_compare.json"))
-    a = p.parse_args(argv)
+    p = ArgumentParser(description="Compare onnxsim and onnxslim as change_node.py --simplify.")
+    add_flags(p, CompareOptions)
+    a = from_args(CompareOptions, p.parse_args(argv))
     graphs = [Path(g) for g in a.onnx_model_path]
     missing = [str(g) for g in graphs if not g.is_file()]
     if missing:

@@ -1,7 +1,7 @@
 """Where a prefill of the cpu graph spends its time, and which settings make it faster: one process,
 every variant side by side in interleaved rounds (a shared machine's slow spells hit them alike).
 
-    python bench/prefill_profile.py [--model output/onnx_cpu_int4/<name>.onnx] [--tokens 256] [--rounds 5]
+    python bench/experiments/prefill_profile.py [--model output/onnx_cpu_int4/<name>.onnx] [--tokens 256] [--rounds 5]
         [--profile] [--variants chunk256 chunk64 ...] [--extra_model label=path ...]
 
 A variant is a model (the int4 graph, or one given with --extra_model), a chunk split of the prompt and
@@ -12,7 +12,6 @@ first variant once with onnxruntime's profiler and prints the time per operator 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -24,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from core.flags import ArgumentParser, add_flags, from_args, option
+
+REPO = Path(__file__).resolve().parents[2]
 ONNX_NAME = "qwen2.5_coder_0.5b_instruct.onnx"
 DEFAULT_MODEL = REPO / "output/onnx_cpu_int4" / ONNX_NAME
 
@@ -153,19 +154,25 @@ def profile(runner: Runner, ids: np.ndarray, plan: list[int]) -> dict:
             "by_weight_ms": {k: round(v, 1) for k, v in sorted(by_group.items(), key=lambda kv: -kv[1])}}
 
 
+@dataclass
+class ProfileOptions:
+    model: str = option(str(DEFAULT_MODEL), help="the int4 cpu graph (label int4)")
+    extra_model: list[str] = option([], help="label=path of further cpu graphs to compare")
+    variants: list[str] = option(["chunk256", "chunk64"],
+                                 help=f"from {', '.join(VARIANTS)}, or label:chunk to run another model (e.g. "
+                                      "acc0:256)")
+    tokens: int = option(256, help="prompt tokens prefilled")
+    rounds: int = option(5, help="interleaved rounds; the median is reported")
+    threads: int = option(2, help="onnxruntime threads")
+    power_of_two: bool = option(False, help="split as the session does (power-of-two chunks)")
+    profile: bool = option(False, help="also profile the first variant's prefill per operator")
+    output: str | None = option(None, help="write the results as JSON here")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Profile and compare prefill settings of the cpu graph side by side.")
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="the int4 cpu graph (label int4)")
-    p.add_argument("--extra_model", nargs="*", default=[], help="label=path of further cpu graphs to compare")
-    p.add_argument("--variants", nargs="*", default=["chunk256", "chunk64"],
-                   help=f"from {', '.join(VARIANTS)}, or label:chunk to run another model (e.g. acc0:256)")
-    p.add_argument("--tokens", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--power_of_two", action="store_true", help="split as the session does (power-of-two chunks)")
-    p.add_argument("--profile", action="store_true", help="also profile the first variant's prefill per operator")
-    p.add_argument("--output", help="write the results as JSON here")
-    a = p.parse_args(argv)
+    p = ArgumentParser(description="Profile and compare prefill settings of the cpu graph side by side.")
+    add_flags(p, ProfileOptions)
+    a = from_args(ProfileOptions, p.parse_args(argv))
     models = {"int4": Path(a.model)}
     for item in a.extra_model:
         label, _, path = item.partition("=")

@@ -4,15 +4,17 @@ The whole engine path runs (scheduler, logits processors, sampling), as the serv
 cores the tokens/s of single runs swing by more than the constraint costs, so the time spent inside the
 constraint (mask and bookkeeping) is also measured per token and set against a free token's time.
 
-    python bench/constraint_cost.py --onnx_model_path output/onnx_cpu_int4/qwen2.5_coder_0.5b_instruct.onnx
+    python bench/experiments/constraint_cost.py --onnx_model_path output/onnx_cpu_int4/qwen2.5_coder_0.5b_instruct.onnx
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from core.flags import ArgumentParser, add_flags, from_args, option
 
 PROMPT = ("List ten famous scientists as JSON: for each their name, field, birth year and one sentence "
           "about their best known work.")
@@ -57,15 +59,20 @@ def run(inference, ids: list[int], params) -> dict:
     return out
 
 
+@dataclass
+class CostOptions:
+    hf_model_dir: str = option("download/Qwen2.5-Coder-0.5B-Instruct", help="the model directory")
+    onnx_model_path: str = option("output/onnx_cpu_int4/qwen2.5_coder_0.5b_instruct.onnx", help="the cpu graph")
+    rounds: int = option(5, help="alternating rounds; the median is reported")
+    new_tokens: int = option(160, help="tokens decoded per run")
+    cpu_thread: int = option(2, help="CPU threads")
+    out: str = option("bench/experiments/constraint_cost.json", help="results")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hf_model_dir", default="download/Qwen2.5-Coder-0.5B-Instruct")
-    ap.add_argument("--onnx_model_path", default="output/onnx_cpu_int4/qwen2.5_coder_0.5b_instruct.onnx")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--new_tokens", type=int, default=160)
-    ap.add_argument("--cpu_thread", type=int, default=2)
-    ap.add_argument("--out", default="bench/constraint_cost.json")
-    a = ap.parse_args(argv)
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
+    add_flags(ap, CostOptions)
+    a = from_args(CostOptions, ap.parse_args(argv))
 
     from config import InferenceConfig
     from engine.constraint import Grammars, json_grammar
