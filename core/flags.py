@@ -3,7 +3,8 @@
 A field becomes `--name`; its default, type and choices come from the field, its help text from
 `metadata["help"]`. A field with `metadata["flag"] = False` is set by code, never by a flag. A
 `list[X]` field takes several values (`--name a b`); one without a default may also be repeated. A
-field with `bare` may be given without a value, which then means `bare`.
+field with `bare` may be given without a value, which then means `bare`. A `positional` field is an
+argument without a flag name (a script's one operand).
 """
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None,
-           required: bool = False, flag: bool = True, show_default: bool = True, bare: Any = None) -> Any:
+           required: bool = False, flag: bool = True, show_default: bool = True, bare: Any = None, positional: bool = False) -> Any:
     """A dataclass field that is also a command-line flag."""
     meta = {"help": help, "choices": choices, "required": required, "flag": flag, "show_default": show_default,
-            "bare": bare}
+            "bare": bare, "positional": positional}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     if isinstance(default, list):  # a dataclass field may not share one list between instances
@@ -86,9 +87,13 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = No
                     kwargs["action"] = "extend"
             if has_default:
                 kwargs["default"] = default
-            else:
+            elif not meta.get("positional"):
                 kwargs["required"] = True
-        group.add_argument(f"--{f.name}", **kwargs)
+        if meta.get("positional"):
+            del kwargs["dest"]  # a positional argument's name is its dest
+            group.add_argument(f.name, **kwargs)
+        else:
+            group.add_argument(f"--{f.name}", **kwargs)
 
 
 def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

@@ -6,12 +6,14 @@ Exit 0 when every op is documented, 1 when some are not (they are listed), 2 on 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+
+from core.flags import ArgumentParser, add_flags, from_args, option
 
 # The operator names of "支持ONNX算子清单" in the CANN 8.0.0 operator reference
 # (hiascend.com/doc_center/source/zh/canncommercial/800/apiref/aolapi/operatorlist_00176.html), spelled as
@@ -54,10 +56,15 @@ def unlisted_ops(model: onnx.ModelProto) -> dict[str, int]:
     return {op: n for op, n in sorted(graph_ops(model.graph).items()) if op not in CANN_ONNX_OPS}
 
 
+@dataclass
+class CheckOpsOptions:
+    onnx_model_path: str = option(positional=True, help="the .onnx to check (weights are not read)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="List ops of an ONNX graph outside CANN's documented ONNX op set.")
-    p.add_argument("onnx_model_path", help="the .onnx to check (weights are not read)")
-    a = p.parse_args(argv)
+    p = ArgumentParser(description="List ops of an ONNX graph outside CANN's documented ONNX op set.")
+    add_flags(p, CheckOpsOptions)
+    a = from_args(CheckOpsOptions, p.parse_args(argv))
     path = Path(a.onnx_model_path)
     if not path.is_file():
         print(f"check_ops.py: error: {path}: no such file", file=sys.stderr)

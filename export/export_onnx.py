@@ -9,10 +9,10 @@ needed, so the memory an export takes does not grow with the model.
 """
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from core.contract import ModelShape, write_meta
 from core.errors import UserError, run_main
-from core.flags import ArgumentParser
+from core.flags import ArgumentParser, add_flags, from_args, option
 from export.block_quant import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK, QuantSpec
 from export.safetensors_io import Checkpoint
 
@@ -29,34 +29,39 @@ PROG = "export_onnx.py"
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass
+class ExportOptions:
+    hf_model_dir: str = option(help="HuggingFace model directory (config.json + *.safetensors)")
+    onnx_model_path: str = option(help="where to write the .onnx file (its weights go to <name>.onnx.data beside it)")
+    kv_cache_length: int = option(1024, help="KV cache length in tokens that the runtime will use; recorded in the "
+                                             "model")
+    dtype: str = option("float32", choices=tuple(sorted(DTYPES)),
+                        help="weight and cache dtype: float16 for the NPU, float32 for CPU runs")
+    target: str = option("npu", choices=("npu", "cpu"),
+                         help="npu: the plain-ONNX graph with the fixed KV-cache contract that atc compiles (it also "
+                              "runs on a CPU); cpu: a graph for onnxruntime only, with fused attention and an "
+                              "in-place KV cache, much faster on a CPU, float32 only")
+    bits: int | None = option(None, choices=(4, 8),
+                              help="--target cpu only: write the weights quantized to 4 or 8 bits (MatMulNBits, and "
+                                   "at 4 bits the embedding as GatherBlockQuantized) in the same pass, as "
+                                   "quantize_onnx.py would make them; the float graph is never written (default: "
+                                   "float32 weights)")
+    block_size: int | None = option(None, help="with --bits: weights per quantization block, a power of two >= 16 "
+                                               "(default 128 at 4 bits, 32 at 8 bits; the output projection is "
+                                               "int8 at either)")
+    accuracy_level: int = option(DEFAULT_ACCURACY_LEVEL, choices=(0, 1, 2, 3, 4),
+                                 help="with --bits: MatMulNBits compute type, 4 = int8 activations")
+    device_str: str = option("cpu", choices=("cpu", "cuda", "npu"),
+                             help="accepted for older commands and ignored: nothing is traced, the graph is "
+                                  "written directly on the CPU", show_default=False)
+
+
+def parse_args(argv: list[str] | None = None) -> ExportOptions:
     p = ArgumentParser(
         description="Export a HuggingFace Qwen1.5/Qwen2/Qwen2.5/Qwen3 model directory to an ONNX graph "
                     "whose inputs and outputs carry a static KV cache (the graph atc and our sessions use).")
-    p.add_argument("--hf_model_dir", required=True, help="HuggingFace model directory (config.json + *.safetensors)")
-    p.add_argument("--onnx_model_path", required=True,
-                   help="where to write the .onnx file (its weights go to <name>.onnx.data beside it)")
-    p.add_argument("--kv_cache_length", type=int, default=1024,
-                   help="KV cache length in tokens that the runtime will use; recorded in the model (default 1024)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                   help="weight and cache dtype: float16 for the NPU, float32 for CPU runs (default float32)")
-    p.add_argument("--target", choices=["npu", "cpu"], default="npu",
-                   help="npu: the plain-ONNX graph with the fixed KV-cache contract that atc compiles (it also "
-                        "runs on a CPU); cpu: a graph for onnxruntime only, with fused attention and an "
-                        "in-place KV cache, much faster on a CPU, float32 only (default npu)")
-    p.add_argument("--bits", type=int, choices=[4, 8], default=None,
-                   help="--target cpu only: write the weights quantized to 4 or 8 bits (MatMulNBits, and at 4 "
-                        "bits the embedding as GatherBlockQuantized) in the same pass, as quantize_onnx.py "
-                        "would make them; the float graph is never written (default: float32 weights)")
-    p.add_argument("--block_size", type=int, default=None,
-                   help="with --bits: weights per quantization block, a power of two >= 16 (default 128 at 4 "
-                        "bits, 32 at 8 bits; the output projection is int8 at either)")
-    p.add_argument("--accuracy_level", type=int, choices=[0, 1, 2, 3, 4], default=DEFAULT_ACCURACY_LEVEL,
-                   help="with --bits: MatMulNBits compute type, 4 = int8 activations (default 4)")
-    p.add_argument("--device_str", choices=["cpu", "cuda", "npu"], default="cpu",
-                   help="accepted for older commands and ignored: nothing is traced, the graph is written "
-                        "directly on the CPU")
-    return p.parse_args(argv)
+    add_flags(p, ExportOptions)
+    return from_args(ExportOptions, p.parse_args(argv))
 
 
 def save(model_proto: onnx.ModelProto, out: Path) -> None:
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(PROG, lambda: run(a))
 
 
-def run(a: argparse.Namespace) -> int:
+def run(a: ExportOptions) -> int:
     hf_dir, out = Path(a.hf_model_dir), Path(a.onnx_model_path)
     ModelShape.from_dir(hf_dir)  # a missing or unusable config.json is a UserError before any work
     if out.suffix != ".onnx":

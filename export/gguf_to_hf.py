@@ -27,6 +27,7 @@ import numpy as np
 
 from core.contract import ModelShape
 from core.errors import UserError, run_main
+from core.flags import ArgumentParser, add_flags, from_args, option
 from export.checksum import file_sha256
 from export.safetensors_io import SafetensorsWriter, bf16_to_f32, f32_to_bf16
 
@@ -295,17 +296,22 @@ def convert(gguf_path: Path, index: GGUFIndex, out_dir: Path, dtype_name: str) -
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
+@dataclass
+class ConvertOptions:
+    gguf_path: Path = option(help="GGUF file to convert")
+    output_dir: Path = option(help="HuggingFace model directory to write")
+    dtype: str = option("bfloat16", choices=tuple(DTYPES), help="dtype of the saved weights")
+    sha256: str | None = option(None, help="expected sha256 of the GGUF; a mismatch aborts")
+    force: bool = option(False, help="convert again even if output_dir is complete")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--gguf_path", type=Path, required=True, help="GGUF file to convert")
-    parser.add_argument("--output_dir", type=Path, required=True, help="HuggingFace model directory to write")
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype of the saved weights")
-    parser.add_argument("--sha256", help="expected sha256 of the GGUF; a mismatch aborts")
-    parser.add_argument("--force", action="store_true", help="convert again even if output_dir is complete")
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    add_flags(parser, ConvertOptions)
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ConvertOptions) -> int:
     gguf_path: Path = args.gguf_path
     out_dir: Path = args.output_dir
     check_gguf(gguf_path)
@@ -325,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = from_args(ConvertOptions, build_parser().parse_args(argv))
     return run_main(PROG, lambda: run(args))
 
 
