@@ -8,7 +8,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import connect, parser, run
+from client.common import connect, parser, run
 
 HISTORY = ("Here is some context about our project. It exports Qwen chat models to ONNX with a static "
            "key-value cache, patches the graph for Ascend's atc compiler, and serves the model through an "

@@ -7,7 +7,7 @@ import ast
 import json
 import operator
 
-from common import connect, parser, run
+from client.common import connect, parser, run
 
 WEATHER = {"paris": "sunny, 22 °C", "beijing": "cloudy, 18 °C", "london": "light rain, 14 °C",
            "shanghai": "humid, 27 °C", "new york": "clear, 19 °C", "北京": "cloudy, 18 °C"}

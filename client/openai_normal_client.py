@@ -1,7 +1,7 @@
 """Asks one question and prints the whole answer once it is complete (no streaming)."""
 from __future__ import annotations
 
-from common import connect, parser, run
+from client.common import connect, parser, run
 
 
 def main() -> None:

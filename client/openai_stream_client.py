@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from common import connect, parser, run
+from client.common import connect, parser, run
 
 
 def main() -> None:
