@@ -73,12 +73,8 @@ def parse_args(argv: list[str] | None = None) -> CheckOptions:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(p, CheckOptions)
     args = p.parse_args(argv)
-    return run_guarded(lambda: from_args(CheckOptions, args))
-
-
-def run_guarded(make: Callable[[], CheckOptions]) -> CheckOptions:
     try:
-        return make()
+        return from_args(CheckOptions, args)   # its checks raise UserError: one line, as argparse's own errors
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         raise SystemExit(e.code) from None
@@ -123,8 +119,7 @@ class Runner:
         return value
 
     def record(self, name: str, value: object) -> None:
-        data = value.as_dict() if hasattr(value, "as_dict") else value
-        setattr(self.report, {"environment": "environment", "tiny": "tiny", "model": "model"}[name], data)
+        setattr(self.report, name, value.as_dict() if hasattr(value, "as_dict") else value)
 
     def run(self) -> int:
         o = self.o
