@@ -1,5 +1,6 @@
-"""The layout's promises: no import cycle, one way to find the project's modules, every README command
-runs as written, and opening a session reads each model file's metadata once."""
+"""The layout's promises: no import cycle, the runtime free of export/ and bench/, one way to find the
+project's modules, every README command runs as written, the fast test loop's groups, and opening a session
+reads each model file's metadata once."""
 from __future__ import annotations
 
 import ast
@@ -67,6 +68,59 @@ def test_no_import_cycle_in_the_project():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+RUNTIME_PACKAGES = ("backends", "engine", "server", "deploy", "core")
+RUNTIME_MODULES = ("inference", "session", "kvcache", "config", "api", "cli_chat")
+OFFLINE_PACKAGES = ("export", "bench")
+
+
+def reached_from(module: str, graph: dict[str, set[str]]) -> set[str]:
+    """Every project module `module` imports, directly or through others (lazy imports included)."""
+    seen, todo = set(), [module]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def test_the_runtime_imports_neither_export_nor_bench():
+    """What serves a model never needs the exporters or the benchmarks (they may import the runtime)."""
+    files = project_files()
+    graph = {m: imports_of(p, set(files)) - {m} for m, p in files.items()}
+    runtime = sorted(m for m in files if m in RUNTIME_MODULES or m.split(".")[0] in RUNTIME_PACKAGES)
+    assert set(RUNTIME_MODULES) | {"backends.torch_reference", "backends.kv_cache", "core.contract"} <= set(runtime)
+
+    def offline(mods: set[str]) -> set[str]:
+        return {m for m in mods if m.split(".")[0] in OFFLINE_PACKAGES}
+
+    assert offline(reached_from("export.change_node", graph)), "the check must see an import of export/"
+    leaks = {m: sorted(offline(reached_from(m, graph))) for m in runtime}
+    leaks = {m: found for m, found in leaks.items() if found}
+    assert not leaks, f"runtime modules that import export/ or bench/: {leaks}"
+
+
+def test_bench_keeps_the_product_benchmark_and_records_decisions_in_experiments():
+    bench = ROOT / "bench"
+    assert not (bench / "turn2_latency.py").exists()
+    assert {"bench.py", "quality.py", "load.py"} <= {p.name for p in bench.glob("*.py")}
+    readme = (bench / "experiments/README.md").read_text()
+    for record in sorted((bench / "experiments").glob("*.py")):
+        assert f"python bench/experiments/{record.name}" in readme, f"{record.name} has no line in the README"
+
+
+def test_the_fast_loop_leaves_out_every_registered_group():
+    import configparser
+
+    ini = configparser.ConfigParser()
+    ini.read(ROOT / "pytest.ini")
+    groups = {line.split(":")[0].strip() for line in ini["pytest"]["markers"].strip().splitlines()}
+    assert {"browser", "ray", "default_model", "emulator", "slow"} <= groups
+    assert "--strict-markers" in ini["pytest"]["addopts"].split()
+    target = re.search(r"^test-fast:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert target, "the Makefile has no test-fast target"
+    assert all(f"not {g}" in target.group(1) for g in groups), target.group(1)
 
 
 def test_no_script_edits_sys_path():
