@@ -75,12 +75,8 @@ def save(model_proto: onnx.ModelProto, out: Path) -> None:
 
 
 def model_meta(args: ModelShape, hf_model_dir: Path, kv_cache_length: int, dtype_name: str, target: str) -> dict:
-    return {
-        "kv_cache_length": kv_cache_length, "dtype": dtype_name, "target": target,
-        "num_hidden_layers": args.num_hidden_layers, "num_key_value_heads": args.num_key_value_heads,
-        "head_dim": args.head_dim, "vocab_size": args.vocab_size,
-        "model_name": hf_model_dir.resolve().name,
-    }
+    return {"kv_cache_length": kv_cache_length, "dtype": dtype_name, "target": target, **args.as_meta(),
+            "model_name": hf_model_dir.resolve().name}
 
 
 def peak_rss_mb() -> float:
