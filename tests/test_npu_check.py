@@ -16,6 +16,8 @@ from board.failures import describe
 from core.errors import UserError
 from emulator import harness
 
+pytestmark = pytest.mark.emulator
+
 ROOT = harness.ROOT
 SCRIPT = ROOT / "board" / "npu_check.py"
 VENV_BIN = str(Path(sys.executable).parent)
@@ -223,7 +225,6 @@ def test_decode_speed_is_a_share_of_a_listed_chips_bound_else_the_raw_figure():
     assert unknown["bandwidth_share"] is None and unknown["achieved_gb_s"] == 12.8
 
 
-@pytest.mark.emulator
 @pytest.mark.default_model
 def test_the_whole_check_on_the_default_model(tmp_path, default_model_dir):
     """The command a board user runs, on the default model at float16 under the emulator (~3 min on 2
