@@ -123,6 +123,20 @@ def test_the_fast_loop_leaves_out_every_registered_group():
     assert all(f"not {g}" in target.group(1) for g in groups), target.group(1)
 
 
+def test_test_files_of_one_group_carry_its_marker():
+    """A new Chromium, Ray, default-model or emulator test file joins its group, so make test-fast (no
+    model download, no Chromium) keeps passing on a fresh clone."""
+    tests = ROOT / "tests"
+    groups = {"test_web_ui.py": "browser", "test_ray_serve.py": "ray", "test_default_model.py": "default_model",
+              "test_api_real.py": "default_model"}
+    groups.update({p.name: "emulator" for pattern in ("test_npu_*.py", "test_emulator_*.py")
+                   for p in tests.glob(pattern)})
+    assert len(groups) > 6
+    unmarked = [name for name, group in sorted(groups.items())
+                if not re.search(rf"^pytestmark = .*pytest\.mark\.{group}\b", (tests / name).read_text(), re.M)]
+    assert not unmarked, f"these files lack their module-level pytestmark: {unmarked}"
+
+
 def test_no_script_edits_sys_path():
     offenders = [str(p.relative_to(ROOT)) for p in project_files().values()
                  if re.search(r"sys\.path\.(insert|append)|sys\.path\s*\[", p.read_text())]
