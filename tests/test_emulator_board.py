@@ -12,6 +12,8 @@ import pytest
 from board.environment import parse_npu_smi
 from emulator import harness
 
+pytestmark = pytest.mark.emulator
+
 ACL_DDR_MEM, ACL_HBM_MEM, ACL_DDR_MEM_HUGE, ACL_DDR_MEM_NORMAL, ACL_HBM_MEM_HUGE = 0, 1, 2, 3, 4
 LIMIT = 256 * 1024 ** 2
 
