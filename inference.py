@@ -78,10 +78,17 @@ class Inference:
         ids.update(vocab[t] for t in END_TOKENS if t in vocab)
         return ids
 
-    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    def chat_text(self, messages: list[dict], tools: list[dict] | None = None, template_kwargs: dict | None = None,
+                  add_generation_prompt: bool = True) -> str:
+        """The chat template's text; template_kwargs: extra variables the template reads (enable_thinking)."""
+        return self.tokenizer.apply_chat_template(messages, tools=tools or None,
+                                                  add_generation_prompt=add_generation_prompt, tokenize=False,
+                                                  **(template_kwargs or {}))
+
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None,
+                            template_kwargs: dict | None = None) -> list[int]:
         # Rendered to text first: transformers 5 returns a dict, not ids, when it tokenizes here itself.
-        text = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
-                                                  tokenize=False)
+        text = self.chat_text(messages, tools, template_kwargs)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def fit_messages(self, messages: list[dict]) -> tuple[list[dict], list[int]]:

@@ -144,6 +144,28 @@ def tool_grammar(tools: Sequence[dict], required: bool, answer_schema: dict | No
     return _check(llguidance.LLMatcher.grammar_from_lark("\n".join(lines)), what)
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def after_thinking(grammar: str, starts_inside: bool = False, tags_are_tokens: bool = True) -> str:
+    """grammar (from this module) for the answer after the model's thinking: an optional
+    <think>...</think> block first (required to close when starts_inside: the prompt opened it), its text
+    free, then the blank lines Qwen3 writes, then the answer under grammar. tags_are_tokens: <think> and
+    </think> are tokens of their own (Qwen3); otherwise text, which the thinking may not contain."""
+    if tags_are_tokens:
+        open_tag, close_tag, thought = THINK_OPEN, THINK_CLOSE, "/(.|\\n)*/"
+    else:
+        open_tag, close_tag, thought = json.dumps(THINK_OPEN), json.dumps(THINK_CLOSE), "THOUGHT"
+    block = f"{thought} {close_tag}" if starts_inside else f"({open_tag} {thought} {close_tag})?"
+    lines = [f"start: {block} /\\n*/ @answer"]
+    if not tags_are_tokens:  # any text that does not contain the closing tag
+        lines.append("THOUGHT: /(.|\\n)*/ & ~/(.|\\n)*<\\/think>(.|\\n)*/")
+    answer = json.loads(grammar)["grammars"] if grammar.lstrip().startswith("{") else [{"lark_grammar": grammar}]
+    answer[0] = {**answer[0], "name": "answer"}
+    return _check(json.dumps({"grammars": [{"name": "thinking", "lark_grammar": "\n".join(lines)}, *answer]}),
+                  "the grammar after the thinking")
+
+
 class Grammars:
     """The model's tokenizer as llguidance sees it, built once (on first use, thread-safe), and the
     constraints made from it."""
@@ -161,6 +183,14 @@ class Grammars:
             return True
         vocab = self.hf_tokenizer.get_vocab()
         return TOOL_OPEN in vocab and TOOL_CLOSE in vocab
+
+    @cached_property
+    def think_tags_are_tokens(self) -> bool:
+        """Whether <think> and </think> are tokens of their own in this tokenizer (Qwen3's are)."""
+        if self.hf_tokenizer is None:
+            return True
+        vocab = self.hf_tokenizer.get_vocab()
+        return THINK_OPEN in vocab and THINK_CLOSE in vocab
 
     def tokenizer(self) -> llguidance.LLTokenizer:
         with self._lock:

@@ -13,12 +13,13 @@ from typing import Any, Callable, Sequence
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.constraint import ANY_OBJECT, GrammarError, json_grammar, tool_grammar
+from engine.constraint import ANY_OBJECT, GrammarError, after_thinking, json_grammar, tool_grammar
 from inference import Delta, SamplingParams
 from server.errors import APIError
 from server.fields import check_fields
 from server.logprobs import chat_logprobs
 from server.reading import ChoiceReader
+from server.reasoning import EFFORT_THINKS, Thinking, drop_thinking, render_arguments, thinking_for
 from server.modes import Functions, Mode, Plain, Tools
 from server.params import Knobs, chat_logprobs as wanted_logprobs, choices, sampling_params
 from server.schema import ChatCompletionRequest, FunctionDef, FunctionName, NamedToolChoice, ToolDef
@@ -34,6 +35,7 @@ class Plan:
     params: SamplingParams
     thinks: bool = False  # the model may think first (<think>...</think>), to be split from the answer
     starts_inside: bool = False  # the template opens the <think> at the end of the prompt
+    template_kwargs: dict | None = None  # extra variables for the chat template (enable_thinking)
 
     def reader(self) -> ChoiceReader:
         """A fresh reader of one choice's text."""
@@ -103,9 +105,25 @@ def grammar(req: ChatCompletionRequest, mode: Mode, tags_are_tokens: bool = True
         raise APIError(400, str(e), code="invalid_schema", param=param) from None
 
 
-def plan(req: ChatCompletionRequest, ctx: Context, check_grammar: bool = True) -> Plan:
+def chat_thinking(req: ChatCompletionRequest, ctx: Context) -> Thinking:
+    """The thinking a chat request asks for: reasoning_effort mapped onto the template's switch, and its
+    chat_template_kwargs passed on (a key the template renderer itself takes is refused)."""
+    kwargs = req.chat_template_kwargs or {}
+    taken = sorted(set(kwargs) & render_arguments(ctx.inference))
+    if taken:
+        raise APIError(400, f"chat_template_kwargs: '{taken[0]}' is set by the server, not the request",
+                       param="chat_template_kwargs", code="invalid_value")
+    enable = None if req.reasoning_effort is None else EFFORT_THINKS[req.reasoning_effort]
+    return thinking_for(ctx, enable, "reasoning_effort", kwargs)
+
+
+def plan(req: ChatCompletionRequest, ctx: Context, check_grammar: bool = True,
+         thinking: Thinking | None = None) -> Plan:
     """The messages, mode and sampling parameters of a request. check_grammar: build the constraint's
-    matcher now and compute its first mask (a grammar that cannot run is a 400 before the engine)."""
+    matcher now and compute its first mask (a grammar that cannot run is a 400 before the engine).
+    thinking: what another door asked of the thinking (server/reasoning.thinking_for); None: what req asks."""
+    if thinking is None:
+        thinking = chat_thinking(req, ctx)
     knobs = Knobs.from_openai(req, max_tokens=req.max_completion_tokens or req.max_tokens,
                               limit_field="max_completion_tokens" if req.max_completion_tokens else "max_tokens",
                               logprobs=wanted_logprobs(req.logprobs, req.top_logprobs))
@@ -113,16 +131,19 @@ def plan(req: ChatCompletionRequest, ctx: Context, check_grammar: bool = True) -
     mode = _mode(req)
     params.stop = params.stop + list(mode.stops)
     text = grammar(req, mode, ctx.grammars.tags_are_tokens)
+    if text is not None and thinking.thinks:  # the grammar is the answer's: the thinking before it is free
+        text = after_thinking(text, thinking.starts_inside, ctx.grammars.think_tags_are_tokens)
     if text is not None:
         param = "grammar" if req.grammar is not None else "tools" if isinstance(mode, Tools) else "response_format"
         params.processors = params.processors + [ctx.constraint(text, param, check_grammar)]
-    return Plan(mode.messages(req.messages), mode, params)
+    return Plan(drop_thinking(mode.messages(req.messages), ctx.inference), mode, params, thinking.thinks,
+                thinking.starts_inside, thinking.template_kwargs)
 
 
 def _prompt(ctx: Context, p: Plan) -> list[int]:
     """The prompt's token ids: the chat template, then the tokenizer."""
     try:
-        ids = ctx.inference.apply_chat_template(p.messages, p.mode.tools)
+        ids = ctx.inference.apply_chat_template(p.messages, p.mode.tools, p.template_kwargs)
     except Exception as e:  # the template rejects what the messages ask for: the client's problem
         raise APIError(400, f"The messages cannot be rendered with this model's chat template: {e}",
                        param="messages") from None

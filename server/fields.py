@@ -30,7 +30,7 @@ NO_OP = {
 REFUSED = {
     "audio": "this model answers in text only",
     "prediction": "predicted outputs are not supported",
-    "reasoning_effort": "this model does not reason in a separate channel",
+    "reasoning_effort": "no chat template is rendered here; send it to /v1/chat/completions",
     "verbosity": "this model has no verbosity setting",
     "web_search_options": "this server does not search the web",
     "typical_p": "use top_p, top_k or min_p",

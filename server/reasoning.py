@@ -4,6 +4,13 @@ prompt, so that the answer starts inside the thinking and only `</think>` shows.
 as it streams and hands out each piece as thinking or answer; a piece that may be the start of a tag waits."""
 from __future__ import annotations
 
+import inspect
+from typing import NamedTuple
+
+from inference import Inference
+from server.errors import APIError
+from server.serving import Context
+
 OPEN, CLOSE = "<think>", "</think>"
 
 
@@ -49,3 +56,80 @@ class ThinkingSplitter:
         if not held:
             return []
         return [("thinking" if self.state == "thinking" else "answer", held)]
+
+
+# What the request asks of the template's thinking switch; None: the template's default.
+EFFORT_THINKS = {"none": False, "minimal": False, "low": True, "medium": True, "high": True}
+SWITCH = "enable_thinking"  # Qwen3's variable: false makes the generation prompt close an empty <think></think>
+PROBE = [{"role": "user", "content": "?"}]
+
+
+class Thinking(NamedTuple):
+    """How one request's prompt is rendered and its answer read. template_kwargs: what the chat template is
+    given ({"enable_thinking": bool} or nothing); thinks: the model may open its answer with
+    <think>...</think> (so the reader splits it off and a grammar lets it through first); starts_inside: the
+    rendered prompt already opened the <think>, so the answer starts in the thinking."""
+    template_kwargs: dict
+    thinks: bool
+    starts_inside: bool
+
+
+def template_text(inference: Inference) -> str:
+    """The tokenizer's chat template source ('' without one); a tokenizer with several named templates
+    counts them all."""
+    template = getattr(inference.tokenizer, "chat_template", None) or ""
+    return "\n".join(template.values()) if isinstance(template, dict) else template
+
+
+def has_switch(inference: Inference) -> bool:
+    """Whether the chat template reads Qwen3's thinking switch."""
+    return SWITCH in template_text(inference)
+
+
+def render_arguments(inference: Inference) -> set[str]:
+    """The names the template renderer takes for itself (messages, tools, tokenize, ...), which a request's
+    template variables may not reuse."""
+    parameters = inspect.signature(inference.tokenizer.apply_chat_template).parameters.values()
+    return {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def _generation_prompt(inference: Inference, template_kwargs: dict) -> str:
+    """What the template adds after a one-message conversation to make the model answer."""
+    bare = inference.chat_text(PROBE, template_kwargs=template_kwargs, add_generation_prompt=False)
+    full = inference.chat_text(PROBE, template_kwargs=template_kwargs)
+    return full[len(bare):] if full.startswith(bare) else full
+
+
+def thinking_for(ctx: Context, enable: bool | None, param: str, template_kwargs: dict | None = None) -> Thinking:
+    """The thinking of a request that asks to turn it on (True), off (False) or leaves it to the template
+    (None). A request that asks either way on a template without the switch is refused by name (400, param),
+    as is one that asks what its template_kwargs contradict. template_kwargs: the chat door's
+    chat_template_kwargs, passed to the template as they are."""
+    kwargs = dict(template_kwargs or {})
+    if enable is not None:
+        if not has_switch(ctx.inference):
+            raise APIError(400, f"{param}: this model's chat template has no thinking switch ({SWITCH}); leave "
+                                f"{param} out", param=param, code="unsupported_parameter")
+        if kwargs.get(SWITCH, enable) != enable:
+            raise APIError(400, f"{param} asks for thinking {'on' if enable else 'off'}, chat_template_kwargs."
+                                f"{SWITCH} for the opposite", param=param, code="invalid_value")
+        kwargs[SWITCH] = enable
+    if not any(tag in template_text(ctx.inference) for tag in (OPEN, CLOSE)):
+        return Thinking(kwargs, False, False)  # the template knows nothing of thinking: neither can the answer
+    try:
+        opened = _generation_prompt(ctx.inference, kwargs)
+    except Exception:  # the template refuses the kwargs: the prompt's rendering says so, naming messages
+        return Thinking(kwargs, True, False)
+    if CLOSE in opened.split(OPEN)[-1] and OPEN in opened:  # thinking closed empty: turned off
+        return Thinking(kwargs, False, False)
+    return Thinking(kwargs, True, OPEN in opened)
+
+
+def drop_thinking(messages: list[dict], inference: Inference) -> list[dict]:
+    """Earlier assistant turns without their <think>...</think>, as Qwen3's template renders them (it cuts
+    everything up to the last </think> from an assistant turn before the last user message). A template that
+    handles </think> itself gets the messages as they are; one that does not would show the old thinking."""
+    if CLOSE in template_text(inference):
+        return messages
+    return [{**m, "content": m["content"].rsplit(CLOSE, 1)[-1].lstrip("\n")}
+            if m.get("role") == "assistant" and CLOSE in (m.get("content") or "") else m for m in messages]

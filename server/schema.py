@@ -139,6 +139,10 @@ class ChatCompletionRequest(Sampling):
     function_call: Literal["none", "auto"] | FunctionName | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # The thinking (server/reasoning.py): vLLM's template variables, and OpenAI's effort mapped onto the
+    # template's thinking switch.
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
 
 
 class CompletionRequest(Sampling):

@@ -22,6 +22,10 @@ HOSTILE = ('Look: <script>window.__pwned = 1</script>\n<img src=x onerror="windo
            '<iframe srcdoc="<script>parent.__pwned = 5</script>"></iframe> **bold <b>tag</b>**')
 # (substring of "role: content" of the last message, reply); first match wins; {last} = that content
 RULES: list[tuple[str, str]] = [
+    ("user: think weather",
+     f"<think>\nThe weather needs a tool.\n</think>\n\n<tool_call>\n{WEATHER_CALL}\n</tool_call>"),
+    ("user: think json", '<think>\nA city and some days.\n</think>\n\n{"city": "Paris", "days": 3}'),
+    ("user: think", "<think>\nLet me see.\n</think>\n\nThe answer is 4."),
     ("user: weather tags", f"<tool_call>\n{WEATHER_CALL}\n</tool_call>"),
     ("user: weather two", f"<tool_call>\n{WEATHER_CALL}\n</tool_call>\n<tool_call>\n"
                           '{"name": "calculate", "arguments": {"expression": "2+2"}}\n</tool_call>'),
@@ -44,6 +48,8 @@ RULES: list[tuple[str, str]] = [
     ("", "You said: {last}"),
 ]
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+NO_THINKING = "<think>\n\n</think>\n\n"  # what Qwen3's generation prompt adds when thinking is off
+THOUGHT = re.compile(r"<think>.*?</think>\n*", re.DOTALL)
 STEER = 100.0  # far above the other logits (0): the steered token wins at any temperature a request may set
 SLOW_STEP_S = 0.005  # per token of SLOW, so that a client can leave (or be queued behind it) mid-answer
 TOOL_RESPONSE = re.compile(r"<tool_response>\n(.*?)\n</tool_response>", re.DOTALL)
@@ -72,6 +78,7 @@ class ScriptedSession(Session):
         super().__init__(config)
         self.tokenizer = AutoTokenizer.from_pretrained(config.session.hf_model_dir, local_files_only=True)
         self.header = self.tokenizer.encode(IM_START + "assistant\n", add_special_tokens=False)
+        self.no_thinking = self.header + self.tokenizer.encode(NO_THINKING, add_special_tokens=False)
         self.end = self.tokenizer.convert_tokens_to_ids(IM_END)
         self.ids: list[int] = []  # what the cache holds
         self.answer_at: int | None = None  # where the scripted answer starts in ids
@@ -90,8 +97,12 @@ class ScriptedSession(Session):
         self.ids += input_ids[0].tolist()
         if not n_logits:
             return None
-        if self.ids[-len(self.header):] == self.header:  # a prompt ends here: script its answer
-            text = reply_to(*last_message(self.tokenizer.decode(self.ids)))
+        thinking_off = self.ids[-len(self.no_thinking):] == self.no_thinking
+        if thinking_off or self.ids[-len(self.header):] == self.header:  # a prompt ends here: script its answer
+            prompt = self.tokenizer.decode(self.ids)
+            text = reply_to(*last_message(prompt.removesuffix(NO_THINKING)))
+            if thinking_off:  # the template closed the thinking: the model answers at once
+                text = THOUGHT.sub("", text)
             self.answer_at, self.reply = len(self.ids), self.tokenizer.encode(text, add_special_tokens=False)
             self.step_s = SLOW_STEP_S if text == SLOW else 0.0
         if self.step_s:

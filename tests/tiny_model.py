@@ -96,8 +96,41 @@ CHAT_TEMPLATE = """\
 """
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on TRAINING_TEXT, with ChatML special tokens after the BPE vocab."""
+# Qwen3's thinking, as its model card and template describe it: the model opens its answer with
+# <think>...</think> by itself; enable_thinking=false makes the generation prompt close an empty block, so
+# that it answers at once; an assistant turn before the last user message is rendered without its thinking
+# (what follows its last </think>), a later one (a tool-calling turn of the current question) keeps it.
+THINKING_TEMPLATE = CHAT_TEMPLATE.replace("""\
+{%- for message in rest -%}
+    {%- set role = message['role'] -%}""", """\
+{%- set ns = namespace(last_user=-1) -%}
+{%- for message in rest -%}
+    {%- if message['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}
+{%- endfor -%}
+{%- for message in rest -%}
+    {%- set role = message['role'] -%}
+    {%- if role == 'assistant' and '</think>' in (message['content'] or '') -%}
+        {%- set parts = message['content'].split('</think>') -%}
+        {%- set thought = parts[0].split('<think>')[-1].strip('\\n') -%}
+        {%- set answer = parts[-1].lstrip('\\n') -%}
+        {%- if loop.index0 > ns.last_user -%}
+            {%- set answer = '<think>\\n' + thought + '\\n</think>\\n\\n' + answer -%}
+        {%- endif -%}
+        {%- set message = {'role': role, 'content': answer, 'tool_calls': message['tool_calls']} -%}
+    {%- endif -%}""").replace("""\
+    {{- '<|im_start|>assistant\\n' -}}
+{%- endif -%}""", """\
+    {{- '<|im_start|>assistant\\n' -}}
+    {%- if enable_thinking is defined and enable_thinking is false -%}
+        {{- '<think>\\n\\n</think>\\n\\n' -}}
+    {%- endif -%}
+{%- endif -%}""")
+THINK_TOKENS = ["<think>", "</think>"]  # plain added tokens, as in Qwen3
+
+
+def build_tokenizer(thinking: bool = False) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on TRAINING_TEXT, with ChatML special tokens after the BPE vocab; thinking:
+    Qwen3's <think> tokens and THINKING_TEMPLATE."""
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -110,7 +143,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     backend.train_from_iterator(TRAINING_TEXT.strip().splitlines(), trainer=trainer)
     # Added here, in Qwen's order, so their ids follow the BPE vocabulary like in the real model.
     backend.add_special_tokens(SPECIAL_TOKENS)
-    backend.add_tokens(TOOL_TOKENS)
+    backend.add_tokens(TOOL_TOKENS + (THINK_TOKENS if thinking else []))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=IM_END,
@@ -118,7 +151,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         additional_special_tokens=[IM_START],
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = THINKING_TEMPLATE if thinking else CHAT_TEMPLATE
     return tokenizer
 
 
@@ -189,15 +222,17 @@ def make_tiny_model(
     rope_theta: float = 1e6,
     seed: int = 0,
     config_style: str = "v5",
+    thinking: bool = False,
 ) -> Path:
-    """Write a tiny random Qwen2/Qwen3 chat model directory to `out_dir` and return its path."""
+    """Write a tiny random Qwen2/Qwen3 chat model directory to `out_dir` and return its path. thinking: a
+    Qwen3-style tokenizer and template (<think> tokens, the enable_thinking switch)."""
     from transformers import Qwen2ForCausalLM, Qwen3ForCausalLM
 
     if config_style not in ("v4", "v5"):
         raise ValueError(f"config_style must be 'v4' or 'v5', not {config_style!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(thinking)
     config = build_config(
         model_type,
         round_up(len(tokenizer), VOCAB_MULTIPLE),
