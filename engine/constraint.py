@@ -151,15 +151,14 @@ def after_thinking(grammar: str, starts_inside: bool = False, tags_are_tokens: b
     """grammar (from this module) for the answer after the model's thinking: an optional
     <think>...</think> block first (required to close when starts_inside: the prompt opened it), its text
     free, then the blank lines Qwen3 writes, then the answer under grammar. tags_are_tokens: <think> and
-    </think> are tokens of their own (Qwen3); otherwise text, which the thinking may not contain."""
+    </think> are tokens of their own (Qwen3); otherwise text, and the thinking ends at the first </think>."""
     if tags_are_tokens:
-        open_tag, close_tag, thought = THINK_OPEN, THINK_CLOSE, "/(.|\\n)*/"
-    else:
-        open_tag, close_tag, thought = json.dumps(THINK_OPEN), json.dumps(THINK_CLOSE), "THOUGHT"
-    block = f"{thought} {close_tag}" if starts_inside else f"({open_tag} {thought} {close_tag})?"
-    lines = [f"start: {block} /\\n*/ @answer"]
-    if not tags_are_tokens:  # any text that does not contain the closing tag
-        lines.append("THOUGHT: /(.|\\n)*/ & ~/(.|\\n)*<\\/think>(.|\\n)*/")
+        block = '/(.|\\n)*/ </think>' if starts_inside else '(<think> /(.|\\n)*/ </think>)?'
+        lines = [f"start: {block} /\\n*/ @answer"]
+    else:  # one lexeme up to the first </think>: the lexer would not end a free-text one before the tag
+        opening = "" if starts_inside else "<think>"
+        lines = [f"start: THOUGHT{'' if starts_inside else '?'} /\\n*/ @answer",
+                 f"THOUGHT: /{opening}(.|\\n)*<\\/think>/ & ~/{opening}(.|\\n)*<\\/think>(.|\\n)+/"]
     answer = json.loads(grammar)["grammars"] if grammar.lstrip().startswith("{") else [{"lark_grammar": grammar}]
     answer[0] = {**answer[0], "name": "answer"}
     return _check(json.dumps({"grammars": [{"name": "thinking", "lark_grammar": "\n".join(lines)}, *answer]}),

@@ -20,16 +20,21 @@ class ThinkingSplitter:
     def __init__(self, starts_inside: bool = False) -> None:
         self.state = "thinking" if starts_inside else "start"  # start -> thinking -> answer, or start -> answer
         self.held = ""
+        self.trim = starts_inside  # right after a tag: the newlines Qwen3 writes around its tags are not text
 
     def feed(self, piece: str) -> list[tuple[str, str]]:
         """The new pieces as (kind, text), kind "thinking" or "answer"."""
         text, out = self.held + piece, []
         self.held = ""
         while text:
+            if self.trim:  # the tag and the text after it may come as separate pieces
+                text = text.lstrip("\n")
+                self.trim = not text
+                continue
             if self.state == "start":
                 stripped = text.lstrip()
                 if stripped.startswith(OPEN):
-                    self.state, text = "thinking", stripped[len(OPEN):].lstrip("\n")
+                    self.state, self.trim, text = "thinking", True, stripped[len(OPEN):]
                 elif OPEN.startswith(stripped):  # may still become the opening tag
                     self.held = text
                     return out
@@ -38,12 +43,14 @@ class ThinkingSplitter:
             elif self.state == "thinking":
                 at = text.find(CLOSE)
                 if at >= 0:
-                    out.append(("thinking", text[:at]))
-                    self.state, text = "answer", text[at + len(CLOSE):].lstrip("\n")
+                    out.append(("thinking", text[:at].rstrip("\n")))
+                    self.state, self.trim, text = "answer", True, text[at + len(CLOSE):]
                     continue
                 hold = max((n for n in range(1, len(CLOSE)) if text.endswith(CLOSE[:n])), default=0)
-                out.append(("thinking", text[:len(text) - hold]))
-                self.held = text[len(text) - hold:]
+                body = text[:len(text) - hold]
+                shown = body.rstrip("\n")  # newlines wait: they may be the ones before </think>
+                out.append(("thinking", shown))
+                self.held = text[len(shown):]
                 return [(k, t) for k, t in out if t]
             else:
                 out.append(("answer", text))

@@ -1,0 +1,175 @@
+"""A model's thinking (issue 27) through the real server and the `openai` SDK: the scripted Qwen3-style model
+(tests/tiny_model.py thinking=True, tests/scripted_session.py "think" rules) writes <think>...</think> before its
+answer; the server sends it as reasoning_content, lets grammars through it, and renders the template's switch
+from chat_template_kwargs and reasoning_effort. A template without the switch refuses the effort by name."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import llguidance
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from api_helpers import fake_server_args, prompt_tokens, serve, user, validate
+from engine.constraint import Grammars, after_thinking, json_grammar
+
+MODEL = "fake-model"
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "weather in a city",
+                                              "parameters": {"type": "object",
+                                                             "properties": {"city": {"type": "string"}}}}}]
+CITY = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def thinking_dir(make_tiny):
+    return make_tiny(model_type="qwen3", thinking=True)
+
+
+@pytest.fixture(scope="module")
+def server(thinking_dir, tmp_path_factory):
+    with serve(fake_server_args(thinking_dir), tmp_path_factory.mktemp("thinking")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def plain_server(tiny_model_dir, tmp_path_factory):
+    """A template without <think> or a thinking switch (Qwen2.5's kind)."""
+    with serve(fake_server_args(tiny_model_dir), tmp_path_factory.mktemp("plain")) as s:
+        yield s
+
+
+def post(server, **body) -> httpx.Response:
+    return httpx.post(server.base_url + "/chat/completions", json={"model": MODEL, **body}, timeout=60)
+
+
+def ask(server, **body) -> dict:
+    r = post(server, **body)
+    assert r.status_code == 200, r.text
+    return validate(r.json(), "CreateChatCompletionResponse")["choices"][0]["message"]
+
+
+def test_thinking_is_split_from_the_answer(client, server) -> None:
+    msg = client.chat.completions.create(model=MODEL, messages=user("think")).choices[0].message
+    assert msg.content == "The answer is 4."
+    assert msg.reasoning_content.strip() == "Let me see."
+    raw = ask(server, messages=user("think"))
+    assert (raw["content"], raw["reasoning_content"].strip()) == ("The answer is 4.", "Let me see.")
+
+
+def test_streamed_thinking_comes_first_as_reasoning_content(client, server) -> None:
+    chunks = list(client.chat.completions.create(model=MODEL, messages=user("think"), stream=True))
+    kinds = []
+    for c in chunks:
+        validate(c.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+        delta = c.choices[0].delta
+        if getattr(delta, "reasoning_content", None):
+            kinds.append(("thinking", delta.reasoning_content))
+        if delta.content:
+            kinds.append(("answer", delta.content))
+    assert "".join(t for k, t in kinds if k == "thinking").strip() == "Let me see."
+    assert "".join(t for k, t in kinds if k == "answer") == "The answer is 4."
+    first_answer = [k for k, _ in kinds].index("answer")
+    assert all(k == "answer" for k, _ in kinds[first_answer:]) and first_answer > 0
+    assert "<think>" not in "".join(t for _, t in kinds) and "</think>" not in "".join(t for _, t in kinds)
+
+
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_a_call_after_thinking(client, choice) -> None:
+    r = client.chat.completions.create(model=MODEL, messages=user("think weather"), tools=WEATHER,
+                                       tool_choice=choice)
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in msg.tool_calls] == \
+        [("get_weather", {"city": "Paris"})]
+    assert msg.reasoning_content.strip() == "The weather needs a tool."
+    assert "<think>" not in (msg.content or "")
+
+
+def test_json_schema_applies_to_the_answer_after_thinking(client, server) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "trip", "schema": CITY, "strict": True}}
+    msg = client.chat.completions.create(model=MODEL, messages=user("think json"), response_format=fmt)
+    assert json.loads(msg.choices[0].message.content) == {"city": "Paris", "days": 3}
+    assert msg.choices[0].message.reasoning_content.strip() == "A city and some days."
+    raw = ask(server, messages=user("think json"), response_format={"type": "json_object"})
+    assert json.loads(raw["content"]) == {"city": "Paris", "days": 3} and raw["reasoning_content"]
+
+
+def test_gbnf_applies_to_the_answer_after_thinking(server) -> None:
+    msg = ask(server, messages=user("think"), grammar='root ::= "The answer is " [0-9] "."')
+    assert (msg["content"], msg["reasoning_content"].strip()) == ("The answer is 4.", "Let me see.")
+
+
+def test_enable_thinking_false_reaches_the_template(client, server) -> None:
+    r = client.chat.completions.create(model=MODEL, messages=user("think"),
+                                       extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    msg = r.choices[0].message
+    assert msg.content == "The answer is 4." and getattr(msg, "reasoning_content", None) is None
+    raw = ask(server, messages=user("think"), chat_template_kwargs={"enable_thinking": False})
+    assert "reasoning_content" not in raw
+    on = ask(server, messages=user("think"), chat_template_kwargs={"enable_thinking": True})
+    assert on["reasoning_content"].strip() == "Let me see."
+
+
+@pytest.mark.parametrize("effort, thinks", [("none", False), ("minimal", False), ("low", True), ("high", True)])
+def test_reasoning_effort_turns_the_switch(client, effort, thinks) -> None:
+    msg = client.chat.completions.create(model=MODEL, messages=user("think"), reasoning_effort=effort)
+    msg = msg.choices[0].message
+    assert msg.content == "The answer is 4."
+    assert (getattr(msg, "reasoning_content", None) is not None) == thinks
+
+
+def test_effort_against_its_own_template_kwargs_is_refused(server) -> None:
+    r = post(server, messages=user("think"), reasoning_effort="high",
+             chat_template_kwargs={"enable_thinking": False})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "reasoning_effort"
+    r = post(server, messages=user("think"), chat_template_kwargs={"add_generation_prompt": False})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs"
+
+
+def test_reasoning_effort_is_refused_without_a_switch(plain_server) -> None:
+    client = openai.OpenAI(base_url=plain_server.base_url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=user("think"), reasoning_effort="low")
+    assert e.value.body["param"] == "reasoning_effort" and "thinking switch" in e.value.body["message"]
+    validate(e.value.response.json(), "ErrorResponse")
+    # no switch, no <think> in the template: the model's text is all answer, tags and all
+    msg = client.chat.completions.create(model=MODEL, messages=user("think")).choices[0].message
+    assert msg.content.startswith("<think>") and getattr(msg, "reasoning_content", None) is None
+
+
+def test_earlier_thinking_is_left_out_of_the_prompt(server, plain_server, thinking_dir, tiny_model_dir) -> None:
+    said = [{"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "<think>\nA long thought.\n</think>\n\nHi."},
+            {"role": "user", "content": "think"}]
+    bare = [said[0], {"role": "assistant", "content": "Hi."}, said[2]]
+    for s, model_dir in ((server, thinking_dir), (plain_server, tiny_model_dir)):
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        r = post(s, messages=said, max_tokens=1)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == prompt_tokens(tokenizer, bare)
+
+
+def tokens_accepted(grammars: Grammars, grammar: str, text: str) -> bool:
+    matcher = llguidance.LLMatcher(grammars.tokenizer(), grammar, log_level=0)
+    ids = grammars.hf_tokenizer.encode(text, add_special_tokens=False)
+    return all(matcher.consume_token(i) for i in ids) and matcher.is_accepting()
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_grammar_after_thinking_with_tags_as_tokens_or_text(make_tiny, thinking) -> None:
+    """Qwen3's tokenizer has <think> tokens; another spells the tags out, and its thinking ends at the first
+    </think>. Both: the thinking is optional, the answer after it follows the grammar."""
+    tokenizer = AutoTokenizer.from_pretrained(str(make_tiny(model_type="qwen3", thinking=thinking)))
+    grammars = Grammars(tokenizer, [tokenizer.convert_tokens_to_ids("<|im_end|>")])
+    assert grammars.think_tags_are_tokens == thinking
+    g = after_thinking(json_grammar(CITY), tags_are_tokens=thinking)
+    assert tokens_accepted(grammars, g, '<think>\nA {thought}.\n</think>\n\n{"city": "Paris", "days": 3}')
+    assert tokens_accepted(grammars, g, '{"city": "Paris", "days": 3}')
+    assert not tokens_accepted(grammars, g, '<think>\nA thought.\n</think>\n\nParis, 3 days')
+    assert not tokens_accepted(grammars, g, '{"city": "Paris"}')
+    inside = after_thinking(json_grammar(CITY), starts_inside=True, tags_are_tokens=thinking)
+    assert tokens_accepted(grammars, inside, 'Still thinking.\n</think>\n\n{"city": "Paris", "days": 3}')
+    assert not tokens_accepted(grammars, inside, '{"city": "Paris", "days": 3}')
