@@ -18,6 +18,7 @@ from inference import SamplingParams
 from server.chat import Plan, _prompt, plan
 from server.errors import APIError
 from server.fields import check_fields
+from server.reasoning import EFFORT_THINKS, Thinking, thinking_for
 from server.responses_answer import ResponsesAnswer
 from server.responses_schema import (ITEMS, FunctionCallItem, FunctionCallOutputItem, MessageItem, Part,
                                      ResponsesRequest)
@@ -116,16 +117,17 @@ def _response_format(req: ResponsesRequest) -> dict | None:
     return {"type": "json_schema", "json_schema": {k: v for k, v in spec.items() if v is not None}}
 
 
-def _check_reasoning(req: ResponsesRequest) -> None:
-    """An effort asks to switch thinking on or off, which needs a template with that switch."""
-    if req.reasoning is not None and req.reasoning.effort is not None:
-        raise APIError(400, "reasoning: this model's chat template has no thinking switch; leave reasoning.effort "
-                            "out", param="reasoning", code="unsupported_parameter")
+def thinking(req: ResponsesRequest, ctx: Context) -> Thinking:
+    """reasoning.effort onto the chat template's thinking switch (a 400 naming `reasoning` where the template
+    has none); no effort leaves the template's default."""
+    effort = req.reasoning and req.reasoning.effort
+    # xhigh and max, which the chat door does not know, ask for more thinking still: on.
+    enable = None if effort is None else EFFORT_THINKS.get(effort, True)
+    return thinking_for(ctx, enable, "reasoning")
 
 
 def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
-    """The chat-completions request that asks what req asks."""
-    _check_reasoning(req)
+    """The chat-completions request that asks what req asks (but its thinking: see thinking())."""
     tools = [{"type": "function", "function": {k: v for k, v in
                                                {"name": t.name, "description": t.description,
                                                 "parameters": t.parameters}.items() if v is not None}}
@@ -177,7 +179,7 @@ class ResponsesServing:
 
         def prepare() -> tuple[Plan, list[int]]:
             try:
-                p = plan(chat_request(req), ctx)
+                p = plan(chat_request(req), ctx, thinking=thinking(req, ctx))
                 return p, _prompt(ctx, p)
             except APIError as e:
                 raise _renamed(e) from None

@@ -110,10 +110,14 @@ class ResponsesAnswer:
             if not (self.held + piece.text).strip():
                 self.held += piece.text
                 return []
-            piece = Piece("answer", self.held + piece.text)
-            self.held = ""
+            piece, self.held = Piece("answer", self._first_text(self.held + piece.text)), ""
             return self._start("message") + self._write("message", piece.text)
         return self._write("message", piece.text)
+
+    def _first_text(self, text: str) -> str:
+        """The start of the message: after a reasoning item, without the blank lines Qwen3 writes between
+        </think> and the answer."""
+        return text.lstrip("\n") if any(item["type"] == "reasoning" for item in self.output) else text
 
     def _calls(self, calls: list[ToolCall]) -> list[dict]:
         out = []
@@ -146,8 +150,8 @@ class ResponsesAnswer:
         out = [e for p in pieces for e in self._piece(p)]
         if delta.finish_reason:
             if not calls and not (self.open and self.open.kind == "message"):
-                out += self._start("message") + (self._write("message", self.held) if self.held else [])
-                self.held = ""
+                text, self.held = self._first_text(self.held), ""
+                out += self._start("message") + (self._write("message", text) if text else [])
             out += self._close("incomplete" if self._cut() else "completed") + self._calls(calls)
         return out
 

@@ -255,6 +255,57 @@ def test_metrics_count_responses_requests(client, server) -> None:
     assert 'endpoint="/v1/responses",status="200"' in text
 
 
+@pytest.fixture(scope="module")
+def thinking_client(make_tiny, tmp_path_factory):
+    """The scripted model behind a Qwen3-style template that has the enable_thinking switch."""
+    with serve(fake_server_args(make_tiny(thinking=True)), tmp_path_factory.mktemp("responses-think")) as s:
+        yield s, openai.OpenAI(base_url=s.base_url, api_key="unused", max_retries=0)
+
+
+@pytest.mark.parametrize("effort", ["high", None])  # None: the template's default, which thinks
+def test_thinking_is_a_reasoning_item_before_the_message(thinking_client, effort) -> None:
+    _, client = thinking_client
+    r = create(client, input="think", reasoning={"effort": effort})
+    reasoning, message = r.output
+    assert reasoning.type == "reasoning" and [c.text.strip() for c in reasoning.content] == ["Let me see."]
+    assert message.type == "message" and r.output_text == "The answer is 4."
+    assert 0 < r.usage.output_tokens_details.reasoning_tokens < r.usage.output_tokens
+    assert r.reasoning.effort == effort
+
+
+def test_effort_none_switches_thinking_off(thinking_client) -> None:
+    _, client = thinking_client
+    r = create(client, input="think", reasoning={"effort": "none"})
+    assert [o.type for o in r.output] == ["message"] and r.output_text == "The answer is 4."
+    assert r.usage.output_tokens_details.reasoning_tokens == 0
+
+
+def test_streamed_thinking_then_a_required_call(thinking_client) -> None:
+    server, _ = thinking_client
+    events = raw_events(server, input="think weather", tools=TOOLS, tool_choice="required",
+                        reasoning={"effort": "medium"})
+    kinds = [e["type"] for e in events]
+    deltas = kinds.count("response.reasoning_text.delta")
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.content_part.added", *["response.reasoning_text.delta"] * deltas,
+                     "response.reasoning_text.done", "response.content_part.done", "response.output_item.done",
+                     "response.output_item.added", "response.function_call_arguments.delta",
+                     "response.function_call_arguments.done", "response.output_item.done", "response.completed"]
+    reasoning, call = events[-1]["response"]["output"]
+    assert reasoning["content"][0]["text"].strip() == "The weather needs a tool."
+    assert call["name"] == "get_weather" and json.loads(call["arguments"]) == {"city": "Paris"}
+
+
+def test_thinking_before_a_json_schema_answer(thinking_client) -> None:
+    _, client = thinking_client
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+              "required": ["city", "days"], "additionalProperties": False}
+    r = create(client, input="think json", reasoning={"effort": "low"},
+               text={"format": {"type": "json_schema", "name": "trip", "schema": schema}})
+    assert [o.type for o in r.output] == ["reasoning", "message"]
+    assert json.loads(r.output_text) == {"city": "Paris", "days": 3}
+
+
 def _delta(text: str, reason: str | None = None) -> Delta:
     stats = GenerationStats(10, 5, 0, 0.1, 10.0, 10.0) if reason else None
     return Delta(text, 1, reason, stats)
