@@ -187,6 +187,7 @@ class ResponsesServing:
         p, ids = await ctx.prepare(prepare)
         job = Job([ids], p.params, asyncio.get_running_loop())
         tokenizer = ctx.inference.tokenizer
+        summary = bool(req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary))
         answer = ResponsesAnswer(response_head(req, ctx.model_name, p.params, req.model_extra or {}), p.reader(),
-                                 lambda text: len(tokenizer.encode(text, add_special_tokens=False)))
+                                 lambda text: len(tokenizer.encode(text, add_special_tokens=False)), summary)
         return await ctx.answer(job, answer, bool(req.stream), request)

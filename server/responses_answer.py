@@ -34,8 +34,8 @@ def _text_part(text: str) -> dict:
 class _Open:
     """The output item being written: a reasoning item or a message, with its text so far."""
 
-    def __init__(self, kind: str, index: int) -> None:
-        self.kind, self.index = kind, index
+    def __init__(self, kind: str, index: int, summary: bool = False) -> None:
+        self.kind, self.index, self.summary = kind, index, summary
         self.id = _id("rs" if kind == "reasoning" else "msg")
         self.text = ""
 
@@ -43,7 +43,8 @@ class _Open:
         done = status != "in_progress"
         if self.kind == "reasoning":
             content = [{"type": "reasoning_text", "text": self.text}] if done else []
-            return {"type": "reasoning", "id": self.id, "summary": [], "content": content, "status": status}
+            summary = [{"type": "summary_text", "text": self.text}] if done and self.summary else []
+            return {"type": "reasoning", "id": self.id, "summary": summary, "content": content, "status": status}
         content = [_text_part(self.text)] if done else []
         return {"type": "message", "id": self.id, "role": "assistant", "status": status, "content": content}
 
@@ -53,10 +54,12 @@ class _Open:
 
 class ResponsesAnswer:
     """head: the Response object's fields that echo the request (server/responses.py); reader: the choice's
-    ChoiceReader; count_tokens: the tokenizer's length of a text (for reasoning_tokens)."""
+    ChoiceReader; count_tokens: the tokenizer's length of a text (for reasoning_tokens); summary: the request
+    asked for a reasoning summary, which is the thinking itself (this model writes no shorter one)."""
 
-    def __init__(self, head: dict, reader: ChoiceReader, count_tokens: Callable[[str], int]) -> None:
-        self.head, self.reader, self.count_tokens = head, reader, count_tokens
+    def __init__(self, head: dict, reader: ChoiceReader, count_tokens: Callable[[str], int],
+                 summary: bool = False) -> None:
+        self.head, self.reader, self.count_tokens, self.summary = head, reader, count_tokens, summary
         self.output: list[dict] = []
         self.open: _Open | None = None
         self.held = ""  # answer text that is only whitespace so far: a message is opened for real text only
@@ -75,7 +78,7 @@ class ResponsesAnswer:
 
     def _start(self, kind: str) -> list[dict]:
         out = self._close("completed")
-        self.open = _Open(kind, len(self.output))
+        self.open = _Open(kind, len(self.output), self.summary)
         self.output.append(self.open.item("in_progress"))
         return out + [self._event("response.output_item.added", output_index=self.open.index,
                                   item=self.open.item("in_progress")),
@@ -89,8 +92,15 @@ class ResponsesAnswer:
         self.output[o.index] = o.item(status)
         done = (self._event("response.reasoning_text.done", **where, text=o.text) if o.kind == "reasoning"
                 else self._event("response.output_text.done", **where, text=o.text, logprobs=[]))
-        return [done, self._event("response.content_part.done", **where, part=o.part(o.text)),
-                self._event("response.output_item.done", output_index=o.index, item=o.item(status))]
+        out = [done, self._event("response.content_part.done", **where, part=o.part(o.text))]
+        if o.kind == "reasoning" and o.summary:
+            at = {"item_id": o.id, "output_index": o.index, "summary_index": 0}
+            part = {"type": "summary_text", "text": o.text}
+            out += [self._event("response.reasoning_summary_part.added", **at, part={**part, "text": ""}),
+                    self._event("response.reasoning_summary_text.delta", **at, delta=o.text),
+                    self._event("response.reasoning_summary_text.done", **at, text=o.text),
+                    self._event("response.reasoning_summary_part.done", **at, part=part)]
+        return out + [self._event("response.output_item.done", output_index=o.index, item=o.item(status))]
 
     def _write(self, kind: str, text: str) -> list[dict]:
         o = self.open

@@ -270,7 +270,21 @@ def test_thinking_is_a_reasoning_item_before_the_message(thinking_client, effort
     assert reasoning.type == "reasoning" and [c.text.strip() for c in reasoning.content] == ["Let me see."]
     assert message.type == "message" and r.output_text == "The answer is 4."
     assert 0 < r.usage.output_tokens_details.reasoning_tokens < r.usage.output_tokens
-    assert r.reasoning.effort == effort
+    assert r.reasoning.effort == effort and reasoning.summary == []
+
+
+def test_a_summary_asked_for_is_the_thinking(thinking_client) -> None:
+    server, client = thinking_client
+    r = create(client, input="think", reasoning={"effort": "high", "summary": "auto"})
+    assert [s.text for s in r.output[0].summary] == [c.text for c in r.output[0].content]
+    assert r.output[0].summary[0].text.strip() == "Let me see."
+    events = raw_events(server, input="think", reasoning={"effort": "high", "summary": "detailed"})
+    kinds = [e["type"] for e in events]
+    at = kinds.index("response.reasoning_summary_part.added")
+    assert kinds[at:at + 5] == ["response.reasoning_summary_part.added", "response.reasoning_summary_text.delta",
+                                "response.reasoning_summary_text.done", "response.reasoning_summary_part.done",
+                                "response.output_item.done"]
+    assert events[at + 2]["text"] == events[at + 4]["item"]["summary"][0]["text"]
 
 
 def test_effort_none_switches_thinking_off(thinking_client) -> None:
