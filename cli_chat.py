@@ -8,8 +8,10 @@ from config import add_model_args
 from core.errors import run_main
 from core.flags import ArgumentParser
 from inference import Inference, PromptTooLongError, SamplingParams, load_inference
+from server.reasoning import ThinkingSplitter, template_thinking
 
 COMMANDS_HELP = "Type a message and press Enter. 'clear' starts a new conversation; 'exit' or 'quit' ends."
+DIM, UNDIM = "\033[2m", "\033[0m"  # ANSI faint, then back to normal
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,8 +22,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class Reply:
+    """One answer as the terminal shows it: the model's thinking (when its template lets it think) first,
+    dimmed on a terminal, then the answer; only the answer goes back into the conversation, as the chat
+    templates expect."""
+
+    def __init__(self, thinks: bool, starts_inside: bool, dim: bool) -> None:
+        self.splitter = ThinkingSplitter(starts_inside) if thinks else None
+        self.dim = dim
+        self.after_thought = False  # thinking shown, no answer yet: the answer starts on a line of its own
+        self.answer: list[str] = []
+
+    def _show(self, parts: list[tuple[str, str]]) -> None:
+        for kind, text in parts:
+            if kind == "thinking":
+                print(DIM if self.dim and not self.after_thought else "", text, sep="", end="", flush=True)
+                self.after_thought = True
+                continue
+            self._end_thought()
+            print(text, end="", flush=True)
+            self.answer.append(text)
+
+    def _end_thought(self) -> None:
+        if self.after_thought:
+            print(UNDIM if self.dim else "", flush=True)
+            self.after_thought = False
+
+    def feed(self, text: str) -> None:
+        self._show(self.splitter.feed(text) if self.splitter else [("answer", text)])
+
+    def finish(self) -> str:
+        """The answer, once the model is done."""
+        if self.splitter:
+            self._show(self.splitter.finish())
+        if self.after_thought and self.dim:  # thinking to the end: the stats line is not dimmed
+            print(UNDIM, end="", flush=True)
+        return "".join(self.answer)
+
+
 def chat_loop(engine: Inference, params: SamplingParams, system_prompt: str) -> None:
     start = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    thinking = template_thinking(engine, None, "")  # the template's default: Qwen3 thinks
     history = list(start)
     interactive = sys.stdin.isatty()
     print(COMMANDS_HELP, flush=True)
@@ -53,17 +94,17 @@ def chat_loop(engine: Inference, params: SamplingParams, system_prompt: str) -> 
             print(f"(dropped the {dropped} oldest messages to fit the context)", flush=True)
         history = kept
         print("Assistant: ", end="", flush=True)
-        answer, stats, finish = [], None, None
+        reply, stats, finish = Reply(thinking.thinks, thinking.starts_inside, sys.stdout.isatty()), None, None
         try:
             for delta in engine.stream(ids, params):
-                print(delta.text, end="", flush=True)
-                answer.append(delta.text)
+                reply.feed(delta.text)
                 stats, finish = delta.stats or stats, delta.finish_reason or finish
         except KeyboardInterrupt:
+            reply.finish()  # the terminal leaves the dimmed thinking
             print("\n(interrupted)", flush=True)
             history.pop()
             continue
-        history.append({"role": "assistant", "content": "".join(answer)})
+        history.append({"role": "assistant", "content": reply.finish()})
         note = " [stopped: length limit]" if finish == "length" else ""
         drafts = f" | drafts kept {stats.draft_acceptance:.0%}" if stats.draft_acceptance is not None else ""
         print(f"\n[first token {stats.first_token_s:.2f}s | decode {stats.decode_tok_s:.1f} tok/s | "

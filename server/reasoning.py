@@ -1,15 +1,19 @@
-"""A model's thinking split from its answer. Qwen3 (and any template that uses `<think>`) writes its reasoning
-as `<think>...</think>` before the answer; a template may also open the `<think>` itself at the end of the
-prompt, so that the answer starts inside the thinking and only `</think>` shows. The splitter reads the text
-as it streams and hands out each piece as thinking or answer; a piece that may be the start of a tag waits."""
+"""A model's thinking: whether a request thinks, and the thinking split from the answer. Qwen3 (and any
+template that uses `<think>`) writes its reasoning as `<think>...</think>` before the answer; a template may
+also open the `<think>` itself at the end of the prompt, so that the answer starts inside the thinking and only
+`</think>` shows. The splitter reads the text as it streams and hands out each piece as thinking or answer; a
+piece that may be the start of a tag waits. thinking_for decides, per request, what the chat template is given
+and whether its answer is split: every door (and cli_chat.py) asks it."""
 from __future__ import annotations
 
 import inspect
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from inference import Inference
 from server.errors import APIError
-from server.serving import Context
+
+if TYPE_CHECKING:  # types only: the terminal chat uses this module without the server's machinery
+    from inference import Inference
+    from server.serving import Context
 
 OPEN, CLOSE = "<think>", "</think>"
 
@@ -112,19 +116,25 @@ def thinking_for(ctx: Context, enable: bool | None, param: str, template_kwargs:
     (None). A request that asks either way on a template without the switch is refused by name (400, param),
     as is one that asks what its template_kwargs contradict. template_kwargs: the chat door's
     chat_template_kwargs, passed to the template as they are."""
+    return template_thinking(ctx.inference, enable, param, template_kwargs)
+
+
+def template_thinking(inference: Inference, enable: bool | None, param: str,
+                      template_kwargs: dict | None = None) -> Thinking:
+    """thinking_for on the model itself, for what has no server Context (cli_chat.py)."""
     kwargs = dict(template_kwargs or {})
     if enable is not None:
-        if not has_switch(ctx.inference):
+        if not has_switch(inference):
             raise APIError(400, f"{param}: this model's chat template has no thinking switch ({SWITCH}); leave "
                                 f"{param} out", param=param, code="unsupported_parameter")
         if kwargs.get(SWITCH, enable) != enable:
             raise APIError(400, f"{param} asks for thinking {'on' if enable else 'off'}, chat_template_kwargs."
                                 f"{SWITCH} for the opposite", param=param, code="invalid_value")
         kwargs[SWITCH] = enable
-    if not any(tag in template_text(ctx.inference) for tag in (OPEN, CLOSE)):
+    if not any(tag in template_text(inference) for tag in (OPEN, CLOSE)):
         return Thinking(kwargs, False, False)  # the template knows nothing of thinking: neither can the answer
     try:
-        opened = _generation_prompt(ctx.inference, kwargs)
+        opened = _generation_prompt(inference, kwargs)
     except Exception:  # the template refuses the kwargs: the prompt's rendering says so, naming messages
         return Thinking(kwargs, True, False)
     if CLOSE in opened.split(OPEN)[-1] and OPEN in opened:  # thinking closed empty: turned off

@@ -4,7 +4,10 @@ answer; the server sends it as reasoning_content, lets grammars through it, and 
 from chat_template_kwargs and reasoning_effort. A template without the switch refuses the effort by name."""
 from __future__ import annotations
 
+import io
 import json
+import re
+import sys
 
 import httpx
 import llguidance
@@ -12,8 +15,11 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+import cli_chat
 from api_helpers import fake_server_args, prompt_tokens, serve, user, validate
 from engine.constraint import Grammars, after_thinking, json_grammar
+from inference import SamplingParams
+from scripted_session import scripted_inference
 
 MODEL = "fake-model"
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "weather in a city",
@@ -173,3 +179,26 @@ def test_grammar_after_thinking_with_tags_as_tokens_or_text(make_tiny, thinking)
     inside = after_thinking(json_grammar(CITY), starts_inside=True, tags_are_tokens=thinking)
     assert tokens_accepted(grammars, inside, 'Still thinking.\n</think>\n\n{"city": "Paris", "days": 3}')
     assert not tokens_accepted(grammars, inside, '{"city": "Paris", "days": 3}')
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_cli_chat_shows_thinking_dimmed_on_a_terminal(thinking_dir, monkeypatch, tty) -> None:
+    engine = scripted_inference(str(thinking_dir))
+    out = Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("think\nthink again\nexit\n"))
+    monkeypatch.setattr(sys, "stdout", out)
+    cli_chat.chat_loop(engine, SamplingParams.from_config(engine.config), "")
+    shown = out.getvalue()
+    thought = f"{cli_chat.DIM}Let me see.{cli_chat.UNDIM}" if tty else "Let me see."
+    assert shown.count(f"Assistant: {thought}\nThe answer is 4.\n[first token") == 2, shown
+    assert (cli_chat.DIM in shown) == tty
+    # the second turn's prompt holds the first answer without its thinking
+    said = [{"role": "user", "content": "think"}, {"role": "assistant", "content": "The answer is 4."},
+            {"role": "user", "content": "think again"}]
+    tokens = int(re.findall(r"(\d+) prompt tokens", shown)[1])
+    assert tokens == prompt_tokens(engine.tokenizer, said)
