@@ -7,6 +7,7 @@ refused by server/fields.py."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 
@@ -27,8 +28,11 @@ from server.serving import Context
 from server.worker import Job
 
 ENDPOINT = "/v1/responses"
-# Chat fields the planning names in its errors, and the Responses fields the client sent them as.
-RENAMED = {"max_completion_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
+# Chat fields the planning names in its errors, and the Responses fields the client sent them as (the
+# longer name first: it is the one to rename when both match).
+RENAMED = {"max_completion_tokens": "max_output_tokens", "response_format.json_schema": "text.format",
+           "response_format": "text.format", "messages": "input"}
+CHAT_TOOL = re.compile(r"tools\[(\d+)\]\.function\.")  # a chat tool's fields sit under `function`
 TEXT_PARTS = ("input_text", "output_text", "text")
 
 
@@ -39,7 +43,7 @@ def _renamed(e: APIError) -> APIError:
             param = ours + param[len(chat):]
         if chat != "messages":  # "messages" in a sentence still means the conversation's messages
             message = message.replace(chat, ours)
-    return APIError(e.status, message, e.code, param, e.type)
+    return APIError(e.status, CHAT_TOOL.sub(r"tools[\1].", message), e.code, param, e.type)
 
 
 def _item(raw: dict, i: int) -> object:

@@ -243,6 +243,20 @@ def test_refusals_name_the_param(client, server, body, param) -> None:
     validate(raw.json(), "ErrorResponse")
 
 
+@pytest.mark.parametrize("body, param, fragment", [
+    ({"text": {"format": {"type": "json_schema", "name": "bad", "schema": {"type": "frobnicate"}}}},
+     "text.format", "text.format"),
+    ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "frobnicate"}}], "tool_choice": "required"},
+     "tools", "tools[0].parameters"),
+])
+def test_a_constraint_that_cannot_compile_is_named_in_responses_terms(server, body, param, fragment) -> None:
+    r = httpx.post(server.base_url + "/responses", json={"model": MODEL, "input": "hi", **body}, timeout=60)
+    assert r.status_code == 400, r.text
+    error = validate(r.json(), "ErrorResponse")["error"]
+    assert error["param"] == param and fragment in error["message"]
+    assert "response_format" not in error["message"] and "function." not in error["message"]
+
+
 def test_an_unknown_model_is_a_404(client) -> None:
     with pytest.raises(openai.NotFoundError) as e:
         client.responses.create(model="gpt-nothing", input="hello")
