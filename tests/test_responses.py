@@ -217,8 +217,11 @@ def test_max_output_tokens_cuts_an_incomplete_response(client, server) -> None:
     assert events[-2]["item"]["status"] == "incomplete"
 
 
-def test_store_false_is_accepted(client) -> None:
-    assert create(client, input="hello", store=False).store is False
+def test_documented_no_ops_are_accepted(client) -> None:
+    r = create(client, input="hello", store=False, metadata={"team": "a"}, user="u-1", service_tier="auto",
+               truncation="disabled", prompt_cache_key="k")
+    assert r.store is False and r.metadata == {"team": "a"} and r.truncation == "disabled"
+    assert r.output_text == "You said: hello"
 
 
 @pytest.mark.parametrize("body, param", [
