@@ -26,7 +26,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None,
-           required: bool = False, flag: bool = True, show_default: bool = True, bare: Any = None, positional: bool = False) -> Any:
+           required: bool = False, flag: bool = True, show_default: bool = True, bare: Any = None,
+           positional: bool = False) -> Any:
     """A dataclass field that is also a command-line flag."""
     meta = {"help": help, "choices": choices, "required": required, "flag": flag, "show_default": show_default,
             "bare": bare, "positional": positional}
