@@ -68,10 +68,14 @@ def _text(content: str | list[Part], where: str) -> str:
         return content
     out = []
     for j, part in enumerate(content):
-        text = part.refusal if part.type == "refusal" else part.text if part.type in TEXT_PARTS else None
-        if text is None:
+        if part.type not in TEXT_PARTS + ("refusal",):
             raise APIError(400, f"{where}.{j}: content part type '{part.type[:40]}' is not supported; this model "
                                 "reads text only", param=f"{where}.{j}", code="invalid_value")
+        text = part.refusal if part.type == "refusal" else part.text
+        if text is None:
+            field = "refusal" if part.type == "refusal" else "text"
+            raise APIError(400, f"{where}.{j}: a '{part.type}' part needs its '{field}'", param=f"{where}.{j}.{field}",
+                           code="missing_required_parameter")
         out.append(text)
     return "\n".join(out)
 

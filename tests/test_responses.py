@@ -232,6 +232,7 @@ def test_documented_no_ops_are_accepted(client) -> None:
     ({"frequency_penalty": 1.0}, "frequency_penalty"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0.type"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input.0.content.0"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input.0.content.0.text"),
     ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
     ({"max_output_tokens": 10 ** 6}, "max_output_tokens"),
     ({"text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}, "text.format.name"),
