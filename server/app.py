@@ -1,5 +1,6 @@
 """The FastAPI application: the routes, the guards in front of them, and the lifespan of the model thread.
-Each door (server/chat.py, server/completions.py) turns its own wire format into jobs for the one worker."""
+Each door (server/chat.py, server/completions.py, server/responses.py) turns its own wire format into jobs for
+the one worker."""
 from __future__ import annotations
 
 import asyncio
