@@ -67,6 +67,14 @@ def key_server(tiny_model_dir, tmp_path_factory):
         yield s
 
 
+@pytest.fixture(scope="module")
+def thinking_server(make_tiny, tmp_path_factory):
+    """The scripted model behind a Qwen3-style template: its "think" answers open with <think>...</think>."""
+    model_dir = make_tiny(model_type="qwen3", thinking=True)
+    with serve(fake_server_args(model_dir), tmp_path_factory.mktemp("web-thinking")) as s:
+        yield s
+
+
 def open_page(driver: WebDriver, url: str) -> None:
     """The page at url with nothing remembered from an earlier test."""
     driver.get(url + "/")
@@ -239,6 +247,32 @@ def test_model_output_is_shown_as_text_and_never_run(browser, server) -> None:
     WebDriverWait(browser, WAIT_S).until(lambda d: len(css(d, "#log .msg")) == 2)
     assert body_text(css(browser, "#log .msg.assistant")[-1]) == HOSTILE.replace("**", "")
     assert browser.execute_script("return window.__pwned") is None
+
+
+def test_thinking_is_shown_folded_above_the_answer(browser, thinking_server) -> None:
+    open_page(browser, thinking_server.url)
+    ask(browser, "think")
+    answer = wait_answered(browser)
+    (box,) = answer.find_elements(By.CSS_SELECTOR, "details.thinking")
+    thought = box.find_element(By.CSS_SELECTOR, ".thought")
+    assert box.get_attribute("open") is None and not thought.is_displayed()
+    assert box.find_element(By.CSS_SELECTOR, "summary").text == "Thinking"
+    assert thought.get_attribute("textContent") == "Let me see." and body_text(answer) == "The answer is 4."
+    box.find_element(By.CSS_SELECTOR, "summary").click()
+    assert box.get_attribute("open") is not None and thought.is_displayed()
+
+    browser.refresh()  # kept with the conversation, folded again
+    WebDriverWait(browser, WAIT_S).until(lambda d: len(css(d, "#log .msg")) == 2)
+    (box,) = css(browser, "#log .msg.assistant details.thinking")
+    assert box.get_attribute("open") is None
+    record_requests(browser)
+    ask(browser, "hello")  # the thinking is not sent back
+    assert body_text(wait_answered(browser)) == "You said: hello"
+    (sent,) = sent_bodies(browser)
+    assert sent["messages"][1:] == [{"role": "user", "content": "think"},
+                                    {"role": "assistant", "content": "The answer is 4."},
+                                    {"role": "user", "content": "hello"}]
+    assert not css(browser, "#log .msg.assistant")[-1].find_elements(By.CSS_SELECTOR, "details.thinking")
 
 
 def test_code_blocks_are_code_with_a_copy_button(browser, server) -> None:

@@ -21,7 +21,8 @@ function load() {
     const saved = JSON.parse(localStorage.getItem(STORE) || "null");
     if (saved && Array.isArray(saved.messages)) {
       const messages = saved.messages.filter((m) => (m.role === "user" || m.role === "assistant") &&
-                                                    typeof m.content === "string");
+                                                    typeof m.content === "string")
+        .map((m) => (typeof m.thinking === "string" ? m : { ...m, thinking: "" }));
       return { ...fresh, ...saved, messages };
     }
   } catch {
@@ -90,6 +91,24 @@ async function checkServer() {
   if (!running) say("");
 }
 
+/** The model's thinking (reasoning_content) above its answer, folded away in a <details> the reader may
+ * open; made on the first piece of thinking, rendered as text like the answer. */
+function showThinking(el, text) {
+  if (!text) return;
+  let box = el.querySelector(".thinking");
+  if (!box) {
+    box = document.createElement("details");
+    box.className = "thinking";
+    const summary = document.createElement("summary");
+    summary.textContent = "Thinking";
+    const thought = document.createElement("div");
+    thought.className = "thought";
+    box.append(summary, thought);
+    el.querySelector(".body").before(box);
+  }
+  renderInto(box.querySelector(".thought"), text);
+}
+
 function messageElement(message) {
   const el = document.createElement("article");
   el.className = `msg ${message.role}`;
@@ -103,6 +122,7 @@ function messageElement(message) {
   meta.className = "meta";
   meta.textContent = message.line || "";
   el.append(who, body, meta);
+  showThinking(el, message.thinking);
   return el;
 }
 
@@ -199,7 +219,7 @@ function busy(on) {
 async function send(text) {
   if (running || !text.trim()) return;
   const user = { role: "user", content: text };
-  const answer = { role: "assistant", content: "", line: "" };
+  const answer = { role: "assistant", content: "", thinking: "", line: "" };
   const turns = state.messages; // "New chat" during the answer replaces it: this turn then goes nowhere
   if (!turns.length) ui.log.replaceChildren();
   turns.push(user);
@@ -222,6 +242,7 @@ async function send(text) {
     frame = 0;
     const follow = nearBottom();
     renderInto(body, answer.content);
+    showThinking(answerEl, answer.thinking);
     if (follow) scrollDown();
   };
   const run = { started: performance.now(), first: null, ended: 0, usage: null, finish: null, stopped: false };
@@ -247,10 +268,12 @@ async function send(text) {
         break;
       }
       const choice = event.choices && event.choices[0];
-      const piece = choice && choice.delta && choice.delta.content;
-      if (piece) {
+      const delta = (choice && choice.delta) || {};
+      // The thinking is shown but never sent back: request() sends each turn's content only.
+      for (const [field, piece] of [["thinking", delta.reasoning_content], ["content", delta.content]]) {
+        if (!piece) continue;
         if (run.first === null) run.first = performance.now();
-        answer.content += piece;
+        answer[field] += piece;
         if (!frame) frame = requestAnimationFrame(draw);
       }
       if (choice && choice.finish_reason) run.finish = choice.finish_reason;
@@ -269,7 +292,7 @@ async function send(text) {
       answerEl.querySelector(".meta").textContent = answer.line;
       answerEl.classList.remove("streaming");
       answerEl.removeAttribute("aria-busy");
-      if (answer.content) turns.push(answer);
+      if (answer.content || answer.thinking) turns.push(answer);
       else answerEl.remove();
       save();
     }
