@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 import openai
+import pydantic
 import pytest
 from transformers import AutoTokenizer
 
@@ -201,6 +202,17 @@ def test_text_format_json_schema_gives_exactly_its_keys(client) -> None:
     assert set(answer) == {"name", "age"}
     jsonschema.validate(answer, SCHEMAS["flat"])
     assert r.text.format.type == "json_schema" and r.text.format.name == "person"
+
+
+class Trip(pydantic.BaseModel):
+    city: str
+    days: int
+
+
+def test_the_sdk_parses_a_pydantic_text_format(client) -> None:
+    r = client.responses.parse(model=MODEL, input="json object", text_format=Trip)
+    assert r.output_parsed == Trip(city="Paris", days=3)
+    assert r.text.format.type == "json_schema" and r.text.format.name == "Trip"
 
 
 def test_text_format_json_object_gives_an_object(client) -> None:
