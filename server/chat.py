@@ -136,14 +136,15 @@ def plan(req: ChatCompletionRequest, ctx: Context, check_grammar: bool = True,
     if text is not None:
         param = "grammar" if req.grammar is not None else "tools" if isinstance(mode, Tools) else "response_format"
         params.processors = params.processors + [ctx.constraint(text, param, check_grammar)]
-    return Plan(drop_thinking(mode.messages(req.messages), ctx.inference), mode, params, thinking.thinks,
-                thinking.starts_inside, thinking.template_kwargs)
+    return Plan(mode.messages(req.messages), mode, params, thinking.thinks, thinking.starts_inside,
+                thinking.template_kwargs)
 
 
 def _prompt(ctx: Context, p: Plan) -> list[int]:
-    """The prompt's token ids: the chat template, then the tokenizer."""
+    """The prompt's token ids: the chat template (earlier turns without their thinking), then the tokenizer."""
     try:
-        ids = ctx.inference.apply_chat_template(p.messages, p.mode.tools, p.template_kwargs)
+        ids = ctx.inference.apply_chat_template(drop_thinking(p.messages, ctx.inference), p.mode.tools,
+                                                p.template_kwargs)
     except Exception as e:  # the template rejects what the messages ask for: the client's problem
         raise APIError(400, f"The messages cannot be rendered with this model's chat template: {e}",
                        param="messages") from None

@@ -11,6 +11,7 @@ from engine.constraint import Grammars
 from inference import SamplingParams
 from server.chat import plan
 from server.errors import APIError
+from server.reasoning import Thinking
 from server.schema import ChatCompletionRequest
 from server.toolcall import parse_tool_calls, react
 from server.toolcall.stream import ReactStream, ToolStream
@@ -152,7 +153,8 @@ def planned(**body):
     grammars = Grammars(None, [])
     ctx = SimpleNamespace(base=SamplingParams(max_new_tokens=16), max_output=16, vocab_size=32, grammars=grammars,
                           constraint=lambda text, param, check: grammars.constraint(text))
-    return plan(req, ctx, check_grammar=False)
+    # No template either: the model cannot think (the thinking is tests/test_thinking.py's).
+    return plan(req, ctx, check_grammar=False, thinking=Thinking({}, thinks=False, starts_inside=False))
 
 
 def read(mode, text: str) -> tuple[str, list]:
