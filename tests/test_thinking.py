@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import sys
 
 import httpx
@@ -20,6 +21,10 @@ from api_helpers import fake_server_args, prompt_tokens, serve, user, validate
 from engine.constraint import Grammars, after_thinking, json_grammar
 from inference import SamplingParams
 from scripted_session import scripted_inference
+from server.chat import plan
+from server.reasoning import Thinking, ThinkingSplitter, thinking_for
+from server.schema import ChatCompletionRequest
+from server.serving import Context
 
 MODEL = "fake-model"
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "weather in a city",
@@ -202,3 +207,56 @@ def test_cli_chat_shows_thinking_dimmed_on_a_terminal(thinking_dir, monkeypatch,
             {"role": "user", "content": "think again"}]
     tokens = int(re.findall(r"(\d+) prompt tokens", shown)[1])
     assert tokens == prompt_tokens(engine.tokenizer, said)
+
+
+@pytest.fixture(scope="module")
+def opening_dir(thinking_dir, tmp_path_factory):
+    """The thinking model with a template that opens the <think> itself unless thinking is off (as QwQ and
+    DeepSeek-R1's templates end their prompts)."""
+    out = tmp_path_factory.mktemp("opening") / "model"
+    shutil.copytree(thinking_dir, out)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    template = config.get("chat_template") or (out / "chat_template.jinja").read_text()
+    opened = template.replace("{{- '<think>\\n\\n</think>\\n\\n' -}}\n    {%- endif -%}",
+                              "{{- '<think>\\n\\n</think>\\n\\n' -}}\n    {%- else -%}{{- '<think>\\n' -}}\n"
+                              "    {%- endif -%}")
+    assert opened != template
+    if "chat_template" in config:
+        config["chat_template"] = opened
+        (out / "tokenizer_config.json").write_text(json.dumps(config))
+    else:
+        (out / "chat_template.jinja").write_text(opened)
+    return out
+
+
+def test_a_prompt_that_opens_the_thinking_starts_inside(opening_dir, thinking_dir) -> None:
+    ctx = Context.create(scripted_inference(str(opening_dir)), None, MODEL)
+    assert thinking_for(ctx, None, "thinking") == Thinking({}, thinks=True, starts_inside=True)
+    assert thinking_for(ctx, True, "thinking") == Thinking({"enable_thinking": True}, True, True)
+    assert thinking_for(ctx, False, "thinking") == Thinking({"enable_thinking": False}, False, False)
+    req = ChatCompletionRequest.model_validate({"messages": user("think json"),
+                                                "response_format": {"type": "json_object"}})
+    p = plan(req, ctx)
+    assert (p.thinks, p.starts_inside) == (True, True)
+    (constraint,) = p.params.processors
+    assert tokens_accepted(ctx.grammars, constraint.grammar, 'Hm.\n</think>\n\n{"city": "Paris"}')
+    assert not tokens_accepted(ctx.grammars, constraint.grammar, '{"city": "Paris"}')
+    reader = p.reader()
+    pieces = reader.feed("\nHm, a city.\n</think>\n\n{}") + reader.finish()[0]
+    assert [(x.kind, x.text) for x in pieces] == [("thinking", "Hm, a city."), ("answer", "{}")]
+    # the Qwen3-style template leaves the opening to the model
+    plain = Context.create(scripted_inference(str(thinking_dir)), None, MODEL)
+    assert thinking_for(plain, None, "thinking") == Thinking({}, thinks=True, starts_inside=False)
+
+
+@pytest.mark.parametrize("starts_inside", [False, True])
+def test_the_split_is_the_same_however_the_text_is_cut(starts_inside) -> None:
+    text = "Let me see.\n\nTwo lines.\n</think>\n\nThe answer\n\nis 4."
+    text = text if starts_inside else "<think>\n" + text
+    for size in (1, 2, 3, 7, len(text)):
+        splitter = ThinkingSplitter(starts_inside)
+        parts = [p for at in range(0, len(text), size) for p in splitter.feed(text[at:at + size])]
+        parts += splitter.finish()
+        assert "".join(t for k, t in parts if k == "thinking") == "Let me see.\n\nTwo lines.", size
+        assert "".join(t for k, t in parts if k == "answer") == "The answer\n\nis 4.", size
+    assert ThinkingSplitter().feed("Plain <think> later") == [("answer", "Plain <think> later")]
