@@ -69,8 +69,10 @@ class ThinkingSplitter:
         return [("thinking" if self.state == "thinking" else "answer", held)]
 
 
-# What the request asks of the template's thinking switch; None: the template's default.
-EFFORT_THINKS = {"none": False, "minimal": False, "low": True, "medium": True, "high": True}
+# OpenAI's reasoning efforts (its ReasoningEffort schema) as the template's thinking switch, which has only
+# off and on.
+EFFORT_THINKS = {"none": False, "minimal": False, "low": True, "medium": True, "high": True, "xhigh": True,
+                 "max": True}
 SWITCH = "enable_thinking"  # Qwen3's variable: false makes the generation prompt close an empty <think></think>
 PROBE = [{"role": "user", "content": "?"}]
 

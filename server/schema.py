@@ -142,7 +142,7 @@ class ChatCompletionRequest(Sampling):
     # The thinking (server/reasoning.py): vLLM's template variables, and OpenAI's effort mapped onto the
     # template's thinking switch.
     chat_template_kwargs: dict[str, Any] | None = None
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
 
 
 class CompletionRequest(Sampling):

@@ -124,7 +124,8 @@ def test_enable_thinking_false_reaches_the_template(client, server) -> None:
     assert on["reasoning_content"].strip() == "Let me see."
 
 
-@pytest.mark.parametrize("effort, thinks", [("none", False), ("minimal", False), ("low", True), ("high", True)])
+@pytest.mark.parametrize("effort, thinks", [("none", False), ("minimal", False), ("low", True), ("high", True),
+                                           ("max", True)])
 def test_reasoning_effort_turns_the_switch(client, effort, thinks) -> None:
     msg = client.chat.completions.create(model=MODEL, messages=user("think"), reasoning_effort=effort)
     msg = msg.choices[0].message
