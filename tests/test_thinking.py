@@ -17,7 +17,7 @@ import pytest
 from transformers import AutoTokenizer
 
 import cli_chat
-from api_helpers import fake_server_args, prompt_tokens, serve, user, validate
+from api_helpers import fake_server_args, prompt_tokens, serve, sse_chunks, user, validate
 from engine.constraint import Grammars, after_thinking, json_grammar
 from inference import SamplingParams
 from scripted_session import scripted_inference
@@ -97,6 +97,22 @@ def test_a_call_after_thinking(client, choice) -> None:
         [("get_weather", {"city": "Paris"})]
     assert msg.reasoning_content.strip() == "The weather needs a tool."
     assert "<think>" not in (msg.content or "")
+
+
+def test_a_streamed_call_after_thinking(server) -> None:
+    r = post(server, messages=user("think weather"), tools=WEATHER, stream=True)
+    assert r.status_code == 200, r.text
+    chunks = sse_chunks(r.text)
+    assert chunks.pop() == "[DONE]"
+    deltas = [validate(c, "CreateChatCompletionStreamResponse")["choices"][0]["delta"] for c in chunks]
+    thought = "".join(d.get("reasoning_content", "") for d in deltas)
+    calls = [c for d in deltas for c in d.get("tool_calls", [])]
+    assert thought == "The weather needs a tool." and not "".join(d.get("content") or "" for d in deltas)
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == \
+        [("get_weather", {"city": "Paris"})]
+    first_call = next(i for i, d in enumerate(deltas) if d.get("tool_calls"))
+    assert all("reasoning_content" not in d for d in deltas[first_call:])
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
 def test_json_schema_applies_to_the_answer_after_thinking(client, server) -> None:
