@@ -1,5 +1,6 @@
-"""OpenAI's chat messages as a chat template takes them: text parts joined, `developer` as `system`, and
-every earlier call (tool_calls, or a legacy function_call) rendered back with its arguments as an object."""
+"""OpenAI's chat messages as a chat template takes them: text parts joined, `developer` as `system`, every
+earlier call (tool_calls, or a legacy function_call) rendered back with its arguments as an object, and an
+assistant turn's reasoning_content passed on for the template to keep or drop."""
 from __future__ import annotations
 
 import json
@@ -48,5 +49,7 @@ def template_messages(msgs: list[ChatMessage]) -> list[dict]:
                                for f in fns]
         if m.name and role == "tool":
             d["name"] = m.name
+        if m.reasoning_content and role == "assistant":  # Qwen3's template keeps it within the current question
+            d["reasoning_content"] = m.reasoning_content
         out.append(d)
     return out

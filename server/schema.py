@@ -43,6 +43,7 @@ class ChatMessage(Lenient):
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
     function_call: FunctionCallIn | None = None
+    reasoning_content: str | None = None  # an assistant turn's thinking, sent back as vLLM returned it
 
 
 class FunctionDef(Lenient):

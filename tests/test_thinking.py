@@ -180,6 +180,31 @@ def test_earlier_thinking_is_left_out_of_the_prompt(server, plain_server, thinki
         assert r.json()["usage"]["prompt_tokens"] == prompt_tokens(tokenizer, bare)
 
 
+def test_reasoning_content_sent_back_reaches_the_template(server, thinking_dir) -> None:
+    """Qwen3's template keeps the thinking of the current question's tool-calling turns and drops the older."""
+    tokenizer = AutoTokenizer.from_pretrained(str(thinking_dir), local_files_only=True)
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    sent = [{"role": "user", "content": "think weather"},
+            {"role": "assistant", "content": None, "tool_calls": [call], "reasoning_content": "Needs a tool."},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    rendered = [{"role": "user", "content": "think weather"},
+                {"role": "assistant", "content": "", "reasoning_content": "Needs a tool.",
+                 "tool_calls": [{"type": "function",
+                                 "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                {"role": "tool", "content": "sunny"}]
+    assert "Needs a tool." in tokenizer.apply_chat_template(rendered, tools=WEATHER, tokenize=False)
+    r = post(server, messages=sent, tools=WEATHER, max_tokens=1)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == prompt_tokens(tokenizer, rendered, WEATHER)
+    older = [{"role": "user", "content": "hello"},
+             {"role": "assistant", "content": "Hi.", "reasoning_content": "An old thought."},
+             {"role": "user", "content": "think"}]
+    r = post(server, messages=older, max_tokens=1)
+    assert r.json()["usage"]["prompt_tokens"] == prompt_tokens(tokenizer, older) == \
+        prompt_tokens(tokenizer, [older[0], {"role": "assistant", "content": "Hi."}, older[2]])
+
+
 def tokens_accepted(grammars: Grammars, grammar: str, text: str) -> bool:
     matcher = llguidance.LLMatcher(grammars.tokenizer(), grammar, log_level=0)
     ids = grammars.hf_tokenizer.encode(text, add_special_tokens=False)

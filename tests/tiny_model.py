@@ -99,7 +99,8 @@ CHAT_TEMPLATE = """\
 # Qwen3's thinking, as its model card and template describe it: the model opens its answer with
 # <think>...</think> by itself; enable_thinking=false makes the generation prompt close an empty block, so
 # that it answers at once; an assistant turn before the last user message is rendered without its thinking
-# (what follows its last </think>), a later one (a tool-calling turn of the current question) keeps it.
+# (what follows its last </think>), a later one (a tool-calling turn of the current question) keeps it,
+# taken from its reasoning_content or from the <think> in its content.
 THINKING_TEMPLATE = CHAT_TEMPLATE.replace("""\
 {%- for message in rest -%}
     {%- set role = message['role'] -%}""", """\
@@ -109,11 +110,12 @@ THINKING_TEMPLATE = CHAT_TEMPLATE.replace("""\
 {%- endfor -%}
 {%- for message in rest -%}
     {%- set role = message['role'] -%}
-    {%- if role == 'assistant' and '</think>' in (message['content'] or '') -%}
-        {%- set parts = message['content'].split('</think>') -%}
-        {%- set thought = parts[0].split('<think>')[-1].strip('\\n') -%}
+    {%- set said = message['reasoning_content'] is string -%}
+    {%- if role == 'assistant' and (said or '</think>' in (message['content'] or '')) -%}
+        {%- set parts = (message['content'] or '').split('</think>') -%}
+        {%- set thought = (message['reasoning_content'] if said else parts[0].split('<think>')[-1]).strip('\\n') -%}
         {%- set answer = parts[-1].lstrip('\\n') -%}
-        {%- if loop.index0 > ns.last_user -%}
+        {%- if loop.index0 > ns.last_user and thought -%}
             {%- set answer = '<think>\\n' + thought + '\\n</think>\\n\\n' + answer -%}
         {%- endif -%}
         {%- set message = {'role': role, 'content': answer, 'tool_calls': message['tool_calls']} -%}
