@@ -166,7 +166,7 @@ class AclSession(MultiRowSession):
             raise UserError(f"{self.om_path} was compiled for batch {min(batches)} (onnx2om.py --max_batch), this "
                             f"run asks for --max_batch {self.rows}: pass --max_batch {min(batches)}")
         self.width, self.head_dim = shapes["past_key_values"][2:]
-        want = (c.shape.num_hidden_layers * 2 * c.shape.num_key_value_heads, c.shape.head_dim)
+        want = (c.shape.cache_width, c.shape.head_dim)
         if (self.width, self.head_dim) != want:
             raise UserError(f"{self.om_path}: its cache rows are {self.width} x {self.head_dim}, the model in "
                             f"--hf_model_dir needs {want[0]} x {want[1]}: --hf_model_dir does not belong to it")

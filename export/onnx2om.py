@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 from export.check_ops import unlisted_ops
-from core.contract import PRODUCER, ModelShape, mismatches, read_meta
+from core.contract import PRODUCER, ModelShape, cache_width, mismatches, read_meta
 from core.errors import UserError, run_main
 from core.flags import ArgumentParser
 
@@ -92,7 +92,7 @@ def profiles(max_prefill_length: int, kv_len: int, batch: int = 1) -> list[tuple
 
 
 def input_shape(batch: str, s: dict[str, int], static: bool) -> str:
-    kv, width = s["kv_cache_length"], s["num_hidden_layers"] * 2 * s["num_key_value_heads"]
+    kv, width = s["kv_cache_length"], cache_width(s["num_hidden_layers"], s["num_key_value_heads"])
     seq, total, past = ("1", str(kv + 1), str(kv)) if static else ("-1", "-1", "-1")
     return (f"input_ids:{batch},{seq};attention_mask:{batch},{total};position_ids:{batch},{seq};"
             f"past_key_values:{batch},{past},{width},{s['head_dim']}")

@@ -180,8 +180,9 @@ def test_help_explains_the_steps_and_the_report():
 
 
 def test_make_npu_check_runs_the_script_on_the_model_dir():
-    r = subprocess.run(["make", "-n", "npu-check", "NPU_CHECK_ARGS=--skip_model"], capture_output=True, text=True,
-                       timeout=60, cwd=ROOT)
+    # --no-print-directory: under a make (make test) the nested one would print "Leaving directory" last
+    r = subprocess.run(["make", "--no-print-directory", "-n", "npu-check", "NPU_CHECK_ARGS=--skip_model"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip().splitlines()[-1]
     assert "board/npu_check.py --hf_model_dir download/Qwen2.5-Coder-0.5B-Instruct --skip_model" in line
