@@ -19,8 +19,8 @@ class Piece:
 
 
 class ChoiceReader:
-    """thinks: the model may open with <think>...</think> (None: it cannot); starts_inside: the prompt ended
-    inside a <think> the template opened."""
+    """thinks: the model may open with <think>...</think> (False: it cannot, and its text is all answer);
+    starts_inside: the prompt ended inside a <think> the template opened."""
 
     def __init__(self, mode: Mode, thinks: bool = False, starts_inside: bool = False) -> None:
         self.markup = MarkupFilter()

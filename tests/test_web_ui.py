@@ -260,6 +260,7 @@ def test_thinking_is_shown_folded_above_the_answer(browser, thinking_server) -> 
     assert thought.get_attribute("textContent") == "Let me see." and body_text(answer) == "The answer is 4."
     box.find_element(By.CSS_SELECTOR, "summary").click()
     assert box.get_attribute("open") is not None and thought.is_displayed()
+    assert axe_violations(browser) == []  # the box, open, keeps the page's contrast and names
 
     browser.refresh()  # kept with the conversation, folded again
     WebDriverWait(browser, WAIT_S).until(lambda d: len(css(d, "#log .msg")) == 2)
