@@ -114,8 +114,8 @@ def inject(stage: str, engine: Inference, monkeypatch, armed: threading.Event) -
         monkeypatch.setattr(engine.tokenizer, "encode", lambda text, *a, **k: hit(POISON in text) or encode(text, *a, **k))
     elif stage == "templating":
         render = engine.apply_chat_template
-        monkeypatch.setattr(engine, "apply_chat_template", lambda messages, tools=None: hit(
-            any(POISON in m["content"] for m in messages)) or render(messages, tools))
+        monkeypatch.setattr(engine, "apply_chat_template", lambda messages, *a, **k: hit(
+            any(POISON in m["content"] for m in messages)) or render(messages, *a, **k))
     elif stage == "grammar compile":
         compile_ = Grammars.checked_constraint
         monkeypatch.setattr(Grammars, "checked_constraint", lambda self, g: hit(True) or compile_(self, g))

@@ -110,7 +110,8 @@ def test_a_request_for_thousands_of_completions_is_refused(server):
 def test_a_request_with_many_choices_shares_the_slots_with_a_newcomer(server, first_answer):
     """64 generations from one client, then one chat from another: the chat is answered while the big request
     still runs, not after its 64 answers."""
-    big = {"prompt": [f"Count to {i}:" for i in range(16)], "n": 4, "max_tokens": 200, "temperature": 0}
+    big = {"prompt": [f"Count to {i}:" for i in range(16)], "n": 4, "max_tokens": 300, "temperature": 0,
+           "ignore_eos": True}  # every answer runs its whole length
     finished: dict[str, float] = {}
 
     def send_big() -> None:
