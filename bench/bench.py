@@ -21,6 +21,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+if __package__:
+    from bench.bandwidth import decode_bytes, read_bandwidth_gbs
+else:  # run as a file: its own folder is first on the path
+    from bandwidth import decode_bytes, read_bandwidth_gbs
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 HF_DIR = REPO / "download/Qwen2.5-Coder-0.5B-Instruct"
@@ -199,8 +204,21 @@ def add_ratios(records: list[dict]) -> None:
         r.pop("tokens")
 
 
+def add_bandwidth_share(t: Target, record: dict, bandwidth_gb_s: float) -> None:
+    """The weight bytes one decode step reads, the bandwidth the warm decode uses reading them and its
+    share of the read bandwidth measured in the run (a single model without a draft only: a draft round
+    reads two models a varying number of times)."""
+    per_token = decode_bytes(t.model) if t.draft is None else None
+    if per_token is None:
+        return
+    used = record["decode_tok_s"] * per_token / 1e9
+    record.update(decode_read_mb=round(per_token / 1e6), decode_gb_s=round(used, 1),
+                  bandwidth_share=round(used / bandwidth_gb_s, 3))
+
+
 def print_table(records: list[dict]) -> None:
-    cols = ["engine", "format", "graph", "draft", "prefill_tok_s", "decode_tok_s", "ttft_s", "cold_prefill_tok_s",
+    cols = ["engine", "format", "graph", "draft", "prefill_tok_s", "decode_tok_s", "decode_gb_s", "bandwidth_share",
+            "ttft_s", "cold_prefill_tok_s",
             "cold_decode_tok_s", "cold_ttft_s", "peak_rss_mb", "size_mb",
             "prefill_vs_transformers", "decode_vs_transformers", "tokens_agree_with_transformers"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
@@ -240,11 +258,16 @@ def main(argv: list[str] | None = None) -> int:
         prepare(t, a.threads)
         chosen.append(t)
     runs: dict[int, list[dict]] = {i: [] for i in range(len(chosen))}
+    probes: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         ids_file = Path(tmp) / "ids.json"
         ids_file.write_text(json.dumps(prompt_ids()))
         # Rounds interleave the engines, so a slow spell on a shared machine hits all of them alike.
         for rnd in range(a.repeats):
+            # The memory's read bandwidth, probed every round beside the engines: the best probe is the
+            # limit a decode step could reach in this run.
+            probes.append(read_bandwidth_gbs(a.threads))
+            print(f"round {rnd + 1}: read bandwidth {probes[-1]:.1f} GB/s ({a.threads} threads)", flush=True)
             for i, t in enumerate(chosen):
                 r = measure(t, ids_file, a.new_tokens, a.threads)
                 runs[i].append(r)
@@ -255,12 +278,17 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
     records = [summarise(t, runs[i], a.new_tokens) for i, t in enumerate(chosen)]
     add_ratios(records)
+    bandwidth = max(probes)
+    for t, r in zip(chosen, records):
+        add_bandwidth_share(t, r, bandwidth)
     setup = {"prompt_tokens": runs[0][0]["prompt_tokens"], "new_tokens": a.new_tokens, "threads": a.threads,
-             "repeats": a.repeats, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+             "repeats": a.repeats, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+             "read_bandwidth_gb_s": round(bandwidth, 1)}
     for r in records:
         r.update(setup)
     Path(a.output).write_text(json.dumps(records, indent=2) + "\n")
     print_table(records)
+    print(f"read bandwidth (best of {len(probes)} probes, {a.threads} threads): {bandwidth:.1f} GB/s")
     from chart import draw  # matplotlib is a peer requirement, needed only here
     draw(records, setup, Path(a.chart))
     print(f"wrote {a.output} and {a.chart}")

@@ -21,7 +21,9 @@ import importlib.util
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -53,6 +55,13 @@ PROMPTS = [
     "What does the SQL statement SELECT COUNT(*) FROM orders GROUP BY customer_id return?",
     "Write a bash one-liner that counts the lines of every .py file under the current directory.",
     "Why is binary search O(log n)? Answer in three sentences.",
+    "Write a JavaScript function that debounces another function by a given number of milliseconds.",
+    "Fix the bug: def mean(xs): return sum(xs) / len(xs) fails on an empty list. Show the corrected code.",
+    "Write a C function that reverses a singly linked list in place.",
+    "What is a Python decorator? Show one that times how long a function takes.",
+    "Write a regular expression that matches an ISO 8601 date such as 2024-03-15, and explain each part.",
+    "Write a Python class for a stack with push, pop and peek, raising an error when it is empty.",
+    "How do I read a CSV file with pandas and print the mean of one column?",
 ]
 
 
@@ -122,22 +131,61 @@ class LlamaCppSession:
         return np.ctypeslib.as_array(row, shape=(self.vocab,)).astype(np.float32)
 
 
-def nll_of_window(session: Session, ids: np.ndarray) -> tuple[float, int]:
-    """Summed negative log-likelihood of ids[1:] given what precedes them, from a fresh cache. One
-    token per step through our sessions, so every graph is measured as it runs (the cpu graph only
+def window_logprobs(session: Session, ids: np.ndarray) -> Iterator[np.ndarray]:
+    """The next-token log-probabilities after each of ids[:-1], float64 [vocab] each, from a fresh cache.
+    One token per step through our sessions, so every graph is measured as it runs (the cpu graph only
     returns the last position's logits); llama.cpp reads the window in one eval, as it reads a prompt."""
     if isinstance(session, LlamaCppSession):
-        logits = session.window_logits(ids[:-1])
-        top = logits.max(axis=1, keepdims=True)
-        logp = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
-        return float(-logp[np.arange(len(ids) - 1), ids[1:]].sum()), len(ids) - 1
+        for row in session.window_logits(ids[:-1]):
+            yield _log_softmax(row)
+        return
     session.reset()
-    total = 0.0
     for i in range(len(ids) - 1):
-        logits = session.run(ids[None, i:i + 1]).astype(np.float64)
-        top = logits.max()
-        total -= float(logits[ids[i + 1]] - top - np.log(np.exp(logits - top).sum()))
-    return total, len(ids) - 1
+        yield _log_softmax(session.run(ids[None, i:i + 1]).astype(np.float64))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+@dataclass
+class TextScores:
+    """One model's next-token predictions over the held-out text, and how they compare with the float
+    model's: perplexity, the share of positions whose most likely token is the float model's (top-1
+    agreement) and the mean KL(float || model) of the next-token distributions."""
+    nll: float = 0.0
+    count: int = 0
+    top1: list[int] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)  # the float model's log-probs, kept as the reference
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(self.nll / self.count))
+
+
+def text_scores(session: Session, ids: np.ndarray, reference: TextScores | None) -> TextScores:
+    """Score ids in windows of WINDOW tokens; without a reference the log-probs are kept (float32) so the
+    other formats can be compared with them position by position."""
+    scores = TextScores()
+    for start in range(0, len(ids), WINDOW):
+        window = ids[start:start + WINDOW]
+        for i, logp in enumerate(window_logprobs(session, window)):
+            scores.nll -= float(logp[window[i + 1]])
+            scores.top1.append(int(np.argmax(logp)))
+            if reference is None:
+                scores.rows.append(logp.astype(np.float32))
+            else:
+                ref = reference.rows[scores.count].astype(np.float64)
+                scores.kl.append(float(np.sum(np.exp(ref) * (ref - logp))))
+            scores.count += 1
+    return scores
+
+
+def nll_of_window(session: Session, ids: np.ndarray) -> tuple[float, int]:
+    """Summed negative log-likelihood of ids[1:] given what precedes them, from a fresh cache."""
+    return -sum(float(logp[ids[i + 1]]) for i, logp in enumerate(window_logprobs(session, ids))), len(ids) - 1
 
 
 def perplexity(session: Session, ids: np.ndarray) -> float:
@@ -148,12 +196,52 @@ def perplexity(session: Session, ids: np.ndarray) -> float:
     return float(np.exp(total / count))
 
 
-def greedy(session: Session, prompt: list[int], n: int) -> list[int]:
-    session.reset()
-    out = [int(np.argmax(session.run(np.array([prompt], np.int64))))]
-    while len(out) < n:
-        out.append(int(np.argmax(session.run(np.array([[out[-1]]], np.int64)))))
-    return out
+@dataclass
+class Measured:
+    """What one format predicted: its scores over the held-out text and its greedy answers to PROMPTS."""
+    text: TextScores
+    greedy: list[list[int]]
+
+
+def measure(session: Session, text_ids: np.ndarray, prompts: list[list[int]], tokens: int,
+            reference: Measured | None) -> Measured:
+    return Measured(text_scores(session, text_ids, None if reference is None else reference.text),
+                    [greedy(session, ids, tokens) for ids in prompts])
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def summary(m: Measured, reference: Measured | None) -> dict:
+    """The faithfulness numbers of one format against the float model (None: the float model itself)."""
+    r: dict = {"perplexity": round(m.text.perplexity, 4)}
+    if reference is None or m is reference:
+        return r
+    r["perplexity_vs_fp32"] = round(m.text.perplexity / reference.text.perplexity - 1, 4)
+    pairs = list(zip(m.greedy, reference.greedy))
+    prefixes = [common_prefix(g, f) for g, f in pairs]
+    # Overall: the share of positions with the float model's token, divergent continuations included;
+    # to the first divergence: the share of tokens before the answers part.
+    r["greedy_agreement"] = round(float(np.mean([np.mean(np.equal(g, f)) for g, f in pairs])), 4)
+    r["greedy_prefix_share"] = round(sum(prefixes) / sum(len(f) for _, f in pairs), 4)
+    r["greedy_common_prefix"] = prefixes
+    r["top1_agreement"] = round(float(np.mean(np.equal(m.text.top1, reference.text.top1))), 4)
+    r["kl_divergence"] = round(float(np.mean(m.text.kl)), 5)
+    return r
+
+
+COLUMNS = (("perplexity", "ppl"), ("greedy_agreement", "greedy agree"), ("greedy_prefix_share", "to 1st diverg."),
+           ("top1_agreement", "top-1 agree"), ("kl_divergence", "KL"), ("code_pass", "code pass@1"))
+
+
+def table(results: dict[str, dict]) -> str:
+    """The faithfulness table, one row per format, as markdown."""
+    present = [(k, t) for k, t in COLUMNS if any(k in r for r in results.values())]
+    lines = ["| format | " + " | ".join(t for _, t in present) + " |", "|---" * (len(present) + 1) + "|"]
+    for fmt, r in results.items():
+        lines.append(f"| {fmt} | " + " | ".join(str(r.get(k, "")) for k, _ in present) + " |")
+    return "\n".join(lines)
 
 
 def quality_text_ids(tokenizer) -> np.ndarray:
@@ -196,29 +284,24 @@ def main(argv: list[str] | None = None) -> int:
     text_ids = quality_text_ids(tok)
     prompts = [list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                             tokenize=True, return_dict=False)) for q in PROMPTS]
-    results, generated = {}, {}
-    for fmt in a.formats:
+    # The float model goes first: every other format is compared with its predictions as they are made.
+    order = sorted(a.formats, key=lambda f: f != "fp32")
+    results, reference = {}, None
+    for fmt in order:
         session = (LlamaCppSession(models[fmt], a.threads) if fmt in GGUF_FORMATS
                    else model_session(models[fmt], a.threads))
-        results[fmt] = {"perplexity": round(perplexity(session, text_ids), 4)}
-        generated[fmt] = [greedy(session, ids, a.tokens) for ids in prompts]
+        measured = measure(session, text_ids, prompts, a.tokens, reference)
         del session
-        print(f"{fmt}: perplexity {results[fmt]['perplexity']}", flush=True)
-    base = results.get("fp32")
-    for fmt, r in results.items():
-        if base is None:
-            break
-        r["perplexity_vs_fp32"] = round(r["perplexity"] / base["perplexity"] - 1, 4)
-        pairs = list(zip(generated[fmt], generated["fp32"]))
-        r["greedy_agreement"] = round(float(np.mean([np.mean(np.equal(g, f)) for g, f in pairs])), 4)
-        r["greedy_common_prefix"] = [next((i for i, (x, y) in enumerate(zip(g, f)) if x != y), len(g))
-                                     for g, f in pairs]
+        if fmt == "fp32":
+            reference = measured
+        results[fmt] = summary(measured, reference)
+        print(f"{fmt}: {results[fmt]}", flush=True)
     report = {"graph": a.graph, "text_tokens": len(text_ids), "window": WINDOW, "prompts": len(prompts),
               "greedy_tokens": a.tokens, "results": results}
     if atc:
         report["atc_source"] = os.path.relpath(a.atc_source, REPO)
     Path(a.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    print(table(results))
     return 0
 
 

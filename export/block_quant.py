@@ -8,6 +8,7 @@ onnxruntime's MatMulNBitsQuantizer makes of the full matrix.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,15 +31,25 @@ class QuantSpec:
     symmetric: bool = False
     embedding: bool = True        # the token table as GatherBlockQuantized (4 bits only)
     lm_head_bits: int | None = None
+    int8_nodes: str | None = None  # a regular expression: MatMul nodes whose name it matches stay at 8 bits
 
     @property
     def head_bits(self) -> int:
         return self.lm_head_bits or DEFAULT_HEAD_BITS[self.bits]
 
+    def node_bits(self, name: str, head: bool) -> int:
+        """The weight bits of one MatMul node."""
+        if head:
+            return self.head_bits
+        if self.int8_nodes and re.search(self.int8_nodes, name):
+            return 8
+        return self.bits
+
     def describe(self) -> str:
         return (f"int{self.bits} block {self.block_size} {'symmetric' if self.symmetric else 'asymmetric'} "
                 f"accuracy_level {self.accuracy_level}; lm_head int{self.head_bits}; embedding "
-                f"{'int4 GatherBlockQuantized' if self.embedding else 'float'}")
+                f"{'int4 GatherBlockQuantized' if self.embedding else 'float'}"
+                + (f"; int8 nodes /{self.int8_nodes}/" if self.int8_nodes else ""))
 
 
 @dataclass(frozen=True)

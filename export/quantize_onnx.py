@@ -13,6 +13,7 @@ whole model. To skip the float graph altogether: export_onnx.py --target cpu --b
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--lm_head_bits", type=int, choices=[4, 8], default=None,
                    help="weight bits of the output projection, the layer quantization hurts most "
                         "(default 8: at 4 bits it cut the perplexity more than any block size did)")
+    p.add_argument("--int8_nodes", default=None, metavar="REGEX",
+                   help="MatMul nodes whose name matches this regular expression keep 8-bit weights, as llama.cpp's "
+                        "k-quant mixes keep their most sensitive tensors at more bits (e.g. 'down_proj')")
     return p.parse_args(argv)
 
 
@@ -90,7 +94,7 @@ def quantize(src: Path, dst: Path, spec: QuantSpec) -> dict[str, str]:
     try:
         for node in graph.node:
             if node.op_type == "MatMul" and _float_matrix(inits, node.input[1]) is not None:
-                bits = spec.head_bits if node.name == head else spec.bits
+                bits = spec.node_bits(node.name, node.name == head)
                 weight = StoredMatrix(inits[node.input[1]], base, stored_transposed=True)
                 n, k = weight.shape
                 names = w.add_nbits(node.input[1], weight, bits, spec.block_size, spec.symmetric)
@@ -152,6 +156,11 @@ def run(a: argparse.Namespace) -> int:
         raise UserError(f"--block_size {a.block_size}: must be a power of two, at least 16")
     if a.embedding == "quantize" and a.bits != 4:
         raise UserError("--embedding quantize needs --bits 4 (GatherBlockQuantized is only produced at 4 bits)")
+    if a.int8_nodes is not None:
+        try:
+            re.compile(a.int8_nodes)
+        except re.error as e:
+            raise UserError(f"--int8_nodes {a.int8_nodes!r}: not a regular expression ({e})")
     try:
         meta = onnx.load(str(src), load_external_data=False)
     except Exception as e:  # anything onnx cannot parse is the user's input problem, said once
@@ -161,7 +170,8 @@ def run(a: argparse.Namespace) -> int:
     start = time.perf_counter()
     embedding = a.embedding == "quantize" or (a.embedding == "auto" and a.bits == 4)
     spec = QuantSpec(bits=a.bits, block_size=a.block_size, accuracy_level=a.accuracy_level, symmetric=a.symmetric,
-                     embedding=embedding, lm_head_bits=a.lm_head_bits)
+                     embedding=embedding, lm_head_bits=a.lm_head_bits,
+                     int8_nodes=a.int8_nodes)
     meta = quantize(src, dst, spec)
     print(f"wrote {dst} ({meta['quantization']}) in {time.perf_counter() - start:.1f}s, peak memory "
           f"{peak_rss_mb():.0f} MB")
