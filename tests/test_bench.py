@@ -129,3 +129,36 @@ def test_every_bench_script_and_decision_record_answers_help():
         done = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0 and "usage:" in done.stdout, f"{script} --help: {done.stderr[-500:]}"
+
+
+def test_faithfulness_summary_against_the_float_model():
+    """Greedy agreement overall and to the first divergence, top-1 agreement and KL come out of what two
+    formats predicted; the table has one row per format."""
+    import numpy as np
+
+    from bench.quality import Measured, TextScores, summary, table
+
+    ref_rows = [np.log(np.array([0.5, 0.25, 0.25])), np.log(np.array([0.1, 0.8, 0.1]))]
+    ref = Measured(TextScores(nll=2.0, count=2, top1=[0, 1], rows=ref_rows), [[1, 2, 3, 4], [5, 6]])
+    kl = [0.0, 0.3]
+    other = Measured(TextScores(nll=2.2, count=2, top1=[0, 2], kl=kl), [[1, 2, 9, 4], [7, 6]])
+    r = summary(other, ref)
+    assert r["greedy_agreement"] == round((0.75 + 0.5) / 2, 4)
+    assert r["greedy_common_prefix"] == [2, 0] and r["greedy_prefix_share"] == round(2 / 6, 4)
+    assert r["top1_agreement"] == 0.5 and r["kl_divergence"] == 0.15
+    assert r["perplexity"] == round(float(np.exp(1.1)), 4)
+    assert summary(ref, ref) == {"perplexity": round(float(np.exp(1.0)), 4)}
+    lines = table({"fp32": summary(ref, ref), "int4": r}).splitlines()
+    assert len(lines) == 4 and lines[3].startswith("| int4 | ") and "KL" in lines[0]
+
+
+def test_code_eval_runs_the_answer_against_the_problem_tests():
+    from bench.code_eval import answer_code, passes
+
+    prompt = 'def add(a, b):\n    """Sum of a and b."""\n'
+    test = "def check(f):\n    assert f(2, 3) == 5\n"
+    good = "Here:\n```python\ndef add(a, b):\n    return a + b\n```\n"
+    bad = "```python\ndef add(a, b):\n    return a - b\n```"
+    assert passes(answer_code(prompt, good), test, "add")
+    assert not passes(answer_code(prompt, bad), test, "add")
+    assert passes(answer_code(prompt, "def add(a, b):\n    return b + a\n"), test, "add")

@@ -82,6 +82,7 @@ def test_quantized_logits_close_to_float(models, fmt, rel_tol, min_agree, method
 @pytest.mark.parametrize("extra,message", [
     (["--block_size", "24"], "power of two"),
     (["--bits", "8", "--embedding", "quantize"], "needs --bits 4"),
+    (["--int8_nodes", "down_proj("], "not a regular expression"),
 ])
 def test_bad_flags_are_one_line_errors(models, tmp_path, capsys, extra, message):
     code = exit_status(quantize_main, ["--input_model_path", str(models["fp32"]), "--output_model_path",
@@ -108,3 +109,18 @@ def test_lm_head_keeps_8_bits_unless_told(models, tmp_path, flags, head_bits):
     head = next(n.name for n in graph.node if "logits" in n.output)
     assert bits.pop(head) == head_bits and len(bits) == 14 and set(bits.values()) == {4}
     assert f"lm_head int{head_bits}" in read_meta(out)["quantization"]
+
+
+def test_int8_nodes_keep_8_bits_and_say_so(models, tmp_path):
+    """--int8_nodes keeps the MatMuls it matches at 8 bits (a k-quant style mix); the rest stay at 4."""
+    out = tmp_path / "mix.onnx"
+    assert quantize_main(["--input_model_path", str(models["fp32"]), "--output_model_path", str(out),
+                          "--bits", "4", "--int8_nodes", "down_proj"]) == 0
+    graph = onnx.load(str(out), load_external_data=False).graph
+    head = next(n.name for n in graph.node if "logits" in n.output)
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node
+            if n.op_type == "MatMulNBits" and n.name != head}
+    down = {name for name in bits if "down_proj" in name}
+    assert down and {bits[name] for name in down} == {8}
+    assert {b for name, b in bits.items() if name not in down} == {4}
+    assert "int8 nodes /down_proj/" in read_meta(out)["quantization"]
