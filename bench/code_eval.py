@@ -61,7 +61,7 @@ def passes(program: str, test: str, entry_point: str, timeout: float = 10.0) -> 
 def ask(url: str, prompt: str, max_tokens: int) -> str:
     import httpx
 
-    body = {"model": "default", "messages": [{"role": "user", "content": ASK.format(prompt=prompt)}],
+    body = {"messages": [{"role": "user", "content": ASK.format(prompt=prompt)}],
             "max_tokens": max_tokens, "temperature": 0.0}
     res = httpx.post(url + "/v1/chat/completions", json=body, timeout=1800)
     res.raise_for_status()

@@ -244,6 +244,28 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def add_code_pass(results: dict[str, dict], problems: int, threads: int) -> None:
+    """pass@1 of each format's server on HumanEval (our cpu graphs through api.py, llama.cpp's through
+    llama-server when bench/llama_server.py has built it)."""
+    if __package__:
+        from bench import code_eval
+        from bench.llama_server import SERVER
+    else:
+        import code_eval
+        from llama_server import SERVER
+
+    options = code_eval.CodeOptions(problems=problems, threads=threads)
+    tasks = code_eval.load_problems(problems)
+    for fmt, r in results.items():
+        if fmt in ATC_FORMATS or (fmt in GGUF_FORMATS and not SERVER.is_file()):
+            print(f"{fmt}: no code benchmark (atc formats have no server; llama-server: python "
+                  "bench/llama_server.py)", flush=True)
+            continue
+        done = code_eval.measure_format(fmt, tasks, options)
+        r["code_pass"] = f"{done['passed']}/{done['problems']}"
+        print(f"{fmt}: code pass@1 {r['code_pass']}", flush=True)
+
+
 def quality_text_ids(tokenizer) -> np.ndarray:
     """The perplexity text (bench/quality_text.txt) as the model's token ids [n]."""
     return np.array(tokenizer((REPO / "bench/quality_text.txt").read_text())["input_ids"], np.int64)
@@ -260,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="npu graph the atc_* formats start from (default: the float16 export after change_node.py)")
     p.add_argument("--tokens", type=int, default=64, help="greedy tokens per prompt (default 64)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--code_problems", type=int, default=0,
+                   help="also run the first N HumanEval problems through each format's server (bench/code_eval.py; "
+                        "164 is all of them; default 0: none)")
     p.add_argument("--output", default=str(REPO / "bench/quality.json"))
     a = p.parse_args(argv)
     if a.formats is None:
@@ -296,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             reference = measured
         results[fmt] = summary(measured, reference)
         print(f"{fmt}: {results[fmt]}", flush=True)
+    if a.code_problems and a.graph == "cpu":
+        add_code_pass(results, a.code_problems, a.threads)
     report = {"graph": a.graph, "text_tokens": len(text_ids), "window": WINDOW, "prompts": len(prompts),
               "greedy_tokens": a.tokens, "results": results}
     if atc:
