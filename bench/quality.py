@@ -196,6 +196,14 @@ def perplexity(session: Session, ids: np.ndarray) -> float:
     return float(np.exp(total / count))
 
 
+def greedy(session: Session, prompt: list[int], n: int) -> list[int]:
+    session.reset()
+    out = [int(np.argmax(session.run(np.array([prompt], np.int64))))]
+    while len(out) < n:
+        out.append(int(np.argmax(session.run(np.array([[out[-1]]], np.int64)))))
+    return out
+
+
 @dataclass
 class Measured:
     """What one format predicted: its scores over the held-out text and its greedy answers to PROMPTS."""
