@@ -49,6 +49,7 @@ class Delta:
     finish_reason: str | None = None
     stats: GenerationStats | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens since the last Delta, if asked
+    stop: str | None = None  # on the last Delta: the stop string that ended the answer, if one did
 
 
 class Inference:
@@ -230,7 +231,7 @@ class Generation(Request):
         if self.stops.stop is None and (rest := self.stops.held + self.detokenizer.pending):
             self.deltas.append(Delta(rest, None, logprobs=self._take_logprobs()))
         self.deltas.append(Delta("", None, finish_reason=self.finish, stats=self.stats(),
-                                 logprobs=self._take_logprobs()))
+                                 logprobs=self._take_logprobs(), stop=self.stops.stop))
 
     def _take_logprobs(self) -> list[TokenLogprob]:
         out, self.logprobs = self.logprobs, []

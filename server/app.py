@@ -1,6 +1,6 @@
 """The FastAPI application: the routes, the guards in front of them, and the lifespan of the model thread.
-Each door (server/chat.py, server/completions.py, server/responses.py) turns its own wire format into jobs for
-the one worker."""
+Each door (server/chat.py, server/completions.py, server/responses.py, server/anthropic.py) turns its own
+wire format into jobs for the one worker."""
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +21,8 @@ from server.completions import CompletionServing
 from server.errors import install_error_handlers
 from server.guards import BodyLimit, HostGuard, KeyGate, allowed_hosts, cors
 from server.metrics import CONTENT_TYPE, CountRequests, Metrics
+from server.anthropic import MessagesServing
+from server.anthropic_schema import CountTokensRequest, MessagesRequest
 from server.responses import ResponsesServing
 from server.responses_schema import ResponsesRequest
 from server.schema import ChatCompletionRequest, CompletionRequest, ErrorResponse
@@ -29,7 +31,8 @@ from server.worker import Worker
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 429, 503)}
 # endpoints /metrics counts requests of
-COUNTED = {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models"}
+COUNTED = {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens",
+           "/v1/models"}
 WEB_DIR = Path(__file__).resolve().parent / "web"
 # The chat page shows model output, which is untrusted: it renders it as text, and this policy is the second
 # line of defence (no inline script or style, no other origin, nothing may frame the page).
@@ -52,6 +55,7 @@ def create_app(inference: Inference, model_name: str, options: ServerOptions | N
     worker.observer = metrics
     ctx = Context.create(inference, worker, model_name)
     chat, legacy, responses = ChatServing(ctx), CompletionServing(ctx), ResponsesServing(ctx)
+    messages = MessagesServing(ctx)
     started = int(time.time())
 
     @asynccontextmanager
@@ -113,6 +117,14 @@ def create_app(inference: Inference, model_name: str, options: ServerOptions | N
     @app.post("/v1/responses", responses=ERRORS)
     async def create_response(req: ResponsesRequest, request: Request) -> Response:
         return await responses(req, request)
+
+    @app.post("/v1/messages", responses=ERRORS)
+    async def anthropic_messages(req: MessagesRequest, request: Request) -> Response:
+        return await messages(req, request)
+
+    @app.post("/v1/messages/count_tokens", responses=ERRORS)
+    async def anthropic_count_tokens(req: CountTokensRequest) -> Response:
+        return await messages.count_tokens(req)
 
     return app
 

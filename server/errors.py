@@ -32,9 +32,26 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
+    def anthropic_body(self) -> dict:
+        """Anthropic's error object: {"type": "error", "error": {"type", "message"}}, its type by status."""
+        kind = ANTHROPIC_TYPES.get(self.status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+    def response(self, path: str = "") -> JSONResponse:
+        """The error in the shape of the API the path belongs to: Anthropic's under /v1/messages, else OpenAI's."""
         headers = {"Retry-After": "1"} if self.status in (429, 503) else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        body = self.anthropic_body() if is_anthropic(path) else self.body()
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+# Anthropic's error types by HTTP status (its API reference, "Errors"); a 503 of ours is its overload.
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 408: "invalid_request_error", 413: "request_too_large",
+                   429: "rate_limit_error", 500: "api_error", 503: "overloaded_error"}
+
+
+def is_anthropic(path: str) -> bool:
+    return path.startswith("/v1/messages")
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:
@@ -55,12 +72,12 @@ def _validation_error(exc: RequestValidationError) -> APIError:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response(request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc).response()
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc).response(request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -68,12 +85,12 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Unknown request URL: {request.method} {request.url.path}"
         else:
             message = str(exc.detail)
-        response = APIError(exc.status_code, message).response()
+        response = APIError(exc.status_code, message).response(request.url.path)
         response.headers.update(exc.headers or {})  # e.g. the Allow header of a 405
         return response
 
     @app.exception_handler(Exception)
-    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request failed")
         return APIError(500, "The server had an error while processing your request.",
-                        type="server_error").response()
+                        type="server_error").response(request.url.path)

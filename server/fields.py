@@ -11,6 +11,7 @@ import json
 from pydantic import BaseModel
 
 from server.errors import APIError
+from server.anthropic_schema import CountTokensRequest, MessagesRequest
 from server.responses_schema import ResponsesRequest
 from server.schema import ChatCompletionRequest, CompletionRequest
 
@@ -74,12 +75,30 @@ RESPONSES_REFUSED = {
     "top_logprobs": "this endpoint reports no logprobs",
     "context_management": "a prompt over --max_input_length is refused, never compacted",
 }
+# Anthropic's Messages API: its own no-ops, and the fields that would need Anthropic's machinery.
+MESSAGES_NO_OP = {
+    "metadata": "metadata.user_id is for the provider's abuse detection; nothing is monitored here",
+    "service_tier": "the provider's capacity tier; every request is served alike",
+    "cache_control": "prompt-caching breakpoints; the KV cache is matched by content, with no breakpoints",
+    "inference_geo": "where the provider runs the request; it runs here",
+    "speed": "the provider's fast mode; there is one speed here",
+}
+MESSAGES_REFUSED = {
+    "container": "code-execution containers are not provided",
+    "mcp_servers": "MCP servers are not connected by this server",
+    "context_management": "context editing is not provided; a prompt over --max_input_length is refused",
+    "diagnostics": "not provided",
+    "user_profile_id": "not provided",
+    "workspace_id": "not provided",
+}
 # No-op fields accepted with these values only (None: the field sent as null); another value is refused.
 ACCEPTED_VALUES = {("/v1/responses", "store"): (None, False), ("/v1/responses", "truncation"): (None, "disabled")}
 
 ENDPOINTS: dict[str, type[BaseModel]] = {"/v1/chat/completions": ChatCompletionRequest,
                                          "/v1/completions": CompletionRequest,
-                                         "/v1/responses": ResponsesRequest}
+                                         "/v1/responses": ResponsesRequest,
+                                         "/v1/messages": MessagesRequest,
+                                         "/v1/messages/count_tokens": CountTokensRequest}
 
 
 def honoured(endpoint: str) -> list[str]:
@@ -87,12 +106,16 @@ def honoured(endpoint: str) -> list[str]:
 
 
 def no_op(endpoint: str) -> dict[str, str]:
+    if endpoint.startswith("/v1/messages"):
+        return MESSAGES_NO_OP
     return RESPONSES_NO_OP if endpoint == "/v1/responses" else NO_OP
 
 
 def refused(endpoint: str) -> dict[str, str]:
     if endpoint == "/v1/responses":
         return dict(RESPONSES_REFUSED)
+    if endpoint.startswith("/v1/messages"):
+        return {k: v for k, v in MESSAGES_REFUSED.items() if k not in ENDPOINTS[endpoint].model_fields}
     out = dict(REFUSED)
     out.update(CHAT_ONLY_REFUSED if endpoint == "/v1/chat/completions" else COMPLETIONS_ONLY_REFUSED)
     return {k: v for k, v in out.items() if k not in ENDPOINTS[endpoint].model_fields}

@@ -69,26 +69,30 @@ class HostGuard:
             error = APIError(400, "Invalid Host header: this server, bound to loopback, answers only requests "
                                   "addressed to a loopback name (--allowed_hosts adds others).",
                              code="invalid_host")
-            await error.response()(scope, receive, send)
+            await error.response(scope["path"])(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
 
 class KeyGate:
-    """Every path under /v1/ needs 'Authorization: Bearer <key>'; checked in constant time."""
+    """Every path under /v1/ needs the key, as 'Authorization: Bearer <key>' (OpenAI's clients) or as
+    'x-api-key: <key>' (Anthropic's); checked in constant time."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app, self.key = app, api_key.encode()
 
     def authorized(self, scope: Scope) -> bool:
         scheme, _, token = _header(scope, b"authorization").partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode("latin-1"), self.key)
+        bearer = scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode("latin-1"), self.key)
+        header = _header(scope, b"x-api-key")
+        return bearer or (bool(header) and secrets.compare_digest(header.strip().encode("latin-1"), self.key))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/") and not self.authorized(scope):
-            error = APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
+            error = APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' or "
+                                  "'x-api-key: <key>'.",
                              code="invalid_api_key")
-            await error.response()(scope, receive, send)
+            await error.response(scope["path"])(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -117,7 +121,7 @@ class BodyLimit:
             except asyncio.TimeoutError:
                 error = APIError(408, f"The request body did not arrive within {self.timeout_s:g} s.",
                                  code="request_timeout")
-                await error.response()(scope, receive, send)
+                await error.response(scope["path"])(scope, receive, send)
                 return
             if message["type"] != "http.request":
                 chunks.append(message)
@@ -149,4 +153,4 @@ class BodyLimit:
             pass
         error = APIError(413, f"The request body is larger than this server accepts ({self.max_bytes} bytes).",
                          code="request_too_large")
-        await error.response()(scope, receive, send)
+        await error.response(scope["path"])(scope, receive, send)
