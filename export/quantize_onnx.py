@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 
 from core.errors import UserError, run_main
 from core.flags import ArgumentParser
-from export.block_quant import DEFAULT_BLOCK, QuantSpec
+from export.block_quant import DEFAULT_BLOCK, DEFAULT_INT8_NODES, QuantSpec
 from export.export_onnx import peak_rss_mb
 from export.onnx_weights import MS, StoredMatrix, WeightFile
 
@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "(default 8: at 4 bits it cut the perplexity more than any block size did)")
     p.add_argument("--int8_nodes", default=None, metavar="REGEX",
                    help="MatMul nodes whose name matches this regular expression keep 8-bit weights, as llama.cpp's "
-                        "k-quant mixes keep their most sensitive tensors at more bits (e.g. 'down_proj')")
+                        "k-quant mixes keep their most sensitive tensors at more bits; 'none' for none (default at "
+                        "4 bits: 'self_attn', the attention projections, which cost the float model's answers most "
+                        "per byte)")
     return p.parse_args(argv)
 
 
@@ -156,6 +158,10 @@ def run(a: argparse.Namespace) -> int:
         raise UserError(f"--block_size {a.block_size}: must be a power of two, at least 16")
     if a.embedding == "quantize" and a.bits != 4:
         raise UserError("--embedding quantize needs --bits 4 (GatherBlockQuantized is only produced at 4 bits)")
+    if a.int8_nodes is None:
+        a.int8_nodes = DEFAULT_INT8_NODES[a.bits]
+    elif a.int8_nodes == "none":
+        a.int8_nodes = None
     if a.int8_nodes is not None:
         try:
             re.compile(a.int8_nodes)

@@ -102,7 +102,7 @@ def test_refuses_missing_and_already_quantized_inputs(models, tmp_path, capsys):
 def test_lm_head_keeps_8_bits_unless_told(models, tmp_path, flags, head_bits):
     out = tmp_path / "int4.onnx"
     assert quantize_main(["--input_model_path", str(models["fp32"]), "--output_model_path", str(out),
-                          "--bits", "4", *flags]) == 0
+                          "--bits", "4", "--int8_nodes", "none", *flags]) == 0
     graph = onnx.load(str(out), load_external_data=False).graph
     bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node
             if n.op_type == "MatMulNBits"}
@@ -124,3 +124,11 @@ def test_int8_nodes_keep_8_bits_and_say_so(models, tmp_path):
     assert down and {bits[name] for name in down} == {8}
     assert {b for name, b in bits.items() if name not in down} == {4}
     assert "int8 nodes /down_proj/" in read_meta(out)["quantization"]
+
+
+def test_int4_keeps_attention_at_8_bits_by_default(models):
+    graph = onnx.load(str(models["int4"]), load_external_data=False).graph
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits"}
+    attention = {name for name in bits if "self_attn" in name}
+    assert attention and {bits[name] for name in attention} == {8}
+    assert 4 in {b for name, b in bits.items() if name not in attention}

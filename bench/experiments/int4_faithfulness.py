@@ -31,6 +31,8 @@ RECIPES = {
     "b128-down8": ["--block_size", "128", "--embedding", "float", "--int8_nodes", "down_proj"],
     "b128-gateup8": ["--block_size", "128", "--embedding", "float", "--int8_nodes", "gate_up_proj"],
     "b32-attn8": ["--block_size", "32", "--embedding", "float", "--int8_nodes", "self_attn"],
+    "b128-attn8-emb4": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes", "self_attn"],
+    "b128-qkv8-emb4": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes", "qkv_proj"],
 }
 PEER = "llama.cpp:Q4_0"
 
