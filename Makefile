@@ -133,13 +133,14 @@ serve: onnx
 	  --draft_onnx_model_path $(ONNX_CPU_INT4) --max_prefill_length 64
 
 # Peers (llama-cpp-python, onnxruntime-genai) are installed here only: they are not runtime requirements.
-# load.py builds llama.cpp's server once from llama-cpp-python's source package (needs cmake and a C++ compiler).
+# load.py builds llama.cpp's server once from llama-cpp-python's source package (needs cmake and a C++ compiler);
+# quality.py's code benchmark runs llama.cpp's formats through it, so it comes after.
 bench: onnx
 	$(PIP) install --quiet -r bench/requirements-peers.txt
 	$(PY) bench/bench.py --onnx_model_path $(ONNX) --cpu_onnx_model_path $(ONNX_CPU)
-	$(PY) bench/quality.py
 	$(PY) bench/load.py
 	$(PY) bench/load.py --prompts short
+	$(PY) bench/quality.py --code_problems 164
 
 # On an Ascend machine (CANN's set_env.sh sourced): checks the environment, runs a tiny random model and then
 # MODEL_DIR on the NPU against onnxruntime, and writes output/npu_check/report.md to attach to a bug report.
