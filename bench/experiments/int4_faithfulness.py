@@ -33,6 +33,8 @@ RECIPES = {
     "b32-attn8": ["--block_size", "32", "--embedding", "float", "--int8_nodes", "self_attn"],
     "b128-attn8-emb4": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes", "self_attn"],
     "b128-qkv8-emb4": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes", "qkv_proj"],
+    "b128-attn8-head4": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes", "self_attn",
+                         "--lm_head_bits", "4"],
 }
 PEER = "llama.cpp:Q4_0"
 
