@@ -134,8 +134,9 @@ def test_quantizing_in_the_export_equals_quantize_onnx(make_tiny, cpu_onnx_of, t
     model_dir = make_tiny(**SHAPES["qwen3"])
     float_graph = cpu_onnx_of(model_dir, KV_LEN)
     two_steps, one_pass = tmp_path / "two.onnx", tmp_path / "one.onnx"
+    # The one-pass export quantizes every MatMul alike: quantize_onnx.py's recipe without int8 nodes.
     assert quantize_main(["--input_model_path", str(float_graph), "--output_model_path", str(two_steps),
-                          "--bits", str(bits)]) == 0
+                          "--bits", str(bits), "--int8_nodes", "none"]) == 0
     assert export_main(["--hf_model_dir", str(model_dir), "--onnx_model_path", str(one_pass), "--kv_cache_length",
                         str(KV_LEN), "--target", "cpu", "--bits", str(bits)]) == 0
     assert nodes(one_pass) == nodes(two_steps)
@@ -172,8 +173,9 @@ def test_streaming_quantizer_equals_onnxruntimes(make_tiny, tiny_onnx_of, cpu_on
     src = tiny_onnx_of(model_dir, KV_LEN) if graph == "npu" else cpu_onnx_of(model_dir, KV_LEN)
     dst = tmp_path / "q.onnx"
     monkeypatch.setattr(onnx_weights, "CHUNK_BYTES", 5 * 4 * 64)  # several column bands per matrix
-    # onnxruntime's quantizer gives every MatMul the same bits: ours is asked to keep the head at them too.
-    flags = (["--symmetric"] if symmetric else []) + ["--lm_head_bits", str(bits)]
+    # onnxruntime's quantizer gives every MatMul the same bits: ours is asked to keep the head and the
+    # attention at them too.
+    flags = (["--symmetric"] if symmetric else []) + ["--lm_head_bits", str(bits), "--int8_nodes", "none"]
     assert quantize_main(["--input_model_path", str(src), "--output_model_path", str(dst), "--bits", str(bits),
                           *flags]) == 0
     want = reference_quantize(src, bits, 128 if bits == 4 else 32, bits == 4, symmetric)
