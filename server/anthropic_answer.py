@@ -97,12 +97,9 @@ class AnthropicAnswer:
         return [event("message_start", {"message": self._message([], None, None, 0)}), event("ping", {})]
 
     def feed(self, index: int, delta: Delta) -> list[dict]:
-        pieces = self.reader.feed(delta.text)
-        calls: list[ToolCall] = []
+        pieces, calls = self.reader.read(delta.text, last=bool(delta.finish_reason))
         if delta.finish_reason:
             self.last = delta
-            more, calls = self.reader.finish()
-            pieces += more
         out = [e for piece in pieces for e in self._add(piece)]
         if delta.finish_reason:
             out += self._calls(calls) if calls else self._close()

@@ -4,12 +4,11 @@ server/anthropic.py, so that a refusal names the block. Fields declared nowhere 
 server/fields.py."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from server.schema import INT64, MAX_TOOLS
-from server.validation import check_text
+from server.schema import INT64, MAX_TOOLS, RequestBody
 
 
 class _Strict(BaseModel):
@@ -58,14 +57,8 @@ class OutputConfig(BaseModel):
     effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
 
 
-class CountTokensRequest(BaseModel):
+class CountTokensRequest(RequestBody):
     """What decides a prompt's tokens: the model, system, messages, tools and thinking."""
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _text(cls, data: Any) -> Any:
-        return check_text(data)
 
     model: str
     messages: list[InputMessage] = Field(min_length=1)

@@ -253,11 +253,9 @@ class ChatAnswer:
 
     def feed(self, i: int, delta: Delta) -> list[dict]:
         self.logprobs[i] += delta.logprobs
-        pieces = self.readers[i].feed(delta.text)
+        pieces, calls = self.readers[i].read(delta.text, last=bool(delta.finish_reason))
         if delta.finish_reason:
-            self.last[i] = delta
-            more, self.calls[i] = self.readers[i].finish()
-            pieces += more
+            self.last[i], self.calls[i] = delta, calls
         if not self.streaming:
             for piece in pieces:
                 self.texts[i][piece.kind].append(piece.text)

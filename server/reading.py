@@ -49,3 +49,11 @@ class ChoiceReader:
         if tail:
             pieces.append(Piece("answer", tail))
         return pieces, calls
+
+    def read(self, text: str, last: bool) -> tuple[list[Piece], list[ToolCall]]:
+        """A Delta's text as pieces; on the answer's last Delta, what was held back too and the calls."""
+        pieces = self.feed(text)
+        if not last:
+            return pieces, []
+        more, calls = self.finish()
+        return pieces + more, calls

@@ -151,12 +151,9 @@ class ResponsesAnswer:
                 self._event("response.in_progress", response=self._response("in_progress"))]
 
     def feed(self, index: int, delta: Delta) -> list[dict]:
-        pieces = self.reader.feed(delta.text)
-        calls: list[ToolCall] = []
+        pieces, calls = self.reader.read(delta.text, last=bool(delta.finish_reason))
         if delta.finish_reason:
             self.last = delta
-            more, calls = self.reader.finish()
-            pieces += more
         out = [e for p in pieces for e in self._piece(p)]
         if delta.finish_reason:
             if not calls and not (self.open and self.open.kind == "message"):

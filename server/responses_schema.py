@@ -4,12 +4,11 @@ server/responses.py, so that a refusal can name the item. Fields declared nowher
 server/fields.py to accept as documented no-ops or refuse by name."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from server.schema import INT64, MAX_TOOLS, Lenient
-from server.validation import check_text
+from server.schema import INT64, MAX_TOOLS, Lenient, RequestBody
 
 
 class FunctionTool(Lenient):
@@ -49,13 +48,7 @@ class ReasoningParam(Lenient):
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
 
 
-class ResponsesRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _text(cls, data: Any) -> Any:
-        return check_text(data)
+class ResponsesRequest(RequestBody):
 
     model: str | None = None
     input: str | list[dict] = Field(min_length=1)

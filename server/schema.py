@@ -95,15 +95,19 @@ class StreamOptions(Lenient):
     include_usage: bool | None = False
 
 
-class Sampling(BaseModel):
-    """Fields both endpoints honour (server/params.py builds the sampling parameters from them). Fields a
-    request sends that no model here declares are kept in `model_extra`, for server/fields.py to judge."""
+class RequestBody(BaseModel):
+    """A whole request body, of any door: strictly typed, every string checked to be valid Unicode text before
+    anything reads it, and the fields no subclass declares kept in `model_extra` for server/fields.py."""
     model_config = ConfigDict(extra="allow", strict=True)
 
     @model_validator(mode="before")
     @classmethod
     def _text(cls, data: Any) -> Any:
         return check_text(data)
+
+
+class Sampling(RequestBody):
+    """Fields both OpenAI endpoints honour (server/params.py builds the sampling parameters from them)."""
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1, lt=INT64)
