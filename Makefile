@@ -14,7 +14,7 @@ MODEL_DIR ?= download/Qwen2.5-Coder-0.5B-Instruct
 ONNX_NAME ?= qwen2.5_coder_0.5b_instruct.onnx
 # The npu graph (what atc compiles) keeps a short cache: an NPU reads all of it every step. The cpu graph
 # reads only the filled part, so make demo / make serve give each conversation room for a coding
-# client's prompts (a cpu-graph slot costs 24 KB per token it holds, see README).
+# client's prompts (a cpu-graph slot costs 24 KB per token it holds, see docs/serving.md).
 KV_CACHE_LENGTH ?= 1024
 CPU_KV_CACHE_LENGTH ?= 4096
 

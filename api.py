@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     server = from_args(ServerOptions, args)
     if args.max_batch is None and args.session_type != "acl":
-        # A CPU serves several conversations at once for little more than one (README: Slots and batching);
+        # A CPU serves several conversations at once for little more than one (docs/serving.md: slots and batching);
         # an .om runs the batch it was compiled for, so acl keeps 1 unless told.
         args.max_batch = CPU_SERVER_MAX_BATCH
     from inference import load_inference

@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 # Our prefill chunks. The cpu graph returns the last position's logits only, so a long chunk costs no
 # [seq, vocab] buffer, and a 256-token prompt read in one call beat four 64-token calls in
-# bench/prefill_profile.py's side-by-side rounds (see bench/README.md). The npu graph returns every
+# bench/experiments/prefill_profile.py's side-by-side rounds (see bench/README.md). The npu graph returns every
 # position's logits: 64 keeps that buffer at 39 MB.
 PREFILL_CHUNK = {"cpu": 256, "npu": 64}
 

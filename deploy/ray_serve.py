@@ -3,7 +3,7 @@
     python deploy/ray_serve.py --hf_model_dir ... --onnx_model_path ... --replicas 2
 
 It takes api.py's model and server flags, plus where the replicas run and how many. Without --address it
-starts Ray on this machine; with --address auto it joins the cluster `ray start` made (README: Many boards).
+starts Ray on this machine; with --address auto it joins the cluster `ray start` made (docs/ray.md).
 """
 from __future__ import annotations
 
