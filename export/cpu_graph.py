@@ -105,7 +105,7 @@ def _build(ckpt: Checkpoint, a: ModelShape, kv_len: int, g: GraphBuilder, progre
     residual = g.op("Slice", [residual] + last, 1, "last_token.residual")[0]
     h, _ = normed(g, pending, residual, ckpt.read("model.norm.weight"), eps, "model.norm")
     g.linear(h, Matrix(ckpt, (head_weight(ckpt, a),)), "lm_head", out="logits",
-             bits=quant.head_bits if quant else None)
+             bits=quant.head_bits if quant else None, block_size=quant.head_block_size if quant else None)
     if progress is not None:
         progress.update()
     return make_model(g, a)

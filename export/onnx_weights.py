@@ -193,7 +193,8 @@ class WeightFile:
                 self._write(offset + (i * rows + r) * itemsize, band[i])
         return name
 
-    def add_nbits(self, name: str, m: Matrix | StoredMatrix, bits: int, block_size: int, symmetric: bool) -> list[str]:
+    def add_nbits(self, name: str, m: Matrix | StoredMatrix, bits: int, block_size: int, symmetric: bool,
+                  method: str = "rtn") -> list[str]:
         """MatMulNBits' B, scales and zero points (names as onnxruntime's quantizer gives them) for the
         matrix; its [out, in] rows are MatMulNBits' columns, so each chunk is quantized on its own."""
         n, k = m.shape
@@ -208,7 +209,7 @@ class WeightFile:
         offsets = [self._external(tn, tt, shapes[key], n * size)
                    for tn, tt, key, size in zip(names, types, ("packed", "scales", "zero_points"), per_row)]
         for r, chunk in m.chunks():
-            outputs = quantize_columns(transposed(chunk), bits, block_size, symmetric)
+            outputs = quantize_columns(transposed(chunk), bits, block_size, symmetric, method)
             for offset, size, out in zip(offsets, per_row, outputs):
                 self._write(offset + r * size, out)
         return names
@@ -261,15 +262,16 @@ class GraphBuilder:
         return self.consts[key]
 
     def linear(self, x: str, m: Matrix, name: str, bias: np.ndarray | None = None, out: str | None = None,
-               bits: int | None = None) -> str:
+               bits: int | None = None, block_size: int | None = None) -> str:
         """x @ m.T (+ bias): MatMul in the graph's dtype, or MatMulNBits when `bits` is given."""
         # Outputs are named after the layer, not the op, so quantizing never renames a tensor.
         target = [out] if out and bias is None else [f"{name}/out0"]
         if bits:
             q = self.quant
             n, k = m.shape
-            inputs = self.w.add_nbits(f"{name}.weight", m, bits, q.block_size, q.symmetric)
-            attrs = dict(K=k, N=n, bits=bits, block_size=q.block_size)
+            block = block_size or q.block_size
+            inputs = self.w.add_nbits(f"{name}.weight", m, bits, block, q.symmetric)
+            attrs = dict(K=k, N=n, bits=bits, block_size=block)
             if q.accuracy_level:
                 attrs["accuracy_level"] = q.accuracy_level
             y = self.op("MatMulNBits", [x] + inputs, target, f"{name}_Q{bits}", domain=MS, **attrs)[0]

@@ -8,7 +8,8 @@ Only constant MatMul weights (and, at 4 bits, the embedding table) change; input
 cache dtype and the metadata stay, so every session runs the result like the float graph. The weights
 are read from the input's .data file in bands and quantized with onnxruntime's own kernels, so the
 float graph is never in memory; the result equals what onnxruntime's MatMulNBitsQuantizer makes of the
-whole model. By default an int4 model keeps its attention projections at int8 (--int8_nodes). To skip
+whole model. By default an int4 model keeps its attention projections at int8 (--int8_nodes) and quantizes the output
+projection to int4 in blocks of 32. To skip
 the float graph altogether: export_onnx.py --target cpu --bits 4, which makes the all-int4 recipe
 (--int8_nodes none).
 """
@@ -55,8 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="blocks without zero points; the default (blocks with zero points) measured a lower "
                         "int4 perplexity (30.27 against 30.85 at block 64, output projection int8)")
     p.add_argument("--lm_head_bits", type=int, choices=[4, 8], default=None,
-                   help="weight bits of the output projection, the layer quantization hurts most "
-                        "(default 8: at 4 bits it cut the perplexity more than any block size did)")
+                   help="weight bits of the output projection, the largest weight a decode step reads (default: 4 "
+                        "in blocks of 32 for --bits 4, 8 for --bits 8; given explicitly, it uses --block_size unless "
+                        "--lm_head_block_size is given)")
+    p.add_argument("--method", choices=["rtn", "k_quant"], default="rtn",
+                   help="how each block's scale and zero point are chosen: rtn, its range rounded to nearest; "
+                        "k_quant, searched for the least weighted error as llama.cpp's k-quants do "
+                        "(onnxruntime's implementation; slower to quantize) (default rtn)")
+    p.add_argument("--lm_head_block_size", type=int, default=None,
+                   help="the output projection's block size, a power of two >= 16 (default: 32 for the default int4 "
+                        "head, else --block_size)")
     p.add_argument("--int8_nodes", default=None, metavar="REGEX",
                    help="MatMul nodes whose name matches this regular expression keep 8-bit weights, as llama.cpp's "
                         "k-quant mixes keep their most sensitive tensors at more bits; 'none' for none (default at "
@@ -99,10 +108,11 @@ def quantize(src: Path, dst: Path, spec: QuantSpec) -> dict[str, str]:
         for node in graph.node:
             if node.op_type == "MatMul" and _float_matrix(inits, node.input[1]) is not None:
                 bits = spec.node_bits(node.name, node.name == head)
+                block = spec.head_block_size if node.name == head else spec.block_size
                 weight = StoredMatrix(inits[node.input[1]], base, stored_transposed=True)
                 n, k = weight.shape
-                names = w.add_nbits(node.input[1], weight, bits, spec.block_size, spec.symmetric)
-                attrs = dict(K=k, N=n, bits=bits, block_size=spec.block_size)
+                names = w.add_nbits(node.input[1], weight, bits, block, spec.symmetric, spec.method)
+                attrs = dict(K=k, N=n, bits=bits, block_size=block)
                 if spec.accuracy_level:
                     attrs["accuracy_level"] = spec.accuracy_level
                 nodes.append(helper.make_node("MatMulNBits", [node.input[0]] + names, list(node.output),
@@ -156,8 +166,12 @@ def run(a: argparse.Namespace) -> int:
                         "lazily)")
     if a.block_size is None:
         a.block_size = DEFAULT_BLOCK[a.bits]
-    if a.block_size < 16 or a.block_size & (a.block_size - 1):
-        raise UserError(f"--block_size {a.block_size}: must be a power of two, at least 16")
+    for flag in ("block_size", "lm_head_block_size"):
+        size = getattr(a, flag)
+        if size is not None and (size < 16 or size & (size - 1)):
+            raise UserError(f"--{flag} {size}: must be a power of two, at least 16")
+    if a.method == "k_quant" and a.symmetric:
+        raise UserError("--method k_quant chooses a zero point per block; it cannot be combined with --symmetric")
     if a.embedding == "quantize" and a.bits != 4:
         raise UserError("--embedding quantize needs --bits 4 (GatherBlockQuantized is only produced at 4 bits)")
     if a.int8_nodes is None:
@@ -178,7 +192,8 @@ def run(a: argparse.Namespace) -> int:
     start = time.perf_counter()
     embedding = a.embedding == "quantize" or (a.embedding == "auto" and a.bits == 4)
     spec = QuantSpec(bits=a.bits, block_size=a.block_size, accuracy_level=a.accuracy_level, symmetric=a.symmetric,
-                     embedding=embedding, lm_head_bits=a.lm_head_bits,
+                     embedding=embedding, lm_head_bits=a.lm_head_bits, lm_head_block_size=a.lm_head_block_size,
+                     method=a.method,
                      int8_nodes=a.int8_nodes)
     meta = quantize(src, dst, spec)
     print(f"wrote {dst} ({meta['quantization']}) in {time.perf_counter() - start:.1f}s, peak memory "

@@ -42,7 +42,7 @@ def test_contract_and_metadata_kept(models, fmt):
     assert {k: v for k, v in after.items() if k != "quantization"} == before
     block = 128 if fmt == "int4" else 32  # quantize_onnx.py's defaults
     assert after["quantization"].startswith(f"{fmt} block {block} asymmetric")
-    assert "lm_head int8" in after["quantization"]
+    assert ("lm_head int4 block 32;" if fmt == "int4" else "lm_head int8;") in after["quantization"]
     graph = onnx.load(str(models[fmt]), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
     ops = [n.op_type for n in graph.node]
@@ -83,6 +83,8 @@ def test_quantized_logits_close_to_float(models, fmt, rel_tol, min_agree, method
     (["--block_size", "24"], "power of two"),
     (["--bits", "8", "--embedding", "quantize"], "needs --bits 4"),
     (["--int8_nodes", "down_proj("], "not a regular expression"),
+    (["--lm_head_block_size", "48"], "power of two"),
+    (["--method", "k_quant", "--symmetric"], "cannot be combined with --symmetric"),
 ])
 def test_bad_flags_are_one_line_errors(models, tmp_path, capsys, extra, message):
     code = exit_status(quantize_main, ["--input_model_path", str(models["fp32"]), "--output_model_path",
@@ -98,8 +100,8 @@ def test_refuses_missing_and_already_quantized_inputs(models, tmp_path, capsys):
         assert code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags,head_bits", [([], 8), (["--lm_head_bits", "4"], 4)])
-def test_lm_head_keeps_8_bits_unless_told(models, tmp_path, flags, head_bits):
+@pytest.mark.parametrize("flags,head_bits", [([], 4), (["--lm_head_bits", "8"], 8)])
+def test_lm_head_at_4_bits_unless_told(models, tmp_path, flags, head_bits):
     out = tmp_path / "int4.onnx"
     assert quantize_main(["--input_model_path", str(models["fp32"]), "--output_model_path", str(out),
                           "--bits", "4", "--int8_nodes", "none", *flags]) == 0
@@ -132,3 +134,46 @@ def test_int4_keeps_attention_at_8_bits_by_default(models):
     attention = {name for name in bits if "self_attn" in name}
     assert attention and {bits[name] for name in attention} == {8}
     assert 4 in {b for name, b in bits.items() if name not in attention}
+
+
+def test_lm_head_block_size_applies_to_the_head_alone(models, tmp_path):
+    out = tmp_path / "head32.onnx"
+    assert quantize_main(["--input_model_path", str(models["fp32"]), "--output_model_path", str(out),
+                          "--bits", "4", "--lm_head_bits", "4", "--lm_head_block_size", "32"]) == 0
+    graph = onnx.load(str(out), load_external_data=False).graph
+    head = next(n.name for n in graph.node if "logits" in n.output)
+    blocks = {n.name: next(a.i for a in n.attribute if a.name == "block_size") for n in graph.node
+              if n.op_type == "MatMulNBits"}
+    assert blocks.pop(head) == 32 and set(blocks.values()) == {128}
+    assert "lm_head int4 block 32;" in read_meta(out)["quantization"]
+
+
+def onnxruntime_k_quant(src, dst) -> None:
+    """onnxruntime's own k-quant quantizer on the whole float model: every MatMul at int4, block 32 (its
+    packing of 4-bit zero points needs an even number of blocks per column)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import KQuantWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    quantizer = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=False, accuracy_level=4,
+                                     algo_config=KQuantWeightOnlyQuantConfig())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        quantizer.process()
+    onnx.save_model(quantizer.model.model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+
+
+def test_k_quant_equals_onnxruntimes_k_quant(models, tmp_path):
+    """--method k_quant, streamed a band of columns at a time, computes what onnxruntime's k-quant
+    quantizer makes of the whole model (its logits), and rounds differently from the default."""
+    ours, theirs, rtn = tmp_path / "kq.onnx", tmp_path / "ort_kq.onnx", tmp_path / "rtn.onnx"
+    common = ["--input_model_path", str(models["fp32"]), "--bits", "4", "--block_size", "32", "--embedding", "float",
+              "--int8_nodes", "none", "--lm_head_bits", "4"]
+    assert quantize_main([*common, "--output_model_path", str(ours), "--method", "k_quant"]) == 0
+    assert quantize_main([*common, "--output_model_path", str(rtn)]) == 0
+    onnxruntime_k_quant(models["fp32"], theirs)
+    ids = np.random.default_rng(5).integers(3, 400, (1, PROMPT + STEPS))
+    got, _ = greedy(ours, models["dir"], ids, "basic")
+    want, _ = greedy(theirs, models["dir"], ids, "basic")
+    plain, _ = greedy(rtn, models["dir"], ids, "basic")
+    assert np.allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    assert np.abs(got - plain).max() > 1e-3 * np.abs(want).max()
+    assert "; k_quant" in read_meta(ours)["quantization"]

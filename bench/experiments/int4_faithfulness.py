@@ -21,6 +21,9 @@ from bench.bench import HF_DIR, ONNX_NAME, PY, REPO, check, gguf_path, model_pat
 from bench.quality import PROMPTS, LlamaCppSession, measure, model_session, quality_text_ids, summary, table
 from core.flags import ArgumentParser, add_flags, from_args, option
 
+# The layers whose FFN down projection llama.cpp's k-quant mixes give more bits, for this model's 24 layers:
+# the first and last eighth and every third layer between (its use_more_bits rule).
+MORE_BITS = "(0|1|2|5|8|11|14|17|20|21|22|23)"
 RECIPES = {
     "b128-emb4": ["--block_size", "128", "--embedding", "quantize"],
     "b128": ["--block_size", "128", "--embedding", "float"],
@@ -35,6 +38,20 @@ RECIPES = {
     "b128-qkv8-emb4": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes", "qkv_proj"],
     "b128-attn8-head4": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes", "self_attn",
                          "--lm_head_bits", "4"],
+    "b128-attn8-emb4-kq": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes", "self_attn",
+                           "--method", "k_quant"],
+    "b128-attn8-head4b32-emb4": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes", "self_attn",
+                                 "--lm_head_bits", "4", "--lm_head_block_size", "32"],
+    "b128-attn8-head4b32-emb4-kq": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes", "self_attn",
+                                    "--lm_head_bits", "4", "--lm_head_block_size", "32", "--method", "k_quant"],
+    "b128-attn8-head4b32-down8kq-emb4": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes",
+                                         rf"self_attn|layers\.{MORE_BITS}\.mlp\.down_proj", "--lm_head_bits", "4",
+                                         "--lm_head_block_size", "32"],
+    "b128-attn8-head4b32-down8ends-emb4": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes",
+                                           r"self_attn|layers\.(0|1|2|21|22|23)\.mlp\.down_proj", "--lm_head_bits",
+                                           "4", "--lm_head_block_size", "32"],
+    "b128-attn8-head4b64-emb4": ["--block_size", "128", "--embedding", "quantize", "--int8_nodes", "self_attn",
+                                 "--lm_head_bits", "4", "--lm_head_block_size", "64"],
 }
 PEER = "llama.cpp:Q4_0"
 
