@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Decode reads every weight and scale once per token; prefill is bound by the int8 block dot products.
-# int4 blocks of 128 with the output projection at int8 keep the perplexity within 1 % of blocks of 64 and
+# int4 blocks of 128 (the output projection at int8) kept the perplexity within 1 % of blocks of 64 and
 # halve a prefill's block dot products; blocks of 256 would pad the 896 inputs and lose 5 % perplexity.
 # int8 stays at blocks of 32, which costs it under 0.1 % (bench/README.md has the measurements).
 DEFAULT_BLOCK = {4: 128, 8: 32}
