@@ -55,7 +55,10 @@ def build(ckpt: Checkpoint, a: ModelShape, kv_len: int, data_path: Path, quant: 
 def _build(ckpt: Checkpoint, a: ModelShape, kv_len: int, g: GraphBuilder, progress) -> onnx.ModelProto:
     eps, d, nh, kvh = a.rms_norm_eps, a.head_dim, a.num_attention_heads, a.num_key_value_heads
     w, quant = g.w, g.quant
-    bits = quant.bits if quant else None
+
+    def bits(name: str) -> int | None:
+        return quant.node_bits(name, head=False) if quant else None
+
     cos, sin = rope_tables(rope_inv_freq(a), kv_len)
     cos_name, sin_name = w.add("rope.cos", cos), w.add("rope.sin", sin)
     split_name = w.add("mlp.split", np.array([a.intermediate_size] * 2, dtype=np.int64))
@@ -76,7 +79,7 @@ def _build(ckpt: Checkpoint, a: ModelShape, kv_len: int, g: GraphBuilder, progre
                              f"{p}.input_layernorm")
         qkv_bias = (np.concatenate([ckpt.read(f"{att}.{x}_proj.bias") for x in "qkv"]) if a.qkv_bias else None)
         qkv = g.linear(h, Matrix(ckpt, tuple(f"{att}.{x}_proj.weight" for x in "qkv")), f"{att}.qkv_proj",
-                       qkv_bias, bits=bits)
+                       qkv_bias, bits=bits(f"{att}.qkv_proj"))
         qkv_in = [qkv, "", ""]
         if a.qk_norm:
             qkv_in = qk_normed(g, qkv, ckpt, att, nh, kvh, d, eps)
@@ -86,15 +89,15 @@ def _build(ckpt: Checkpoint, a: ModelShape, kv_len: int, g: GraphBuilder, progre
                     [f"{att}/out", f"present_key_{i}", f"present_value_{i}"], f"{att}.gqa",
                     domain=MS, num_heads=nh, kv_num_heads=kvh, do_rotary=1, rotary_interleaved=0,
                     scale=float(d ** -0.5))[0]
-        o = g.linear(attn, Matrix(ckpt, (f"{att}.o_proj.weight",)), f"{att}.o_proj", bits=bits)
+        o = g.linear(attn, Matrix(ckpt, (f"{att}.o_proj.weight",)), f"{att}.o_proj", bits=bits(f"{att}.o_proj"))
         h, residual = normed(g, o, residual, ckpt.read(f"{p}.post_attention_layernorm.weight"), eps,
                              f"{p}.post_attention_layernorm")
         gate_up = g.linear(h, Matrix(ckpt, (f"{mlp}.gate_proj.weight", f"{mlp}.up_proj.weight")),
-                           f"{mlp}.gate_up_proj", bits=bits)
+                           f"{mlp}.gate_up_proj", bits=bits(f"{mlp}.gate_up_proj"))
         gate, up = g.op("Split", [gate_up, split_name], 2, f"{mlp}.split", axis=-1)
         silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], 1, f"{mlp}.sigmoid")[0]], 1, f"{mlp}.silu")[0]
         act = g.op("Mul", [silu, up], 1, f"{mlp}.act")[0]
-        pending = g.linear(act, Matrix(ckpt, (f"{mlp}.down_proj.weight",)), f"{mlp}.down_proj", bits=bits)
+        pending = g.linear(act, Matrix(ckpt, (f"{mlp}.down_proj.weight",)), f"{mlp}.down_proj", bits=bits(f"{mlp}.down_proj"))
         if progress is not None:
             progress.update()
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from core.contract import ModelShape, write_meta
 from core.errors import UserError, run_main
 from core.flags import ArgumentParser, add_flags, from_args, option
-from export.block_quant import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK, QuantSpec
+from export.block_quant import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK, DEFAULT_INT8_NODES, QuantSpec
 from export.safetensors_io import Checkpoint
 
 PROG = "export_onnx.py"
@@ -137,7 +137,8 @@ def run(a: ExportOptions) -> int:
         block = DEFAULT_BLOCK[a.bits] if a.block_size is None else a.block_size
         if block < 16 or block & (block - 1):
             raise UserError(f"--block_size {block}: must be a power of two, at least 16")
-        quant = QuantSpec(bits=a.bits, block_size=block, accuracy_level=a.accuracy_level, embedding=a.bits == 4)
+        quant = QuantSpec(bits=a.bits, block_size=block, accuracy_level=a.accuracy_level, embedding=a.bits == 4,
+                          int8_nodes=DEFAULT_INT8_NODES[a.bits])
     elif a.block_size is not None:
         raise UserError("--block_size needs --bits")
     start = time.perf_counter()

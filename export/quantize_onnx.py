@@ -10,8 +10,7 @@ are read from the input's .data file in bands and quantized with onnxruntime's o
 float graph is never in memory; the result equals what onnxruntime's MatMulNBitsQuantizer makes of the
 whole model. By default an int4 model keeps its attention projections at int8 (--int8_nodes) and quantizes the output
 projection to int4 in blocks of 32. To skip
-the float graph altogether: export_onnx.py --target cpu --bits 4, which makes the all-int4 recipe
-(--int8_nodes none).
+the float graph altogether: export_onnx.py --target cpu --bits 4 makes the same default recipe in one pass.
 """
 from __future__ import annotations
 

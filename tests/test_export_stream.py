@@ -134,9 +134,9 @@ def test_quantizing_in_the_export_equals_quantize_onnx(make_tiny, cpu_onnx_of, t
     model_dir = make_tiny(**SHAPES["qwen3"])
     float_graph = cpu_onnx_of(model_dir, KV_LEN)
     two_steps, one_pass = tmp_path / "two.onnx", tmp_path / "one.onnx"
-    # The one-pass export quantizes every MatMul alike: quantize_onnx.py's recipe without int8 nodes.
+    # The one-pass export makes quantize_onnx.py's default recipe (int8 attention, the int4 head).
     assert quantize_main(["--input_model_path", str(float_graph), "--output_model_path", str(two_steps),
-                          "--bits", str(bits), "--int8_nodes", "none"]) == 0
+                          "--bits", str(bits)]) == 0
     assert export_main(["--hf_model_dir", str(model_dir), "--onnx_model_path", str(one_pass), "--kv_cache_length",
                         str(KV_LEN), "--target", "cpu", "--bits", str(bits)]) == 0
     assert nodes(one_pass) == nodes(two_steps)
