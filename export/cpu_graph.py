@@ -97,7 +97,8 @@ def _build(ckpt: Checkpoint, a: ModelShape, kv_len: int, g: GraphBuilder, progre
         gate, up = g.op("Split", [gate_up, split_name], 2, f"{mlp}.split", axis=-1)
         silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], 1, f"{mlp}.sigmoid")[0]], 1, f"{mlp}.silu")[0]
         act = g.op("Mul", [silu, up], 1, f"{mlp}.act")[0]
-        pending = g.linear(act, Matrix(ckpt, (f"{mlp}.down_proj.weight",)), f"{mlp}.down_proj", bits=bits(f"{mlp}.down_proj"))
+        pending = g.linear(act, Matrix(ckpt, (f"{mlp}.down_proj.weight",)), f"{mlp}.down_proj",
+                           bits=bits(f"{mlp}.down_proj"))
         if progress is not None:
             progress.update()
 

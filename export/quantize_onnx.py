@@ -8,9 +8,9 @@ Only constant MatMul weights (and, at 4 bits, the embedding table) change; input
 cache dtype and the metadata stay, so every session runs the result like the float graph. The weights
 are read from the input's .data file in bands and quantized with onnxruntime's own kernels, so the
 float graph is never in memory; the result equals what onnxruntime's MatMulNBitsQuantizer makes of the
-whole model. By default an int4 model keeps its attention projections at int8 (--int8_nodes) and quantizes the output
-projection to int4 in blocks of 32. To skip
-the float graph altogether: export_onnx.py --target cpu --bits 4 makes the same default recipe in one pass.
+whole model. By default an int4 model keeps its attention projections at int8 (--int8_nodes) and
+quantizes the output projection to int4 in blocks of 32. To skip the float graph altogether:
+export_onnx.py --target cpu --bits 4 makes the same default recipe in one pass.
 """
 from __future__ import annotations
 
