@@ -36,20 +36,19 @@ def onnx_decode_bytes(path: Path) -> int:
     """Bytes of the initializers a decode step of an ONNX model reads: all but the tables a Gather (or
     GatherBlockQuantized, with its scales and zero points) takes one row from."""
     import onnx
-    from onnx.external_data_helper import uses_external_data
 
     model = onnx.load(str(path), load_external_data=False)
     gathered = {name for n in model.graph.node if n.op_type in ("Gather", "GatherBlockQuantized")
                 for i, name in enumerate(n.input) if i != 1}
-    total = 0
-    for t in model.graph.initializer:
-        if t.name in gathered:
-            continue
-        if uses_external_data(t):
-            total += int(next(e.value for e in t.external_data if e.key == "length"))
-        else:
-            total += len(t.SerializeToString())
-    return total
+    return sum(size for name, size in initializer_bytes(model).items() if name not in gathered)
+
+
+def initializer_bytes(model) -> dict[str, int]:
+    """The stored bytes of each initializer of an onnx.ModelProto loaded without its external data."""
+    from onnx.external_data_helper import uses_external_data
+
+    return {t.name: int(next(e.value for e in t.external_data if e.key == "length")) if uses_external_data(t)
+            else len(t.SerializeToString()) for t in model.graph.initializer}
 
 
 def gguf_decode_bytes(path: Path) -> int:

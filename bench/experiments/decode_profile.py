@@ -20,18 +20,18 @@ from pathlib import Path
 import numpy as np
 
 from bench.bandwidth import read_bandwidth_gbs
-from bench.experiments.prefill_profile import DEFAULT_MODEL, VARIANTS, Runner, prompt_ids, weight_group
+from bench.bandwidth import initializer_bytes
+from bench.experiments.prefill_profile import (DEFAULT_MODEL, VARIANTS, Runner, kernel_times, prompt_ids,
+                                                 weight_group)
 from core.flags import ArgumentParser, add_flags, from_args, option
 
 
 def group_bytes(path: Path) -> dict[str, int]:
     """Bytes of each weight group's MatMulNBits / MatMul initializers (what a decode step reads of it)."""
     import onnx
-    from onnx.external_data_helper import uses_external_data
 
     model = onnx.load(str(path), load_external_data=False)
-    sizes = {t.name: int(next(e.value for e in t.external_data if e.key == "length")) if uses_external_data(t)
-             else len(t.SerializeToString()) for t in model.graph.initializer}
+    sizes = initializer_bytes(model)
     out: dict[str, int] = defaultdict(int)
     for node in model.graph.node:
         if node.op_type in ("MatMulNBits", "MatMul"):
@@ -54,15 +54,10 @@ def decode_profile(model: Path, steps: int, threads: int) -> dict:
             runner.total[...] = length
             runner.seqlens[0] = length - 1
             runner.sess.run_with_iobinding(runner.binding)
-        events = json.loads(Path(runner.sess.end_profiling()).read_text())
-    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][-steps:]
-    t0 = min(e["ts"] for e in runs)
-    by_op, by_group = defaultdict(float), defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= t0:
-            by_op[e["args"]["op_name"]] += e["dur"] / 1e3 / steps
-            by_group[weight_group(e["name"])] += e["dur"] / 1e3 / steps
-    step_ms = sum(e["dur"] for e in runs) / 1e3 / steps
+        total, by_op, by_group = kernel_times(Path(runner.sess.end_profiling()), steps)
+    step_ms = total / steps
+    by_op = {k: v / steps for k, v in by_op.items()}
+    by_group = {k: v / steps for k, v in by_group.items()}
     sizes = group_bytes(model)
     groups = {g: {"ms": round(ms, 3), "mb": round(sizes[g] / 1e6, 1) if g in sizes else None,
                   "gb_s": round(sizes[g] / ms / 1e6, 1) if g in sizes and ms else None}

@@ -135,20 +135,25 @@ def weight_group(node: str) -> str:
     return "other"
 
 
-def profile(runner: Runner, ids: np.ndarray, plan: list[int]) -> dict:
-    """Time per operator type and per weight group from onnxruntime's profile of one prefill."""
-    runner.prefill(ids, plan)  # the profiled run follows a warm one
-    path = runner.sess.end_profiling()
-    events = json.loads(Path(path).read_text())
-    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    last_runs = runs[-len(plan):]
-    t0 = min(e["ts"] for e in last_runs)
+def kernel_times(trace: Path, runs: int) -> tuple[float, dict[str, float], dict[str, float]]:
+    """From an onnxruntime profile, the milliseconds of its last `runs` runs: in all, per operator type
+    and per weight group."""
+    events = json.loads(trace.read_text())
+    last = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][-runs:]
+    t0 = min(e["ts"] for e in last)
     by_op, by_group = defaultdict(float), defaultdict(float)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= t0:
             by_op[e["args"]["op_name"]] += e["dur"] / 1e3
             by_group[weight_group(e["name"])] += e["dur"] / 1e3
-    total_run = sum(e["dur"] for e in last_runs) / 1e3
+    return sum(e["dur"] for e in last) / 1e3, dict(by_op), dict(by_group)
+
+
+def profile(runner: Runner, ids: np.ndarray, plan: list[int]) -> dict:
+    """Time per operator type and per weight group from onnxruntime's profile of one prefill."""
+    runner.prefill(ids, plan)  # the profiled run follows a warm one
+    path = runner.sess.end_profiling()
+    total_run, by_op, by_group = kernel_times(Path(path), len(plan))
     return {"run_ms": round(total_run, 1),
             "by_op_ms": {k: round(v, 1) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])},
             "by_weight_ms": {k: round(v, 1) for k, v in sorted(by_group.items(), key=lambda kv: -kv[1])}}
