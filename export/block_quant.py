@@ -135,13 +135,11 @@ def _k_quant_columns(w_kn: np.ndarray, bits: int, block_size: int) -> tuple[np.n
         q, scale, zp = quant_tensor_k_quant_cpu(rows, bits, block_size)
     q = q.astype(np.uint8).reshape(n, layout.k_blocks, block_size)
     zp = zp.reshape(n, layout.k_blocks)
-    if bits == 4:
-        packed = (q[..., ::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    if bits == 4:  # blocks are even, and each column's zero points are padded to whole bytes
+        q = _pack_nibbles(q).reshape(layout.shapes()["packed"])
         zp = np.pad(zp, ((0, 0), (0, layout.zp_per_column * 2 - layout.k_blocks)))
-        zp = (zp[:, ::2] | (zp[:, 1::2] << 4)).astype(np.uint8)
-    else:
-        packed = q
-    return packed, scale.reshape(n, layout.k_blocks).astype(w_kn.dtype), zp
+        zp = _pack_nibbles(zp).reshape(layout.shapes()["zero_points"])
+    return q, scale.reshape(n, layout.k_blocks).astype(w_kn.dtype), zp.astype(np.uint8)
 
 
 def _pack_nibbles(values: np.ndarray) -> np.ndarray:
